@@ -1,0 +1,35 @@
+# `make run`  trains and samples both models with their default settings.
+# `make test` runs the test suite (CPU, offline).
+# `make bench` prints throughput figures for both models.
+# Each target first creates .venv from requirements.txt, or reuses it while requirements.txt is unchanged.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+# The first Python >= 3.11 that actually starts (a pyenv shim can exist without its interpreter).
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
+
+.PHONY: run test bench clean-venv
+
+$(VENV)/.installed: requirements.txt
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+run: $(VENV)/.installed
+	image_gen/train.sh
+	image_gen/infer.sh
+	audio_gen/train.sh
+	audio_gen/infer.sh
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) image_gen/image_gen.py --mode benchmark
+	$(PY) audio_gen/audio_gen.py --mode benchmark
+
+clean-venv:
+	rm -rf $(VENV)

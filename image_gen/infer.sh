@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Generate digits from a trained checkpoint. Works from any folder; extra arguments go to image_gen.py.
+#   NUM_SAMPLES=64 SAMPLER=ddim ./infer.sh
+# Variables: CHECKPOINT NUM_SAMPLES DEVICE SEED SAMPLER SAMPLING_STEPS ETA DATA_DIR RESULTS_DIR
+#            FID_SAMPLES FID_WEIGHTS PRECISION
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/../scripts/wrapper.sh"
+
+args=(--mode infer)
+flag --checkpoint CHECKPOINT
+flag --num_samples NUM_SAMPLES
+flag --device DEVICE
+flag --seed SEED
+flag --sampler SAMPLER
+flag --sampling_steps SAMPLING_STEPS
+flag --eta ETA
+flag --data_dir DATA_DIR
+flag --results_dir RESULTS_DIR
+flag --fid_samples FID_SAMPLES
+flag --fid_weights FID_WEIGHTS
+flag --precision PRECISION
+
+exec "$(python_bin)" "$here/image_gen.py" "${args[@]}" "$@"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Train the MNIST diffusion model. Works from any folder; extra arguments go to image_gen.py.
+#   EPOCHS=5 BATCH_SIZE=128 DEVICE=cpu ./train.sh --seed 1
+# Variables: EPOCHS BATCH_SIZE LEARNING_RATE DEVICE CHECKPOINT NUM_SAMPLES SEED DATA_DIR RESULTS_DIR
+#            SAMPLING_STEPS ETA EMA_DECAY FID_SAMPLES FID_WEIGHTS PRECISION RESUME=1 COMPILE=1
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/../scripts/wrapper.sh"
+
+args=(--mode train)
+flag --epochs EPOCHS
+flag --batch_size BATCH_SIZE
+flag --learning_rate LEARNING_RATE
+flag --device DEVICE
+flag --checkpoint CHECKPOINT
+flag --num_samples NUM_SAMPLES
+flag --seed SEED
+flag --data_dir DATA_DIR
+flag --results_dir RESULTS_DIR
+flag --sampling_steps SAMPLING_STEPS
+flag --eta ETA
+flag --ema_decay EMA_DECAY
+flag --fid_samples FID_SAMPLES
+flag --fid_weights FID_WEIGHTS
+flag --precision PRECISION
+switch --resume RESUME
+switch --compile COMPILE
+
+exec "$(python_bin)" "$here/image_gen.py" "${args[@]}" "$@"

@@ -1,0 +1,28 @@
+# Helpers sourced by image_gen/{train,infer}.sh and audio_gen/{train,infer}.sh.
+# python_bin: $PYTHON if set, else the repository's .venv, else python3.
+# flag NAME VAR: append "NAME value" to the array `args` when environment variable VAR is set and non-empty.
+# switch NAME VAR: append "NAME" when VAR is 1, true or yes.
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+python_bin() {
+  if [[ -n "${PYTHON:-}" ]]; then
+    echo "$PYTHON"
+  elif [[ -x "$repo_root/.venv/bin/python" ]]; then
+    echo "$repo_root/.venv/bin/python"
+  else
+    echo python3
+  fi
+}
+
+flag() {
+  if [[ -n "${!2:-}" ]]; then
+    args+=("$1" "${!2}")
+  fi
+}
+
+switch() {
+  case "${!2:-}" in
+    1 | true | yes) args+=("$1") ;;
+  esac
+}
