@@ -60,3 +60,78 @@ def mnist_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("mnist")
     write_idx(root / "MNIST" / "raw")
     return root
+
+
+# --------------------------------------------------------------------------------------------
+# MUSDB18 fixtures
+# --------------------------------------------------------------------------------------------
+
+MUSDB_SOURCES = ("mixture", "drums", "bass", "other", "vocals")
+
+
+@pytest.fixture(scope="session")
+def ag():
+    return load_script("audio_gen", "audio_gen/audio_gen.py")
+
+
+def stem_signals(seconds, seed, silent_vocals=False, rate=44100):
+    """Five stereo float32 (2, n) signals: drums (noise bursts), bass, other, vocals (tones), and their sum."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    drums = (rng.normal(0, 0.2, t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)).astype(np.float32)
+    bass = 0.3 * np.sin(2 * np.pi * (55 + 10 * seed) * t)
+    other = 0.15 * np.sin(2 * np.pi * 440 * t + 3 * np.sin(2 * np.pi * 0.5 * t))
+    vocals = np.zeros_like(t) if silent_vocals else 0.2 * np.sin(2 * np.pi * (300 + 100 * np.sin(2 * np.pi * 0.3 * t)) * t)
+    parts = [drums, bass, other, vocals]
+    signals = [sum(parts)] + parts
+    return [np.stack([s, 0.9 * s]).astype(np.float32) for s in signals]
+
+
+def write_stem_mp4(path, signals, rate=44100):
+    """A MUSDB18 .stem.mp4: five AAC streams in the order mixture, drums, bass, other, vocals."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as container:
+        streams = [container.add_stream("aac", rate=rate, layout="stereo") for _ in signals]
+        for stream, audio in zip(streams, signals):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio), format="fltp", layout="stereo")
+            frame.rate = rate
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                container.mux(packet)
+
+
+def write_wav_folder(folder, signals, rate=44100):
+    """A MUSDB18-HQ track folder: <source>.wav for the five sources."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, audio in zip(MUSDB_SOURCES, signals):
+        sf.write(str(folder / f"{name}.wav"), audio.T, rate, subtype="PCM_16")
+
+
+# name, subset, seconds, silent vocals
+MUSDB_TRACKS = [
+    ("Alpha - First", "train", 6.0, False),
+    ("Beta - Second", "train", 6.0, True),
+    ("Actions - One Minute Smile", "train", 6.0, False),   # an official validation track
+    ("Gamma - Short", "train", 3.0, False),                # shorter than one clip: padded
+    ("Delta - Test One", "test", 6.0, False),
+    ("Epsilon - Test Two", "test", 5.5, False),
+]
+
+
+@pytest.fixture(scope="session")
+def musdb_stems(tmp_path_factory):
+    root = tmp_path_factory.mktemp("musdb18")
+    for seed, (name, subset, seconds, silent) in enumerate(MUSDB_TRACKS):
+        write_stem_mp4(root / subset / f"{name}.stem.mp4", stem_signals(seconds, seed, silent))
+    return root
+
+
+@pytest.fixture(scope="session")
+def musdb_wav(tmp_path_factory):
+    root = tmp_path_factory.mktemp("musdb18hq")
+    for seed, (name, subset, seconds, silent) in enumerate(MUSDB_TRACKS[:2] + MUSDB_TRACKS[4:5]):
+        write_wav_folder(root / subset / name, stem_signals(seconds, seed, silent))
+    return root
