@@ -836,11 +836,11 @@ def build_data(args, preprocessor):
     return train_set, valid_set
 
 
-def split_metrics(trainer, dataset, preprocessor, limit=2048):
-    """Mel metrics and loss on up to `limit` clips of `dataset`, in eval mode."""
-    if len(dataset) == 0:
+def split_metrics(trainer, normalized, preprocessor, limit=2048):
+    """Mel metrics and loss on up to `limit` of the (n, n_mels, frames) normalised clips, in eval mode."""
+    if len(normalized) == 0:
         return {}
-    target = dataset.normalized()[:limit]
+    target = normalized[:limit]
     reconstruction = trainer.reconstruct(target)
     return {"loss": AudioTrainer.loss(reconstruction, target).item(), **mel_metrics(reconstruction, target, preprocessor)}
 
@@ -855,7 +855,7 @@ def train(args):
     train_set, valid_set = build_data(args, preprocessor)
     if not state:
         preprocessor.mean, preprocessor.std = (t.to(args.device) for t in compute_normalization(train_set.log_mels))
-    mels = train_set.normalized()
+    mels, valid_mels = train_set.normalized(), valid_set.normalized()  # once: every epoch scores them
     steps = max(1, len(mels) // args.batch_size)
     model_config = state["model_config"] if state else {"n_mels": args.n_mels, "latent_dim": args.latent_dim}
     trainer = AudioTrainer(AudioAutoencoder(**model_config), args.device, args.learning_rate,
@@ -885,8 +885,8 @@ def train(args):
             loss, rate, seconds = train_one_epoch(trainer, mels, args.batch_size, epoch, args.epochs)
             start = time.perf_counter()
             record = {"epoch": epoch, "clips_per_s": rate, "train_seconds": seconds,
-                      "train": {**split_metrics(trainer, train_set, preprocessor), "loss_during_epoch": loss},
-                      "valid": split_metrics(trainer, valid_set, preprocessor)}
+                      "train": {**split_metrics(trainer, mels, preprocessor), "loss_during_epoch": loss},
+                      "valid": split_metrics(trainer, valid_mels, preprocessor)}
             if evaluator and (epoch in (1, args.epochs) or epoch % 5 == 0):  # Griffin-Lim + PESQ cost seconds
                 record["audio"] = evaluator(trainer)[0]
             record["eval_seconds"] = time.perf_counter() - start
@@ -903,7 +903,8 @@ def train(args):
         raise SystemExit(f"error: {err}. The last good checkpoint is {args.checkpoint}.")
 
     shown = spread_positions(len(eval_set), 3)
-    plot_spectrograms(eval_set.normalized()[shown], trainer.reconstruct(eval_set.normalized()[shown]),
+    shown_mels = eval_set.normalized()[shown]
+    plot_spectrograms(shown_mels, trainer.reconstruct(shown_mels),
                       [eval_set.describe(i) for i in shown], preprocessor, args.results_dir / "spectrogram_comparison.png",
                       f"{'Validation' if eval_set is valid_set else 'Training'} clips after epoch {epoch}")
     metrics = read_json(args.results_dir / "metrics.json")
@@ -933,7 +934,7 @@ def evaluate_test(trainer, preprocessor, args):
     if len(test_set) == 0:
         print(f"note: no test clips in {args.musdb_root}/test; skipping the test evaluation")
         return {}, test_set
-    result = {"clips": len(test_set), **split_metrics(trainer, test_set, preprocessor, limit=len(test_set))}
+    result = {"clips": len(test_set), **split_metrics(trainer, test_set.normalized(), preprocessor, limit=len(test_set))}
     if args.audio_eval_clips:
         evaluator = AudioEvaluator(test_set, spread_positions(len(test_set), args.audio_eval_clips), preprocessor, args.seed)
         result["audio"] = evaluator(trainer)[0]

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import MUSDB_SOURCES, ROOT, write_stem_mp4
+from conftest import MUSDB_SOURCES, ROOT
 
 CLIP = 80_000
 

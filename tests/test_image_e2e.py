@@ -43,7 +43,7 @@ def trained(ig, mnist_dir, tmp_path_factory):
     """Two epochs with FID (fallback backbone), then infer: the outputs every test below reads."""
     tmp = tmp_path_factory.mktemp("run")
     ig.main(["--epochs", "2", "--fid_samples", "48", *TINY, *paths(tmp, mnist_dir)])
-    record = ig.main(["--mode", "infer", "--fid_samples", "48", *TINY, *paths(tmp, mnist_dir)])
+    ig.main(["--mode", "infer", "--fid_samples", "48", *TINY, *paths(tmp, mnist_dir)])
     return tmp
 
 
