@@ -100,7 +100,10 @@ def build_parser():
                    help="what to fetch when --musdb_root holds no dataset: the 7-s preview (~147 MB), "
                         "the full MUSDB18 (4.7 GB), or nothing")
     p.add_argument("--audio_eval_clips", type=_number(int, 0, 1000), default=8,
-                   help="clips scored with PESQ/STOI after Griffin-Lim each epoch and in infer (0 skips)")
+                   help="clips scored with PESQ/STOI after Griffin-Lim at evaluation epochs and in infer (0 skips)")
+    p.add_argument("--eval_every", type=_number(int, 1), default=5,
+                   help="score PESQ/STOI and redraw training_curves.png every N epochs (and after the first "
+                        "and last); mel metrics are logged every epoch")
     return p
 
 
@@ -725,8 +728,9 @@ def _pyplot():
     return plt
 
 
-def plot_training_curves(history, path):
-    """Loss, mel MSE/MAE, cosine and PESQ proxy, PESQ/STOI with the Griffin-Lim oracle, against epoch."""
+def plot_training_curves(history, path, audio_clips="validation"):
+    """Loss, mel MSE/MAE, cosine and PESQ proxy, PESQ/STOI with the Griffin-Lim oracle, against epoch.
+    `audio_clips` names the clips that PESQ/STOI were scored on."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
@@ -737,7 +741,8 @@ def plot_training_curves(history, path):
         values = [h.get(split, {}).get(key) for h in history]
         points = [(e, v) for e, v in zip(epochs, values) if v is not None]
         if points:
-            ax.plot(*zip(*points), marker="o", markersize=3, label=label, **kw)
+            dots = {"marker": "o", "markersize": 3} if len(points) <= 60 else {}  # dots would hide long curves
+            ax.plot(*zip(*points), label=label, **dots, **kw)
 
     ax = axes[0, 0]
     line(ax, "train", "loss", "train loss (MSE + L1)")
@@ -760,7 +765,7 @@ def plot_training_curves(history, path):
     ax2 = ax.twinx()
     line(ax2, "audio", "stoi", "STOI (autoencoder + Griffin-Lim)", color="tab:blue")
     line(ax2, "audio", "oracle_stoi", "STOI (Griffin-Lim oracle)", color="tab:blue", linestyle=":")
-    ax.set(title="Audio after Griffin-Lim (validation clips)", ylabel="PESQ (wide-band, 1-4.6)")
+    ax.set(title=f"Audio after Griffin-Lim ({audio_clips} clips)", ylabel="PESQ (wide-band, 1-4.6)")
     ax2.set_ylabel("STOI (0-1)")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     if handles:
@@ -874,6 +879,7 @@ def train(args):
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     eval_set = valid_set if len(valid_set) else train_set
+    eval_name = "validation" if eval_set is valid_set else "training"
     evaluator = (AudioEvaluator(eval_set, spread_positions(len(eval_set), args.audio_eval_clips), preprocessor, args.seed)
                  if args.audio_eval_clips else None)
     n_params = sum(p.numel() for p in trainer.model.parameters())
@@ -887,16 +893,21 @@ def train(args):
             record = {"epoch": epoch, "clips_per_s": rate, "train_seconds": seconds,
                       "train": {**split_metrics(trainer, mels, preprocessor), "loss_during_epoch": loss},
                       "valid": split_metrics(trainer, valid_mels, preprocessor)}
-            if evaluator and (epoch in (1, args.epochs) or epoch % 5 == 0):  # Griffin-Lim + PESQ cost seconds
+            # Griffin-Lim + PESQ and the plot cost seconds, which would dominate epochs of a few steps.
+            milestone = epoch in (1, args.epochs) or epoch % args.eval_every == 0
+            if evaluator and milestone:
                 record["audio"] = evaluator(trainer)[0]
             record["eval_seconds"] = time.perf_counter() - start
             history.append(record)
             print(epoch_line(record, args.epochs), flush=True)
             atomic_torch_save(make_checkpoint(trainer, preprocessor, epoch, history, args), args.checkpoint)
-            plot_training_curves(history, args.results_dir / "training_curves.png")
+            if milestone:
+                plot_training_curves(history, args.results_dir / "training_curves.png", eval_name)
     except KeyboardInterrupt:
         atomic_torch_save(make_checkpoint(trainer, preprocessor, epoch - 1, history, args, interrupted=True),
                           args.checkpoint)
+        if history:
+            plot_training_curves(history, args.results_dir / "training_curves.png", eval_name)
         raise SystemExit(f"\nInterrupted during epoch {epoch}: checkpoint saved to {args.checkpoint}; "
                          f"continue with --resume.")
     except FloatingPointError as err:
@@ -906,7 +917,7 @@ def train(args):
     shown_mels = eval_set.normalized()[shown]
     plot_spectrograms(shown_mels, trainer.reconstruct(shown_mels),
                       [eval_set.describe(i) for i in shown], preprocessor, args.results_dir / "spectrogram_comparison.png",
-                      f"{'Validation' if eval_set is valid_set else 'Training'} clips after epoch {epoch}")
+                      f"{eval_name.capitalize()} clips after epoch {epoch}")
     metrics = read_json(args.results_dir / "metrics.json")
     metrics["train"] = {"sources": args.sources, "train_clips": len(train_set), "valid_clips": len(valid_set),
                         "data": {"train": train_set.stats, "layout": train_set.layout}, "epochs": history}

@@ -249,7 +249,7 @@ def run_args(tmp, root):
 @pytest.fixture(scope="module")
 def trained(ag, musdb_stems, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("audio_run")
-    ag.main(["--epochs", "2", *TINY, *run_args(tmp, musdb_stems)])
+    ag.main(["--epochs", "3", "--eval_every", "5", *TINY, *run_args(tmp, musdb_stems)])
     ag.main(["--mode", "infer", *TINY, *run_args(tmp, musdb_stems)])
     return tmp
 
@@ -265,7 +265,8 @@ def test_train_and_infer_outputs(trained):
     assert not (results / "audio_reconstructed_2.wav").exists()
     metrics = json.loads((results / "metrics.json").read_text())
     epochs = metrics["train"]["epochs"]
-    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert ["audio" in e for e in epochs] == [True, False, True]  # first and last; --eval_every 5 skips epoch 2
     for split in ("train", "valid"):
         assert {"mse", "mae", "cosine", "pesq_proxy", "loss"} <= set(epochs[-1][split])
     assert epochs[-1]["audio"]["oracle_stoi"] is not None and epochs[-1]["audio"]["stoi"] is not None
@@ -277,7 +278,7 @@ def test_train_and_infer_outputs(trained):
 
 def test_checkpoint_describes_itself(ag, trained):
     state = torch.load(trained / "models" / "ae.pt", map_location="cpu", weights_only=True)
-    assert state["format"] == ag.CHECKPOINT_FORMAT and state["epoch"] == 2
+    assert state["format"] == ag.CHECKPOINT_FORMAT and state["epoch"] == 3
     assert state["model_config"]["latent_dim"] == 128 and state["preprocessor_config"]["hop_length"] == 313
     assert state["normalization"]["mean"].shape == (128,)
     assert {"model", "optimizer", "scheduler", "rng", "history", "args"} <= set(state)
@@ -316,6 +317,7 @@ def run_cli(args, env=None, cwd=ROOT):
     (["--sources", "piano"], "invalid choice: 'piano'"),
     (["--n_mels", "8"], "--n_mels: must be in [16, 512]"),
     (["--download", "maybe"], "invalid choice: 'maybe'"),
+    (["--eval_every", "0"], "--eval_every: must be >= 1"),
 ])
 def test_bad_arguments(flags, expected):
     result = run_cli(flags)
