@@ -878,8 +878,8 @@ def train(args):
         return history
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    eval_set = valid_set if len(valid_set) else train_set
-    eval_name = "validation" if eval_set is valid_set else "training"
+    eval_set, eval_mels, eval_name = (valid_set, valid_mels, "validation") if len(valid_set) else \
+        (train_set, mels, "training")
     evaluator = (AudioEvaluator(eval_set, spread_positions(len(eval_set), args.audio_eval_clips), preprocessor, args.seed)
                  if args.audio_eval_clips else None)
     n_params = sum(p.numel() for p in trainer.model.parameters())
@@ -914,7 +914,7 @@ def train(args):
         raise SystemExit(f"error: {err}. The last good checkpoint is {args.checkpoint}.")
 
     shown = spread_positions(len(eval_set), 3)
-    shown_mels = eval_set.normalized()[shown]
+    shown_mels = eval_mels[shown]
     plot_spectrograms(shown_mels, trainer.reconstruct(shown_mels),
                       [eval_set.describe(i) for i in shown], preprocessor, args.results_dir / "spectrogram_comparison.png",
                       f"{eval_name.capitalize()} clips after epoch {epoch}")
