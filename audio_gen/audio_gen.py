@@ -1,12 +1,15 @@
-"""Mel-spectrogram autoencoder on MUSDB18 stems, with Griffin-Lim back to audio.
+"""Mel-spectrogram autoencoder for music, with Griffin-Lim back to audio.
 
-    python audio_gen/audio_gen.py --mode train                 # downloads the 7-s preview if needed
-    python audio_gen/audio_gen.py --mode infer                 # reconstruct test clips, write WAVs
+    python audio_gen/audio_gen.py --mode train --audio_dir ~/Music          # any folder of music
+    python audio_gen/audio_gen.py --mode infer --audio_dir ~/OtherMusic     # score music it never heard
+    python audio_gen/audio_gen.py --mode train                              # MUSDB18 (7-s preview downloaded)
     python audio_gen/audio_gen.py --mode train --musdb_root /data/musdb18 --download none
-    python audio_gen/audio_gen.py --mode benchmark             # data preparation / training / Griffin-Lim speed
+    python audio_gen/audio_gen.py --mode benchmark --audio_dir ~/Music      # preparation / training / Griffin-Lim speed
 
-Every clip is 5 s of mono 16 kHz audio (80,000 samples) turned into a 128-bin log-mel spectrogram of
-256 frames. The autoencoder compresses it 16x in time (128 x 256 -> latent_dim x 16) and back.
+Every clip is 5 s of mono 16 kHz audio (80,000 samples), a 128-bin log-mel spectrogram of 256 frames.
+The autoencoder squeezes it into a latent of `latent_dim` channels x 256/`time_downsample` frames
+(128 x 64 at the defaults: 4x fewer numbers) and back; Griffin-Lim turns the mel into audio again.
+Training draws random 5-s crops from whole recordings; scores use fixed, evenly spaced windows.
 Relative default paths (data/, models/, results/) live next to this file.
 """
 from __future__ import annotations
@@ -17,11 +20,12 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 import urllib.request
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +36,12 @@ from tqdm import tqdm
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 CHECKPOINT_FORMAT = "imageaudiogen.audio_autoencoder"
-CHECKPOINT_VERSION = 1
-CACHE_VERSION = 1
+CHECKPOINT_VERSION = 2
+CACHE_VERSION = 2
 SOURCES = ("mixture", "drums", "bass", "other", "vocals")  # the stream order inside .stem.mp4
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac")
+SPLITS = ("train", "valid", "test")
+SILENCE_RMS = 1e-3  # -60 dBFS: quieter recordings and windows carry nothing to reconstruct
 # MUSDB18's official validation split: 14 of the 100 training tracks (as named by the musdb package).
 VALIDATION_TRACKS = frozenset({
     "Actions - One Minute Smile", "Alexander Ross - Goodbye Bolero", "ANiMAL - Rockshow",
@@ -72,38 +79,54 @@ def _number(kind, low=None, high=None):
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description="Residual Conv1d autoencoder over log-mel spectrograms of MUSDB18 stems.",
+        description="Residual Conv1d autoencoder over log-mel spectrograms of music (any folder, or MUSDB18 stems).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=["train", "infer", "benchmark"], default="train",
-                   help="train a model, reconstruct test clips from a checkpoint, or measure throughput")
-    p.add_argument("--epochs", type=_number(int, 1), default=30, help="training epochs (total, also with --resume)")
-    p.add_argument("--batch_size", type=_number(int, 1), default=32, help="clips per training batch")
-    p.add_argument("--learning_rate", type=_number(float, 1e-8), default=1e-3, help="peak AdamW learning rate")
-    p.add_argument("--musdb_root", default="data/musdb18",
-                   help="MUSDB18 ({train,test}/*.stem.mp4) or MUSDB18-HQ ({train,test}/<track>/<source>.wav)")
-    p.add_argument("--checkpoint", default="models/audio_autoencoder.pt", help="checkpoint path")
-    p.add_argument("--n_mels", type=_number(int, 16, 512), default=128, help="mel bins")
-    p.add_argument("--latent_dim", type=_number(int, 1, 4096), default=128,
-                   help="latent channels (the latent is latent_dim x frames/16)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda (default: cuda if available)")
-    p.add_argument("--seed", type=_number(int, 0), default=0, help="random seed")
-    p.add_argument("--results_dir", default="results", help="where plots, WAVs and metrics.json go")
-    p.add_argument("--cache_dir", default="data/cache", help="where decoded mel spectrograms are cached")
-    p.add_argument("--resume", action="store_true", help="continue training from --checkpoint")
-    p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES),
-                   help="which stems to train and evaluate on")
-    p.add_argument("--num_examples", type=_number(int, 1, 64), default=2,
-                   help="test clips written as WAV pairs and drawn in inference_comparison.png")
-    p.add_argument("--griffin_lim_iters", type=_number(int, 1, 10_000), default=64,
-                   help="Griffin-Lim iterations (momentum 0.99)")
-    p.add_argument("--download", choices=["preview", "full", "none"], default="preview",
-                   help="what to fetch when --musdb_root holds no dataset: the 7-s preview (~147 MB), "
-                        "the full MUSDB18 (4.7 GB), or nothing")
-    p.add_argument("--audio_eval_clips", type=_number(int, 0, 1000), default=8,
-                   help="clips scored with PESQ/STOI after Griffin-Lim at evaluation epochs and in infer (0 skips)")
-    p.add_argument("--eval_every", type=_number(int, 1), default=5,
-                   help="score PESQ/STOI and redraw training_curves.png every N epochs (and after the first "
-                        "and last); mel metrics are logged every epoch")
+                   help="train a model, reconstruct held-out clips from a checkpoint, or measure speed")
+    data = p.add_argument_group("data")
+    data.add_argument("--audio_dir", default=None,
+                      help="any folder of music (wav, flac, ogg, opus, mp3, m4a/aac; searched recursively), "
+                           "split by file: DIR/{train,valid,test}/ when present, else ~80/10/10 by a hash of the path; "
+                           "in infer, a folder with no split is scored whole")
+    data.add_argument("--musdb_root", default=None,
+                      help="MUSDB18 ({train,test}/*.stem.mp4) or MUSDB18-HQ ({train,test}/<track>/<source>.wav); "
+                           "the default when --audio_dir is not given is data/musdb18")
+    data.add_argument("--download", choices=["preview", "full", "none"], default="preview",
+                      help="what to fetch when --musdb_root holds no dataset: the 7-s preview (~147 MB), "
+                           "the full MUSDB18 (4.7 GB), or nothing")
+    data.add_argument("--sources", nargs="+", choices=SOURCES, default=None,
+                      help="MUSDB18 stems to train and evaluate on (default: all five)")
+    data.add_argument("--cache_dir", default="data/cache", help="where decoded log-mel spectrograms are cached")
+    model = p.add_argument_group("model (train only: infer reads them from the checkpoint)")
+    model.add_argument("--n_mels", type=_number(int, 16, 512), default=128, help="mel bins")
+    model.add_argument("--latent_dim", type=_number(int, 1, 4096), default=128, help="latent channels")
+    model.add_argument("--time_downsample", type=int, choices=[1, 2, 4, 8, 16], default=4,
+                       help="frames per latent frame (the encoder's 4 stages stride 2 this many times in total); "
+                            "compression = n_mels * time_downsample / latent_dim")
+    model.add_argument("--hidden", type=_number(int, 8, 2048), default=256, help="channels inside encoder/decoder")
+    model.add_argument("--dropout", type=_number(float, 0.0, 0.9), default=0.0, help="dropout on the latent")
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=_number(int, 1), default=30,
+                       help="training epochs (total, also with --resume); an epoch draws as many random crops "
+                            "as the training files hold 5-s windows")
+    train.add_argument("--batch_size", type=_number(int, 1), default=32, help="clips per training batch")
+    train.add_argument("--learning_rate", type=_number(float, 1e-8, 1.0), default=1e-3, help="peak AdamW learning rate")
+    train.add_argument("--warmup_steps", type=_number(int, 0), default=100, help="linear warm-up steps before the cosine decay")
+    train.add_argument("--seed", type=_number(int, 0), default=0, help="random seed")
+    train.add_argument("--resume", action="store_true", help="continue training from --checkpoint")
+    train.add_argument("--eval_every", type=_number(int, 1), default=5,
+                       help="score PESQ/STOI and redraw training_curves.png every N epochs (and after the first "
+                            "and last); mel metrics are logged every epoch")
+    out = p.add_argument_group("evaluation and outputs")
+    out.add_argument("--checkpoint", default="models/audio_autoencoder.pt", help="checkpoint path")
+    out.add_argument("--results_dir", default="results", help="where plots, WAVs and metrics.json go")
+    out.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda (default: cuda if available)")
+    out.add_argument("--num_examples", type=_number(int, 1, 64), default=2,
+                     help="held-out clips written as WAV triples and drawn in inference_comparison.png")
+    out.add_argument("--griffin_lim_iters", type=_number(int, 1, 10_000), default=64,
+                     help="Griffin-Lim iterations (momentum 0.99)")
+    out.add_argument("--audio_eval_clips", type=_number(int, 0, 1000), default=8,
+                     help="clips per split scored with PESQ/STOI after Griffin-Lim (0 skips)")
     return p
 
 
@@ -132,127 +155,65 @@ def resolve_device(name, parser):
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("musdb_root", "checkpoint", "results_dir", "cache_dir"):
+    if args.audio_dir is not None and args.musdb_root is not None:
+        parser.error("give either --audio_dir or --musdb_root, not both")
+    if args.audio_dir is not None and args.sources is not None:
+        parser.error("--sources applies to MUSDB18 stems; files under --audio_dir are mixtures")
+    if args.audio_dir is not None:
+        args.audio_dir = Path(args.audio_dir)
+        if not args.audio_dir.is_dir():
+            parser.error(f"--audio_dir {args.audio_dir}: no such folder")
+    else:
+        args.musdb_root = resolve_path(args.musdb_root or "data/musdb18", "data/musdb18")
+    for name in ("checkpoint", "results_dir", "cache_dir"):
         setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name)))
-    args.sources = list(dict.fromkeys(args.sources))  # drop repeats, keep order
+    args.sources = list(dict.fromkeys(args.sources or SOURCES))  # drop repeats, keep order
     args.device = resolve_device(args.device, parser)
     return args
 
 
 # ============================================================================================
-# Audio transforms
-# ============================================================================================
-
-class AudioPreprocessor:
-    """Audio <-> normalised log-mel spectrograms.
-
-    Forward: audio file -> mono 16 kHz float waveforms -> 5 s clips (80,000 samples) ->
-    log-mel (n_mels, 256) -> per-bin standardisation with training-set statistics.
-    Inverse: undo the standardisation -> mel magnitude -> linear magnitude (least squares,
-    InverseMelScale) -> phase by Griffin-Lim -> exactly 80,000 samples.
-    """
-
-    def __init__(self, n_mels=128, sample_rate=16_000, clip_seconds=5, n_fft=1024, hop_length=313,
-                 griffin_lim_iters=64, mean=None, std=None, device="cpu"):
-        import torchaudio.transforms as T
-
-        self.n_mels, self.sample_rate, self.n_fft, self.hop_length = n_mels, sample_rate, n_fft, hop_length
-        self.clip_samples = sample_rate * clip_seconds
-        self.frames = 1 + self.clip_samples // hop_length  # centred STFT: 256 at the defaults
-        self.device = torch.device(device)
-        self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                                    power=1.0).to(self.device)
-        self.inverse_mel = T.InverseMelScale(n_stft=n_fft // 2 + 1, n_mels=n_mels, sample_rate=sample_rate
-                                             ).to(self.device)
-        self.griffin_lim = T.GriffinLim(n_fft=n_fft, hop_length=hop_length, power=1.0, n_iter=griffin_lim_iters,
-                                        momentum=0.99, length=self.clip_samples).to(self.device)
-        self._resamplers = {}
-        self.mean = None if mean is None else mean.to(self.device)
-        self.std = None if std is None else std.to(self.device)
-
-    @property
-    def config(self):
-        """What defines the features; the cache key and the checkpoint both use it."""
-        return {"n_mels": self.n_mels, "sample_rate": self.sample_rate, "n_fft": self.n_fft,
-                "hop_length": self.hop_length, "clip_samples": self.clip_samples}
-
-    # --- loading -----------------------------------------------------------------------------
-    def to_mono_16k(self, audio, rate):
-        """(channels, samples) float array at `rate` -> (samples,) float32 tensor at 16 kHz."""
-        mono = torch.as_tensor(np.asarray(audio, dtype=np.float32)).mean(dim=0)
-        if rate == self.sample_rate:
-            return mono
-        if rate not in self._resamplers:  # the resampling kernel is built once per input rate
-            import torchaudio.transforms as T
-            self._resamplers[rate] = T.Resample(rate, self.sample_rate)
-        return self._resamplers[rate](mono)
-
-    def load_stem_file(self, path):
-        """All five streams of a `.stem.mp4`, decoded in one pass with PyAV: {source: (samples,) tensor}."""
-        import av
-
-        with av.open(str(path)) as container:
-            streams = list(container.streams.audio)
-            if len(streams) != len(SOURCES):
-                raise ValueError(f"expected {len(SOURCES)} audio streams, found {len(streams)}")
-            chunks = {s.index: [] for s in streams}
-            for packet in container.demux(streams):
-                for frame in packet.decode():
-                    chunks[packet.stream.index].append(frame.to_ndarray().reshape(frame.layout.nb_channels, -1)
-                                                       if frame.format.is_planar else
-                                                       frame.to_ndarray().reshape(-1, frame.layout.nb_channels).T)
-            rate = streams[0].rate
-            return {name: self.to_mono_16k(np.concatenate(chunks[s.index], axis=1), rate)
-                    for name, s in zip(SOURCES, streams)}
-
-    def load_wav_folder(self, folder):
-        """MUSDB18-HQ: {source: (samples,) tensor} from <track>/<source>.wav."""
-        import soundfile as sf
-
-        waves = {}
-        for name in SOURCES:
-            audio, rate = sf.read(folder / f"{name}.wav", dtype="float32", always_2d=True)
-            waves[name] = self.to_mono_16k(audio.T, rate)
-        return waves
-
-    def clip_starts(self, num_samples):
-        """Evenly spaced 5-s windows covering the whole track; one (zero-padded) window if shorter."""
-        count = max(1, math.ceil(num_samples / self.clip_samples))
-        last = max(0, num_samples - self.clip_samples)
-        return [round(i * last / (count - 1)) if count > 1 else 0 for i in range(count)]
-
-    def cut(self, wave, start):
-        clip = wave[start:start + self.clip_samples]
-        return F.pad(clip, (0, self.clip_samples - len(clip)))
-
-    # --- spectrograms ---------------------------------------------------------------------------
-    def log_mel(self, waves):
-        """(batch, 80000) waveforms -> (batch, n_mels, frames) natural-log mel magnitudes."""
-        return torch.log(self.mel(waves.to(self.device)).clamp(min=1e-5))
-
-    def normalize(self, log_mel):
-        return (log_mel - self.mean[:, None]) / self.std[:, None]
-
-    def denormalize(self, normalized):
-        return normalized * self.std[:, None] + self.mean[:, None]
-
-    def to_audio(self, normalized):
-        """(batch, n_mels, frames) normalised log-mel -> (batch, 80000) waveforms via Griffin-Lim."""
-        mel_magnitude = self.denormalize(normalized.to(self.device).float()).exp()
-        linear = self.inverse_mel(mel_magnitude).clamp(min=0)
-        return self.griffin_lim(linear)
-
-
-def compute_normalization(log_mels):
-    """Per-mel-bin mean and std over all training clips and frames: two (n_mels,) tensors."""
-    mean = log_mels.double().mean(dim=(0, 2))
-    std = log_mels.double().std(dim=(0, 2)).clamp(min=1e-3)
-    return mean.float(), std.float()
-
-
-# ============================================================================================
 # Data
 # ============================================================================================
+# Files are decoded to mono 16 kHz, turned into one log-mel sequence per recording (a music file,
+# or one stem of a MUSDB18 track) and cached per file. Training crops random 256-frame windows from
+# those sequences; scoring uses fixed, evenly spaced, non-silent windows.
+
+def decode_streams(path, sample_rate, expected_streams=None):
+    """Every audio stream of a file as mono float32 at `sample_rate`: a list of (samples,) arrays.
+
+    PyAV (FFmpeg's decoders and libswresample) reads wav, flac, ogg/opus, mp3, m4a/aac and MUSDB18's
+    five-stream .stem.mp4 alike and resamples as it decodes. The downmix is the channel mean, as in
+    MUSDB18 tools (FFmpeg's own stereo-to-mono mix is 3 dB louder).
+    """
+    import av
+
+    with av.open(str(path)) as container:
+        streams = list(container.streams.audio)
+        if not streams:
+            raise ValueError("no audio stream")
+        if expected_streams is not None and len(streams) != expected_streams:
+            raise ValueError(f"expected {expected_streams} audio streams, found {len(streams)}")
+        resamplers = {s.index: av.AudioResampler(format="fltp", rate=sample_rate) for s in streams}
+        chunks = {s.index: [] for s in streams}
+        for packet in container.demux(streams):
+            for frame in packet.decode():
+                chunks[packet.stream.index] += [f.to_ndarray().mean(axis=0) for f in resamplers[packet.stream.index].resample(frame)]
+        for index, resampler in resamplers.items():
+            chunks[index] += [f.to_ndarray().mean(axis=0) for f in resampler.resample(None)]  # flush
+    return [np.concatenate(parts) if parts else np.zeros(0, np.float32) for parts in chunks.values()]
+
+
+def decode_recordings(path, kind, sample_rate):
+    """{source: (samples,) float32 array} for one file: a music file ('file', source 'mixture'),
+    a MUSDB18 .stem.mp4 ('stems') or a MUSDB18-HQ track folder ('wav')."""
+    path = Path(path)
+    if kind == "file":
+        return {"mixture": decode_streams(path, sample_rate)[0]}
+    if kind == "stems":
+        return dict(zip(SOURCES, decode_streams(path, sample_rate, expected_streams=len(SOURCES))))
+    return {name: decode_streams(path / f"{name}.wav", sample_rate)[0] for name in SOURCES}
+
 
 def detect_layout(root):
     """'stems' for MUSDB18 (.stem.mp4), 'wav' for MUSDB18-HQ folders, None when neither is there."""
@@ -264,12 +225,14 @@ def detect_layout(root):
     return None
 
 
-def list_tracks(root, subset, layout):
-    """Sorted (name, path) pairs of one subset."""
+def list_musdb_tracks(root, subset, layout):
+    """Sorted (name, path) pairs of one MUSDB18 subset."""
     folder = Path(root) / subset
+    if not folder.is_dir():
+        return []
     if layout == "stems":
         return sorted((p.name[:-len(".stem.mp4")], p) for p in folder.glob("*.stem.mp4"))
-    return sorted((p.name, p) for p in folder.iterdir() if (p / "mixture.wav").is_file()) if folder.is_dir() else []
+    return sorted((p.name, p) for p in folder.iterdir() if (p / "mixture.wav").is_file())
 
 
 def download_dataset(kind, root):
@@ -288,7 +251,7 @@ def download_dataset(kind, root):
         md5 = hashlib.md5()
         with urllib.request.urlopen(spec["url"], timeout=60) as response, open(archive, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or spec["size"]
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"MUSDB18 {kind}") as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"MUSDB18 {kind}", disable=None) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     md5.update(chunk)
@@ -324,141 +287,286 @@ def download_dataset(kind, root):
 
 
 def ensure_dataset(root, download):
-    """The dataset layout in `root`, downloading first when it is empty and `download` allows."""
+    """The MUSDB18 layout in `root`, downloading first when it is empty and `download` allows."""
     layout = detect_layout(root)
     if layout is None and download != "none":
         download_dataset(download, root)
         layout = detect_layout(root)
     if layout is None:
         raise SystemExit(f"error: no MUSDB18 in {root}. Put MUSDB18 ({{train,test}}/*.stem.mp4) or MUSDB18-HQ "
-                         f"({{train,test}}/<track>/<source>.wav) there, pass --musdb_root PATH, "
+                         f"({{train,test}}/<track>/<source>.wav) there, pass --musdb_root PATH or --audio_dir DIR, "
                          f"or allow --download preview.")
     return layout
 
 
+def list_audio_files(root):
+    """Every audio file under `root`, recursively, as sorted paths (hidden files and folders skipped)."""
+    found = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(folder) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_SUFFIXES]
+    return sorted(found)
+
+
+def hash_split(relative_path):
+    """'train', 'valid' or 'test' (8:1:1) from a hash of the path: adding files never moves old ones."""
+    bucket = int(hashlib.sha1(Path(relative_path).as_posix().encode()).hexdigest(), 16) % 10
+    return "valid" if bucket == 8 else "test" if bucket == 9 else "train"
+
+
+def folder_splits(root, whole=False):
+    """{split: [paths]} for a folder of music: its train/, valid/, test/ subfolders when it has any,
+    else a hash split of every file; `whole` puts every file of an unsplit folder into 'test'."""
+    root = Path(root)
+    if any((root / s).is_dir() for s in SPLITS):
+        return {s: list_audio_files(root / s) if (root / s).is_dir() else [] for s in SPLITS}
+    files = list_audio_files(root)
+    if whole:
+        return {"train": [], "valid": [], "test": files}
+    return {s: [f for f in files if hash_split(f.relative_to(root)) == s] for s in SPLITS}
+
+
+def musdb_splits(root, layout):
+    """{split: [(track name, path)]}: MUSDB18's official validation tracks come out of train/."""
+    train = list_musdb_tracks(root, "train", layout)
+    valid = [t for t in train if t[0] in VALIDATION_TRACKS]
+    if not valid and len(train) >= 10:  # a subset without the official tracks: hold out every 10th
+        valid = train[9::10]
+    return {"train": [t for t in train if t not in valid], "valid": valid,
+            "test": list_musdb_tracks(root, "test", layout)}
+
+
 @dataclass
-class ClipIndex:
-    """Where each clip came from: parallel lists, one entry per clip."""
-    tracks: list = field(default_factory=list)   # track names, indexed by track_ids
-    paths: list = field(default_factory=list)    # track paths, same order
-    track_ids: list = field(default_factory=list)
-    source_ids: list = field(default_factory=list)
-    starts: list = field(default_factory=list)   # first sample of the clip at 16 kHz
+class Recording:
+    """One mono recording's log-mel: a music file, or one stem of a MUSDB18 track."""
+    name: str          # shown in plots and tables
+    path: str          # the file (or HQ folder) to decode again for reference audio
+    kind: str          # 'file', 'stems' or 'wav' (see decode_recordings)
+    source: str        # 'mixture' for folder files, else the MUSDB18 stem
+    log_mel: torch.Tensor  # (n_mels, frames) float16, natural-log mel magnitude
+    windows: list      # first frames of the loud, evenly spaced scoring windows
 
 
-def decode_tracks(tracks, layout, preprocessor, desc):
-    """Decode `tracks` and cut them into clips: (log-mels (n, n_mels, frames) float16, ClipIndex, stats)."""
-    index, mels = ClipIndex(), []
-    silent, unreadable = 0, []
-    for name, path in tqdm(tracks, desc=desc, unit="track", leave=False):
-        try:
-            waves = preprocessor.load_stem_file(path) if layout == "stems" else preprocessor.load_wav_folder(path)
-        except Exception as err:  # a damaged file must not end a long preparation
-            warnings.warn(f"skipping unreadable track {path}: {err}")
-            unreadable.append(str(path))
+def window_starts(num_samples, clip_samples, hop_length):
+    """First frames of evenly spaced clip windows covering a recording; frame f starts at sample f * hop."""
+    last = (num_samples - clip_samples) // hop_length
+    count = max(1, math.ceil(num_samples / clip_samples))
+    return sorted({round(i * last / (count - 1)) if count > 1 else 0 for i in range(count)})
+
+
+def analyse_file(path, kind, transform):
+    """Decode one file: ({source: (log-mel (n_mels, frames) float16, loud window starts)}, skip counts)."""
+    out, skipped = {}, {"silent": 0, "too_short": 0}
+    for source, wave in decode_recordings(path, kind, transform.sample_rate).items():
+        if len(wave) < transform.clip_samples:
+            skipped["too_short"] += 1
             continue
-        track_id = len(index.tracks)
-        index.tracks.append(name)
-        index.paths.append(str(path))
-        for source_id, source in enumerate(SOURCES):
-            wave = waves[source]
-            starts = preprocessor.clip_starts(len(wave))
-            clips = torch.stack([preprocessor.cut(wave, s) for s in starts])
-            loud = clips.pow(2).mean(dim=1).sqrt() >= 1e-3  # RMS below -60 dBFS: a silent stem window
-            silent += int((~loud).sum())
-            if loud.any():
-                mels.append(preprocessor.log_mel(clips[loud]).cpu().half())
-                for s in torch.tensor(starts)[loud].tolist():
-                    index.track_ids.append(track_id)
-                    index.source_ids.append(source_id)
-                    index.starts.append(s)
-    log_mels = torch.cat(mels) if mels else torch.empty(0, preprocessor.n_mels, preprocessor.frames, dtype=torch.half)
-    return log_mels, index, {"silent_clips_skipped": silent, "unreadable": unreadable}
+        wave = torch.from_numpy(wave)
+        if wave.pow(2).mean().sqrt() < SILENCE_RMS:
+            skipped["silent"] += 1
+            continue
+        starts = window_starts(len(wave), transform.clip_samples, transform.hop_length)
+        clips = torch.stack([transform.cut(wave, f * transform.hop_length) for f in starts])
+        loud = [f for f, rms in zip(starts, clips.pow(2).mean(dim=1).sqrt().tolist()) if rms >= SILENCE_RMS]
+        out[source] = (transform(wave).cpu().half(), loud)
+    return out, skipped
 
 
-def cache_key(root, layout, subset, tracks, preprocessor):
-    listing = [(name, os.path.getsize(p) if Path(p).is_file() else sum(f.stat().st_size for f in Path(p).iterdir()))
-               for name, p in tracks]
-    text = json.dumps([CACHE_VERSION, str(Path(root).resolve()), layout, subset, listing, preprocessor.config])
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+def file_cache_path(cache_dir, path, kind, transform):
+    """Where one file's log-mels are cached: keyed by its path, size, mtime and the transform."""
+    path = Path(path).resolve()
+    files = [path] if path.is_file() else sorted(path.iterdir())
+    stamp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = hashlib.sha1(json.dumps([CACHE_VERSION, kind, stamp, transform.config]).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{path.name[:40]}-{key}.pt"
 
 
-def load_subset(root, layout, subset, preprocessor, cache_dir):
-    """All clips of one subset, from the cache when the files and settings are unchanged."""
-    tracks = list_tracks(root, subset, layout)
-    path = Path(cache_dir) / f"mels-{subset}-{cache_key(root, layout, subset, tracks, preprocessor)}.pt"
-    if path.is_file():
+def load_recordings(items, transform, cache_dir, desc):
+    """[Recording] for (name, path, kind) items, decoding only files missing from the cache.
+
+    Unreadable, silent and too-short recordings are skipped and counted in the returned stats, never fatal.
+    """
+    recordings, stats = [], {"files": len(items), "unreadable": [], "silent": 0, "too_short": 0, "decoded": 0}
+    for name, path, kind in tqdm(items, desc=desc, unit="file", leave=False, disable=None):
+        cache = file_cache_path(cache_dir, path, kind, transform)
         try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            return cached["log_mels"], ClipIndex(**cached["index"]), cached["stats"]
-        except Exception:
-            print(f"note: rebuilding unreadable cache {path}")
-    start = time.perf_counter()
-    log_mels, index, stats = decode_tracks(tracks, layout, preprocessor, desc=f"decoding {subset}")
-    stats["prepare_seconds"] = time.perf_counter() - start
-    atomic_torch_save({"log_mels": log_mels, "index": vars(index), "stats": stats}, path)
-    print(f"Prepared {subset}: {len(index.tracks)} tracks -> {len(log_mels)} clips in {stats['prepare_seconds']:.1f}s "
-          f"({stats['silent_clips_skipped']} silent windows skipped, {len(stats['unreadable'])} unreadable files)")
-    return log_mels, index, stats
+            entry = torch.load(cache, map_location="cpu", weights_only=True)
+        except Exception:  # missing or damaged: decode again
+            try:
+                analysed, skipped = analyse_file(path, kind, transform)
+                entry = {"recordings": {s: {"log_mel": m, "windows": w} for s, (m, w) in analysed.items()},
+                         "skipped": skipped, "error": None}
+            except Exception as err:  # a damaged file must not end a long preparation
+                entry = {"recordings": {}, "skipped": {"silent": 0, "too_short": 0},
+                         "error": f"{type(err).__name__}: {err}"}
+            atomic_torch_save(entry, cache)  # unreadable files too: the same bytes will not decode next time
+            stats["decoded"] += 1
+        if entry["error"]:
+            warnings.warn(f"skipping unreadable file {path}: {entry['error']}")
+            stats["unreadable"].append(str(path))
+            continue
+        for key in ("silent", "too_short"):
+            stats[key] += entry["skipped"][key]
+        for source, rec in entry["recordings"].items():
+            shown = name if kind == "file" else f"{name} [{source}]"
+            recordings.append(Recording(shown, str(path), kind, source, rec["log_mel"], rec["windows"]))
+    return recordings, stats
 
 
-class MUSDBDataset(torch.utils.data.Dataset):
-    """Fixed-size (n_mels, 256) log-mel clips of MUSDB18 stems, normalised once stats are set.
+class MelClips(torch.utils.data.Dataset):
+    """The log-mels of a split's recordings, for training crops and fixed scoring windows.
 
-    `split` is 'train' or 'valid' (MUSDB18's official split of its training subset) or 'test'.
-    Only clips of `sources` are kept. `log_mels` holds un-normalised clips, (n, n_mels, frames).
+    `log_mels` (n_mels, total_frames) float16 holds every recording end to end; `offsets[r]` is the
+    first frame of recording r. Item i is scoring window i: a (n_mels, frames) float32 un-normalised
+    log-mel, `frames` = 256 for 5-s clips.
     """
 
-    def __init__(self, root, split, preprocessor, sources=SOURCES, cache_dir=None, layout=None):
-        self.root, self.split, self.preprocessor = Path(root), split, preprocessor
-        self.layout = layout or detect_layout(root)
-        subset = "test" if split == "test" else "train"
-        log_mels, index, self.stats = load_subset(root, self.layout, subset, preprocessor, cache_dir)
-        keep = torch.tensor([SOURCES[s] in sources for s in index.source_ids], dtype=torch.bool)
-        if split != "test":
-            keep &= self._split_mask(index, split)
-        rows = keep.nonzero().flatten().tolist()
-        self.log_mels = log_mels[rows].float()
-        self.index = index
-        self.rows = rows  # positions in `index`
-
-    @staticmethod
-    def _split_mask(index, split):
-        """Official validation tracks; when none are present (a subset of MUSDB18), every 10th track."""
-        official = [name in VALIDATION_TRACKS for name in index.tracks]
-        if not any(official):
-            official = [i % 10 == 9 for i in range(len(index.tracks))] if len(index.tracks) >= 2 else [False] * len(index.tracks)
-        in_valid = torch.tensor([official[t] for t in index.track_ids], dtype=torch.bool)
-        return in_valid if split == "valid" else ~in_valid
+    def __init__(self, recordings, transform, stats=None, origin=""):
+        self.recordings, self.transform, self.stats, self.origin = recordings, transform, stats or {}, origin
+        self.frames = transform.frames
+        n_mels = transform.n_mels
+        self.log_mels = torch.cat([r.log_mel for r in recordings], dim=1) if recordings else torch.zeros(n_mels, 0).half()
+        lengths = torch.tensor([r.log_mel.shape[1] for r in recordings], dtype=torch.long)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        # (recording, first frame) of every scoring window, in recording order
+        self.windows = [(r, f) for r, rec in enumerate(recordings) for f in rec.windows]
+        crops_per_recording = (lengths - self.frames + 1).clamp(min=0)
+        self._crop_cumsum = crops_per_recording.cumsum(0)
 
     def __len__(self):
-        return len(self.log_mels)
+        return len(self.windows)
 
     def __getitem__(self, i):
-        return self.preprocessor.normalize(self.log_mels[i].to(self.preprocessor.device))
+        r, f = self.windows[i]
+        start = int(self.offsets[r]) + f
+        return self.log_mels[:, start:start + self.frames].float()
 
-    def normalized(self):
-        """All clips normalised: (n, n_mels, frames) on the preprocessor's device."""
-        return self.preprocessor.normalize(self.log_mels.to(self.preprocessor.device))
+    def clips(self, positions):
+        """Scoring windows at `positions`: (len(positions), n_mels, frames) float32."""
+        if not len(positions):
+            return torch.zeros(0, self.transform.n_mels, self.frames)
+        return torch.stack([self[i] for i in positions])
+
+    def crop_starts(self, count, generator):
+        """`count` random crop positions (first frames in `log_mels`), uniform over every possible crop."""
+        total = int(self._crop_cumsum[-1])
+        flat = torch.randint(total, (count,), generator=generator)
+        r = torch.searchsorted(self._crop_cumsum, flat, right=True)
+        before = torch.cat([torch.zeros(1, dtype=torch.long), self._crop_cumsum])[r]
+        return self.offsets[r] + flat - before
+
+    def crops(self, starts):
+        """(len(starts), n_mels, frames) float32 crops of `log_mels` beginning at `starts`."""
+        index = starts[:, None] + torch.arange(self.frames)
+        return self.log_mels[:, index].permute(1, 0, 2).float()
 
     def describe(self, i):
-        row = self.rows[i]
-        return f"{self.index.tracks[self.index.track_ids[row]]} [{SOURCES[self.index.source_ids[row]]}] @ " \
-               f"{self.index.starts[row] / self.preprocessor.sample_rate:.1f}s"
+        r, f = self.windows[i]
+        return f"{self.recordings[r].name} @ {f * self.transform.hop_length / self.transform.sample_rate:.1f}s"
+
+    def source(self, i):
+        return self.recordings[self.windows[i][0]].source
 
     def waveforms(self, positions):
-        """The original 16 kHz clips behind `positions`: (len(positions), 80000), decoding each track once."""
+        """The original 16 kHz clips behind `positions`: (len(positions), clip_samples), each file decoded once."""
         decoded, out = {}, []
         for i in positions:
-            row = self.rows[i]
-            track_id = self.index.track_ids[row]
-            if track_id not in decoded:
-                path = Path(self.index.paths[track_id])
-                decoded[track_id] = (self.preprocessor.load_stem_file(path) if self.layout == "stems"
-                                     else self.preprocessor.load_wav_folder(path))
-            wave = decoded[track_id][SOURCES[self.index.source_ids[row]]]
-            out.append(self.preprocessor.cut(wave, self.index.starts[row]))
-        return torch.stack(out) if out else torch.empty(0, self.preprocessor.clip_samples)
+            r, f = self.windows[i]
+            rec = self.recordings[r]
+            if rec.path not in decoded:
+                decoded[rec.path] = decode_recordings(rec.path, rec.kind, self.transform.sample_rate)
+            wave = torch.from_numpy(decoded[rec.path][rec.source])
+            out.append(self.transform.cut(wave, f * self.transform.hop_length))
+        return torch.stack(out) if out else torch.zeros(0, self.transform.clip_samples)
+
+
+def build_splits(args, transform, whole_folder=False):
+    """{split: MelClips} for --audio_dir or --musdb_root; `whole_folder` scores an unsplit folder whole."""
+    if args.audio_dir is not None:
+        root = Path(args.audio_dir)
+        files = folder_splits(root, whole=whole_folder)
+        if not any(files.values()):
+            raise SystemExit(f"error: no audio files ({', '.join(AUDIO_SUFFIXES)}) under {root}")
+        items = {s: [(str(p.relative_to(root)), p, "file") for p in files[s]] for s in SPLITS}
+        origin = f"{root}"
+    else:
+        layout = ensure_dataset(args.musdb_root, args.download)
+        items = {s: [(name, path, layout) for name, path in tracks]
+                 for s, tracks in musdb_splits(args.musdb_root, layout).items()}
+        origin = f"MUSDB18 {args.musdb_root}"
+    splits = {}
+    for split in SPLITS:
+        start = time.perf_counter()
+        recordings, stats = load_recordings(items[split], transform, args.cache_dir, f"preparing {split}")
+        recordings = [r for r in recordings if r.source in args.sources]
+        stats["seconds"] = round(time.perf_counter() - start, 2)
+        splits[split] = MelClips(recordings, transform, stats, origin=f"{origin} ({split})")
+        if items[split]:
+            print(f"{split}: {stats['files']} files -> {len(recordings)} recordings, {len(splits[split])} scoring clips "
+                  f"({stats['decoded']} decoded in {stats['seconds']:.1f}s; skipped: {len(stats['unreadable'])} unreadable, "
+                  f"{stats['silent']} silent, {stats['too_short']} shorter than 5 s)")
+    return splits
+
+
+# ============================================================================================
+# Audio transforms
+# ============================================================================================
+
+class LogMelTransform:
+    """Waveform -> natural-log mel magnitude, and back (least-squares mel inversion + Griffin-Lim).
+
+    At the defaults a 5-s clip (80,000 samples at 16 kHz) gives (128, 256): n_fft 1024, hop 313,
+    centred frames, magnitudes floored at 1e-5 (log -11.5) so digital silence has a finite value.
+    """
+
+    LOG_FLOOR = 1e-5
+
+    def __init__(self, n_mels=128, sample_rate=16_000, clip_seconds=5, n_fft=1024, hop_length=313,
+                 griffin_lim_iters=64, device="cpu"):
+        import torchaudio.transforms as T
+
+        self.n_mels, self.sample_rate, self.n_fft, self.hop_length = n_mels, sample_rate, n_fft, hop_length
+        self.clip_samples = sample_rate * clip_seconds
+        self.frames = 1 + self.clip_samples // hop_length  # centred STFT: 256 at the defaults
+        self.device = torch.device(device)
+        self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
+                                    power=1.0).to(self.device)
+        self.inverse_mel = T.InverseMelScale(n_stft=n_fft // 2 + 1, n_mels=n_mels, sample_rate=sample_rate
+                                             ).to(self.device)
+        self.griffin_lim = T.GriffinLim(n_fft=n_fft, hop_length=hop_length, power=1.0, n_iter=griffin_lim_iters,
+                                        momentum=0.99, length=self.clip_samples).to(self.device)
+
+    @property
+    def config(self):
+        """What defines the features; the cache key and the checkpoint both use it."""
+        return {"n_mels": self.n_mels, "sample_rate": self.sample_rate, "n_fft": self.n_fft,
+                "hop_length": self.hop_length, "clip_samples": self.clip_samples}
+
+    @classmethod
+    def from_config(cls, config, griffin_lim_iters, device):
+        return cls(n_mels=config["n_mels"], sample_rate=config["sample_rate"],
+                   clip_seconds=config["clip_samples"] // config["sample_rate"], n_fft=config["n_fft"],
+                   hop_length=config["hop_length"], griffin_lim_iters=griffin_lim_iters, device=device)
+
+    def cut(self, wave, start):
+        """(clip_samples,) from sample `start` of a (samples,) waveform, zero-padded past its end."""
+        clip = wave[start:start + self.clip_samples]
+        return F.pad(clip, (0, self.clip_samples - len(clip)))
+
+    def __call__(self, waves):
+        """(..., samples) waveforms -> (..., n_mels, 1 + samples // hop) log-mel magnitudes."""
+        return torch.log(self.mel(waves.to(self.device)).clamp(min=self.LOG_FLOOR))
+
+    def invert(self, log_mel):
+        """(batch, n_mels, frames) log-mel -> (batch, clip_samples) waveforms, phase by Griffin-Lim."""
+        linear = self.inverse_mel(log_mel.to(self.device).float().exp()).clamp(min=0)
+        return self.griffin_lim(linear)
+
+
+def compute_normalization(log_mels):
+    """Per-mel-bin mean and std of (n_mels, frames) training log-mels: two (n_mels,) tensors."""
+    data = log_mels.double()
+    return data.mean(dim=1).float(), data.std(dim=1).clamp(min=1e-3).float()
 
 
 # ============================================================================================
@@ -478,30 +586,60 @@ class ResBlock1d(nn.Module):
         return x + self.net(x)
 
 
-class AudioAutoencoder(nn.Module):
-    """Conv1d autoencoder over time with the mel bins as channels.
+def stage_strides(time_downsample, stages=4):
+    """Strides of the encoder's stages, 2 first: time_downsample 4 -> (2, 2, 1, 1)."""
+    halvings = int(math.log2(time_downsample))
+    return (2,) * halvings + (1,) * (stages - halvings)
 
-    (batch, n_mels, frames) -> encoder: 4 stride-2 convs, each + a residual block ->
-    latent (batch, latent_dim, frames / 16) -> dropout -> decoder: 4 stride-2 ConvTranspose1d,
-    each + a residual block -> (batch, n_mels, frames). `frames` must be a multiple of 16.
+
+class AudioAutoencoder(nn.Module):
+    """Conv1d autoencoder over time with the mel bins as channels, normalisation included.
+
+    forward: (batch, n_mels, frames) normalised log-mel -> encoder: input conv, 4 stages of
+    (conv with stride 2 or 1, residual block) -> latent (batch, latent_dim, frames / time_downsample)
+    -> dropout -> decoder: the mirror (transposed convs where the encoder strided) -> (batch, n_mels, frames).
+    The per-bin mean and std of the training log-mels are buffers (as in open-unmix), so they travel
+    with the weights: `normalize` and `denormalize` map between log-mel and network units.
     """
 
-    def __init__(self, n_mels=128, latent_dim=128, hidden=256, dropout=0.1):
+    def __init__(self, n_mels=128, latent_dim=128, hidden=256, time_downsample=4, dropout=0.0):
         super().__init__()
-        self.config = {"n_mels": n_mels, "latent_dim": latent_dim, "hidden": hidden, "dropout": dropout}
-        down = [nn.Sequential(nn.Conv1d(hidden, hidden, 4, stride=2, padding=1), ResBlock1d(hidden, dilation=2))
-                for _ in range(4)]
-        up = [nn.Sequential(nn.ConvTranspose1d(hidden, hidden, 4, stride=2, padding=1), ResBlock1d(hidden, dilation=2))
-              for _ in range(4)]
+        self.config = {"n_mels": n_mels, "latent_dim": latent_dim, "hidden": hidden,
+                       "time_downsample": time_downsample, "dropout": dropout}
+        self.register_buffer("mel_mean", torch.zeros(n_mels))
+        self.register_buffer("mel_std", torch.ones(n_mels))
+        strides = stage_strides(time_downsample)
+        down = [nn.Sequential(nn.Conv1d(hidden, hidden, 4, stride=2, padding=1) if s == 2 else
+                              nn.Conv1d(hidden, hidden, 3, padding=1), ResBlock1d(hidden, dilation=2)) for s in strides]
+        up = [nn.Sequential(nn.ConvTranspose1d(hidden, hidden, 4, stride=2, padding=1) if s == 2 else
+                            nn.Conv1d(hidden, hidden, 3, padding=1), ResBlock1d(hidden, dilation=2))
+              for s in reversed(strides)]
         self.encoder = nn.Sequential(nn.Conv1d(n_mels, hidden, 3, padding=1), *down,
                                      nn.GroupNorm(8, hidden), nn.GELU(), nn.Conv1d(hidden, latent_dim, 1))
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Sequential(nn.Conv1d(latent_dim, hidden, 1), *up,
                                      nn.GroupNorm(8, hidden), nn.GELU(), nn.Conv1d(hidden, n_mels, 3, padding=1))
 
+    @property
+    def compression(self):
+        """How many input numbers per latent number: n_mels * time_downsample / latent_dim."""
+        c = self.config
+        return c["n_mels"] * c["time_downsample"] / c["latent_dim"]
+
+    def set_normalization(self, mean, std):
+        self.mel_mean.copy_(mean)
+        self.mel_std.copy_(std)
+
+    def normalize(self, log_mel):
+        return (log_mel - self.mel_mean[:, None]) / self.mel_std[:, None]
+
+    def denormalize(self, x):
+        return x * self.mel_std[:, None] + self.mel_mean[:, None]
+
     def encode(self, x):
-        if x.shape[-1] % 16:
-            raise ValueError(f"frames must be a multiple of 16, got {x.shape[-1]}")
+        step = self.config["time_downsample"]
+        if x.shape[-1] % step:
+            raise ValueError(f"frames must be a multiple of {step}, got {x.shape[-1]}")
         return self.encoder(x)
 
     def decode(self, z):
@@ -515,74 +653,148 @@ class AudioAutoencoder(nn.Module):
 # Training
 # ============================================================================================
 
-class AudioTrainer:
-    """Loss MSE + L1 on the normalised mel, AdamW with weight decay, cosine annealing, gradient clipping."""
+class CosineSchedule:
+    """Learning rate: linear warm-up to `peak`, then a half cosine from an anchor to `floor` at `total_steps`.
 
-    def __init__(self, model, device, learning_rate=1e-3, weight_decay=1e-4, total_steps=1, grad_clip=1.0):
+    The anchor starts at (warmup_steps, peak). `extend` sets a new total for a resumed run: the cosine
+    restarts its descent from the current rate, so a longer run never climbs back up.
+    """
+
+    def __init__(self, peak, total_steps, warmup_steps=0, floor_ratio=0.01):
+        self.peak, self.floor, self.total_steps = peak, peak * floor_ratio, total_steps
+        self.warmup_steps = min(warmup_steps, max(0, total_steps - 1))
+        self.anchor_step, self.anchor_lr = self.warmup_steps, peak
+
+    def __call__(self, step):
+        if step < self.warmup_steps:
+            return self.peak * (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.anchor_step) / max(1, self.total_steps - self.anchor_step))
+        return self.floor + (self.anchor_lr - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def extend(self, total_steps, step):
+        if total_steps != self.total_steps:
+            if step >= self.warmup_steps:
+                self.anchor_step, self.anchor_lr = step, self(step)
+            self.total_steps = total_steps
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
+def reconstruction_loss(reconstruction, target):
+    """MSE + L1 between normalised log-mels."""
+    return F.mse_loss(reconstruction, target) + F.l1_loss(reconstruction, target)
+
+
+class AudioTrainer:
+    """Training state: the model, AdamW, the learning-rate schedule, gradient clipping and the step count."""
+
+    def __init__(self, model, device, schedule, weight_decay=1e-4, grad_clip=1.0):
         self.model = model.to(device)
         self.device = device
         self.grad_clip = grad_clip
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, total_steps),
-                                                                    eta_min=learning_rate * 0.01)
+        self.schedule = schedule
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=schedule(0), weight_decay=weight_decay)
         self.step = 0
 
-    @staticmethod
-    def loss(reconstruction, target):
-        return F.mse_loss(reconstruction, target) + F.l1_loss(reconstruction, target)
-
-    def train_step(self, batch):
+    def train_step(self, log_mels):
+        """One AdamW step on a (batch, n_mels, frames) batch of un-normalised log-mels; the loss, on device."""
         self.model.train()
-        loss = self.loss(self.model(batch), batch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule(self.step)
+        target = self.model.normalize(log_mels.to(self.device, non_blocking=True))
+        loss = reconstruction_loss(self.model(target), target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
         self.step += 1
         return loss.detach()
 
-    @torch.no_grad()
-    def reconstruct(self, mels, batch_size=64):
-        """Eval-mode reconstruction of (n, n_mels, frames) in batches."""
-        self.model.eval()
-        return torch.cat([self.model(mels[i:i + batch_size]) for i in range(0, len(mels), batch_size)]) \
-            if len(mels) else mels.clone()
-
     def state_dict(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step}
+                "schedule": self.schedule.state_dict(), "step": self.step}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.schedule.load_state_dict(state["schedule"])
         self.step = state["step"]
 
 
-def train_one_epoch(trainer, mels, batch_size, epoch, epochs, check_every=10):
-    """One pass over `mels` ((n, n_mels, frames) on the device) in random order: (mean loss, clips/s, seconds)."""
-    n = len(mels)
-    steps = max(1, n // batch_size)
-    order = torch.randperm(n, device=mels.device)
-    pending, total, count = [], 0.0, 0
+@torch.no_grad()
+def reconstruct(model, log_mels, batch_size=64):
+    """Eval-mode reconstruction of (n, n_mels, frames) log-mels, in log-mel units, on the model's device."""
+    model.eval()
+    device = model.mel_mean.device
+    parts = [model.denormalize(model(model.normalize(log_mels[i:i + batch_size].to(device))))
+             for i in range(0, len(log_mels), batch_size)]
+    return torch.cat(parts) if parts else log_mels.to(device).clone()
+
+
+def steps_per_epoch(train_set, batch_size):
+    """An epoch draws as many crops as the training recordings hold scoring windows."""
+    return max(1, len(train_set) // batch_size)
+
+
+def epoch_crops(train_set, steps, batch_size, seed, epoch):
+    """(steps, batch_size) crop starts for one epoch, from a generator of its own: a resumed epoch
+    draws exactly the crops of the uninterrupted one, whatever else used the global RNG."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return train_set.crop_starts(steps * batch_size, generator).view(steps, batch_size)
+
+
+class StopRequest:
+    """The first Ctrl-C asks training to stop after the current step (so the checkpoint is exact);
+    a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nStopping after this step (Ctrl-C again to quit at once) ...", flush=True)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def check_finite(values, epoch, first_step):
+    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise FloatingPointError(f"loss became {values[bad]} at epoch {epoch}, step {first_step + bad + 1}")
+
+
+def run_epoch(trainer, train_set, plan, progress, epoch, epochs, stop, check_every=10):
+    """Train on the epoch's crop plan from `progress['steps_done']` on, updating `progress` in place
+    (steps done, loss sum, seconds) so an interruption can be resumed at the exact step."""
+    pending = []
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, dynamic_ncols=True)
+    first = progress["steps_done"]
+    bar = tqdm(range(first, len(plan)), desc=f"epoch {epoch}/{epochs}", unit="step", leave=False,
+               dynamic_ncols=True, disable=None)
     for step in bar:
-        batch = mels[order[step * batch_size:(step + 1) * batch_size]]
-        pending.append(trainer.train_step(batch))
-        if len(pending) == check_every or step == steps - 1:
+        pending.append(trainer.train_step(train_set.crops(plan[step])))
+        if len(pending) == check_every or step == len(plan) - 1 or stop.requested:
             values = torch.stack(pending).tolist()  # one host sync per `check_every` steps
-            bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
-            if bad is not None:
-                raise FloatingPointError(f"loss became {values[bad]} at epoch {epoch}, "
-                                         f"step {step - len(values) + bad + 2} of {steps}")
-            total, count, pending = total + sum(values), count + len(values), []
-            bar.set_postfix(loss=f"{total / count:.4f}", clips_s=f"{count * batch.shape[0] / (time.perf_counter() - start):.0f}")
-    if mels.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return total / count, steps * min(batch_size, n) / seconds, seconds
+            check_finite(values, epoch, step + 1 - len(values))
+            progress["loss_sum"] += sum(values)
+            progress["steps_done"] = step + 1
+            progress["seconds"] += time.perf_counter() - start
+            start, pending = time.perf_counter(), []
+            bar.set_postfix(loss=f"{progress['loss_sum'] / (progress['steps_done'] - first or 1):.4f}")
+        if stop.requested:
+            return False
+    return True
 
 
 # ============================================================================================
@@ -590,77 +802,120 @@ def train_one_epoch(trainer, mels, batch_size, epoch, epochs, check_every=10):
 # ============================================================================================
 
 @torch.no_grad()
-def mel_metrics(reconstruction, target, preprocessor):
-    """Spectrogram metrics on (n, n_mels, frames) normalised log-mels.
+def mel_metrics(reconstruction, target, model):
+    """Spectrogram scores of (n, n_mels, frames) log-mel reconstructions against their targets.
 
-    mse, mae, cosine: on the normalised log-mel (cosine per clip over all bins and frames, averaged);
-    pesq_proxy: 1 - spectral convergence on mel magnitudes, ||M - M_hat||_F / ||M||_F, clipped to [0, 1];
-    time_average_mse: MSE of predicting each bin's mean over its clip, the floor any model should beat.
+    mse, mae, cosine: on the normalised log-mel (the units of the loss; cosine per clip, averaged);
+    mel_sc_score: 1 - spectral convergence of the mel magnitudes, 1 - ||M_hat - M||_F / ||M||_F,
+    clipped to [0, 1] (what the design calls the "PESQ proxy": a spectrogram score, not PESQ);
+    time_average_mse: the MSE of predicting each bin's mean over its clip, a floor any model must beat;
+    baseline_ratio: time_average_mse / mse (how many times better than that floor).
     """
     if len(target) == 0:
         return {}
-    diff = reconstruction - target
-    magnitude = preprocessor.denormalize(target).exp()
-    magnitude_hat = preprocessor.denormalize(reconstruction).exp()
+    x_hat, x = model.normalize(reconstruction.float()), model.normalize(target.float().to(reconstruction.device))
+    diff = x_hat - x
+    magnitude, magnitude_hat = target.float().to(reconstruction.device).exp(), reconstruction.float().exp()
     convergence = (magnitude_hat - magnitude).flatten(1).norm(dim=1) / magnitude.flatten(1).norm(dim=1)
-    return {
-        "mse": diff.pow(2).mean().item(),
-        "mae": diff.abs().mean().item(),
-        "cosine": F.cosine_similarity(reconstruction.flatten(1), target.flatten(1), dim=1).mean().item(),
-        "pesq_proxy": (1 - convergence).clamp(0, 1).mean().item(),
-        "time_average_mse": (target - target.mean(dim=-1, keepdim=True)).pow(2).mean().item(),
-    }
+    mse = diff.pow(2).mean().item()
+    baseline = (x - x.mean(dim=-1, keepdim=True)).pow(2).mean().item()
+    return {"clips": len(target), "mse": mse, "mae": diff.abs().mean().item(),
+            "cosine": F.cosine_similarity(x_hat.flatten(1), x.flatten(1), dim=1).mean().item(),
+            "mel_sc_score": (1 - convergence).clamp(0, 1).mean().item(),
+            "time_average_mse": baseline, "baseline_ratio": baseline / max(mse, 1e-12)}
 
 
-def speech_scores(reference, estimate, sample_rate):
-    """Wide-band PESQ and STOI (torchmetrics: the pesq and pystoi packages) averaged over the clips
-    where they are defined; silent or speech-free clips that PESQ refuses are skipped and counted."""
-    from torchmetrics.functional.audio import perceptual_evaluation_speech_quality as pesq_fn
-    from torchmetrics.functional.audio import short_time_objective_intelligibility as stoi_fn
+def require_speech_metrics():
+    """PESQ and STOI come from the pesq and pystoi packages; without them scoring is an error, not a gap."""
+    try:
+        import pesq  # noqa: F401
+        import pystoi  # noqa: F401
+    except ImportError as err:
+        raise SystemExit(f"error: PESQ/STOI need the pesq and pystoi packages ({err}); "
+                         f"pip install -r requirements.txt, or pass --audio_eval_clips 0")
 
-    pesq, stoi = [], []
-    for ref, est in zip(reference.cpu().double(), estimate.cpu().double()):
+
+def paired_speech_scores(reference, estimate, oracle, sample_rate):
+    """Wide-band PESQ and STOI of the autoencoder's audio and of the Griffin-Lim oracle on the same clips.
+
+    reference, estimate, oracle: (n, samples). A clip where either PESQ is undefined (PESQ refuses
+    clips without an utterance-like signal) is left out of both means and counted in `pesq_undefined`.
+    """
+    from pesq import pesq as pesq_fn
+    from pesq import PesqError
+    from pystoi import stoi as stoi_fn
+
+    rows = []
+    for ref, est, ora in zip(reference.cpu().double().numpy(), estimate.cpu().double().numpy(),
+                             oracle.cpu().double().numpy()):
         with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")  # pesq and pystoi warn on (near-)silent clips
+            warnings.simplefilter("ignore")  # pystoi warns on (near-)silent clips
             try:
-                pesq.append(float(pesq_fn(est, ref, sample_rate, "wb")))
-            except Exception:
-                pass  # PESQ has no value for a clip without an utterance
-            value = float(stoi_fn(est, ref, sample_rate))
-        if math.isfinite(value):
-            stoi.append(value)
-    return {"pesq": float(np.mean(pesq)) if pesq else None, "stoi": float(np.mean(stoi)) if stoi else None,
-            "pesq_clips": len(pesq), "stoi_clips": len(stoi)}
-
-
-class AudioEvaluator:
-    """PESQ/STOI after Griffin-Lim for a fixed set of clips, with the Griffin-Lim-only oracle
-    (the true mel through the same inversion) computed once for comparison."""
-
-    def __init__(self, dataset, positions, preprocessor, seed=0):
-        self.positions, self.preprocessor, self.seed = positions, preprocessor, seed
-        self.reference = dataset.waveforms(positions)
-        self.mels = dataset.normalized()[positions]
-        self.oracle_audio = self.invert(self.mels)
-        self.oracle = speech_scores(self.reference, self.oracle_audio, preprocessor.sample_rate)
-
-    def invert(self, mels):
-        # Griffin-Lim starts from random phase: the same start each time keeps scores comparable, and
-        # forking leaves the training RNG untouched, so a resumed run matches an uninterrupted one.
-        device = self.preprocessor.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
-            return self.preprocessor.to_audio(mels).cpu()
-
-    def __call__(self, trainer):
-        audio = self.invert(trainer.reconstruct(self.mels))
-        return {**speech_scores(self.reference, audio, self.preprocessor.sample_rate),
-                **{f"oracle_{k}": v for k, v in self.oracle.items()}}, audio
+                pesq_pair = (pesq_fn(sample_rate, ref, est, "wb"), pesq_fn(sample_rate, ref, ora, "wb"))
+            except PesqError:
+                pesq_pair = None
+            stoi_pair = (stoi_fn(ref, est, sample_rate), stoi_fn(ref, ora, sample_rate))
+        rows.append((pesq_pair, stoi_pair if all(map(math.isfinite, stoi_pair)) else None))
+    pesq_rows = [p for p, _ in rows if p is not None]
+    stoi_rows = [s for _, s in rows if s is not None]
+    mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
+    return {"clips": len(rows), "pesq_undefined": len(rows) - len(pesq_rows),
+            "pesq": mean([p[0] for p in pesq_rows]), "oracle_pesq": mean([p[1] for p in pesq_rows]),
+            "stoi": mean([s[0] for s in stoi_rows]), "oracle_stoi": mean([s[1] for s in stoi_rows])}
 
 
 def spread_positions(n, k):
-    """k positions spread evenly over range(n)."""
-    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(min(n, k))}) if n else []
+    """min(n, k) distinct positions spread evenly over range(n), first and last included."""
+    if k >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
+
+
+class AudioEvaluator:
+    """PESQ/STOI after Griffin-Lim for fixed clips of one split, beside the Griffin-Lim oracle (the
+    true mel through the same inversion), which is computed once."""
+
+    def __init__(self, dataset, positions, transform, seed=0):
+        self.positions, self.transform, self.seed = positions, transform, seed
+        self.reference = dataset.waveforms(positions)
+        # The clip's own mel, not the slice of the whole recording's mel: identical but for the edge frames.
+        self.log_mels = transform(self.reference).cpu()
+        self.oracle_audio = self.invert(self.log_mels)
+
+    def invert(self, log_mels):
+        # Griffin-Lim starts from random phase: the same start each time keeps scores comparable, and
+        # forking leaves the training RNG untouched, so a resumed run matches an uninterrupted one.
+        device = self.transform.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            return self.transform.invert(log_mels).cpu()
+
+    def __call__(self, model):
+        """(paired scores, (n, samples) autoencoder audio, (n, n_mels, frames) reconstructed log-mels)."""
+        reconstruction = reconstruct(model, self.log_mels)
+        audio = self.invert(reconstruction)
+        scores = paired_speech_scores(self.reference, audio, self.oracle_audio, self.transform.sample_rate)
+        return scores, audio, reconstruction.cpu()
+
+
+def score_split(model, dataset, limit=None):
+    """Mel metrics on (up to `limit`, spread over all recordings) scoring windows of a split."""
+    positions = spread_positions(len(dataset), limit or len(dataset))
+    target = dataset.clips(positions)
+    return mel_metrics(reconstruct(model, target), target, model)
+
+
+def score_by_source(model, dataset, transform, audio_clips, seed):
+    """{source: mel metrics (+ PESQ/STOI on `audio_clips` clips)} for each MUSDB18 stem in `dataset`."""
+    table = {}
+    for source in dict.fromkeys(dataset.source(i) for i in range(len(dataset))):
+        positions = [i for i in range(len(dataset)) if dataset.source(i) == source]
+        target = dataset.clips(positions)
+        table[source] = mel_metrics(reconstruct(model, target), target, model)
+        if audio_clips:
+            chosen = [positions[i] for i in spread_positions(len(positions), audio_clips)]
+            table[source]["audio"] = AudioEvaluator(dataset, chosen, transform, seed)(model)[0]
+    return table
 
 
 # ============================================================================================
@@ -692,29 +947,42 @@ def load_checkpoint(path):
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise SystemExit(f"error: {path} is not an ImageAudioGen checkpoint of type {CHECKPOINT_FORMAT!r}")
     if state.get("version") != CHECKPOINT_VERSION:
-        raise SystemExit(f"error: {path} has checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+        raise SystemExit(f"error: {path} has checkpoint version {state.get('version')}, expected "
+                         f"{CHECKPOINT_VERSION}: it was made by an older audio_gen.py; train a new one")
     return state
 
 
-def make_checkpoint(trainer, preprocessor, epoch, history, args, interrupted=False):
-    rng = {"torch": torch.get_rng_state()}
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_checkpoint(trainer, transform, epoch, progress, history, args):
+    """Everything to rebuild the model (config, weights with normalisation) and to resume exactly:
+    `epoch` is the last finished epoch; `progress` the next one's steps done, or None between epochs."""
     return {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-        "model_config": dict(trainer.model.config), "preprocessor_config": preprocessor.config,
-        "normalization": {"mean": preprocessor.mean.cpu(), "std": preprocessor.std.cpu()},
-        **trainer.state_dict(), "epoch": epoch, "interrupted": interrupted, "rng": rng, "history": history,
+        "model_config": dict(trainer.model.config), "transform_config": transform.config,
+        **trainer.state_dict(), "epoch": epoch, "partial_epoch": progress, "interrupted": progress is not None,
+        "rng": rng_state(), "history": history,
+        "data": {"audio_dir": str(args.audio_dir.resolve()) if args.audio_dir else None,
+                 "musdb_root": str(args.musdb_root) if args.musdb_root else None, "sources": args.sources},
         "args": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()},
     }
 
 
-def preprocessor_from_checkpoint(state, args):
-    config = state["preprocessor_config"]
-    return AudioPreprocessor(n_mels=config["n_mels"], sample_rate=config["sample_rate"],
-                             clip_seconds=config["clip_samples"] // config["sample_rate"], n_fft=config["n_fft"],
-                             hop_length=config["hop_length"], griffin_lim_iters=args.griffin_lim_iters,
-                             mean=state["normalization"]["mean"], std=state["normalization"]["std"], device=args.device)
+def model_from_checkpoint(state, device):
+    model = AudioAutoencoder(**state["model_config"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
 
 
 # ============================================================================================
@@ -728,76 +996,73 @@ def _pyplot():
     return plt
 
 
-def plot_training_curves(history, path, audio_clips="validation"):
-    """Loss, mel MSE/MAE, cosine and PESQ proxy, PESQ/STOI with the Griffin-Lim oracle, against epoch.
-    `audio_clips` names the clips that PESQ/STOI were scored on."""
-    from matplotlib.ticker import MaxNLocator
-
+def plot_training_curves(history, path, valid_name):
+    """Loss, log-mel MSE against the time-average baseline, similarity scores and PESQ/STOI (with the
+    Griffin-Lim oracle), for training clips and unseen clips, against minutes of training."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=110)
-    epochs = [h["epoch"] for h in history]
+    minutes = np.cumsum([h["train_seconds"] for h in history]) / 60
 
     def line(ax, split, key, label, **kw):
-        values = [h.get(split, {}).get(key) for h in history]
-        points = [(e, v) for e, v in zip(epochs, values) if v is not None]
+        points = [(m, h[split][key]) for m, h in zip(minutes, history)
+                  if h.get(split, {}).get(key) is not None]
         if points:
             dots = {"marker": "o", "markersize": 3} if len(points) <= 60 else {}  # dots would hide long curves
-            ax.plot(*zip(*points), label=label, **dots, **kw)
+            ax.plot(*zip(*points), label=label, **{**dots, **kw})
 
+    seen, unseen = "training clips", f"unseen ({valid_name})"
     ax = axes[0, 0]
-    line(ax, "train", "loss", "train loss (MSE + L1)")
-    line(ax, "valid", "loss", "validation loss")
+    line(ax, "train", "loss_during_epoch", "loss during epoch (MSE + L1, random crops)", color="black")
+    line(ax, "valid", "loss", f"{unseen} loss", color="tab:red")
     ax.set(title="Loss", yscale="log")
     ax = axes[0, 1]
-    for split, style in (("train", "-"), ("valid", "--")):
-        line(ax, split, "mse", f"{split} MSE", linestyle=style, color="tab:blue")
-        line(ax, split, "mae", f"{split} MAE", linestyle=style, color="tab:orange")
-        line(ax, split, "time_average_mse", f"{split} time-average baseline MSE", linestyle=style, color="grey")
-    ax.set(title="Log-mel error (normalised units)", yscale="log")
+    for split, style, name in (("train", "-", seen), ("valid", "--", unseen)):
+        line(ax, split, "mse", f"{name} MSE", linestyle=style, color="tab:blue")
+        line(ax, split, "time_average_mse", f"{name} time-average baseline", linestyle=style, color="grey")
+    ax.set(title="Log-mel MSE (normalised units)", yscale="log")
     ax = axes[1, 0]
-    for split, style in (("train", "-"), ("valid", "--")):
-        line(ax, split, "cosine", f"{split} cosine similarity", linestyle=style, color="tab:green")
-        line(ax, split, "pesq_proxy", f"{split} PESQ proxy", linestyle=style, color="tab:purple")
+    for split, style, name in (("train", "-", seen), ("valid", "--", unseen)):
+        line(ax, split, "cosine", f"{name} cosine", linestyle=style, color="tab:green")
+        line(ax, split, "mel_sc_score", f"{name} 1 - mel spectral convergence", linestyle=style, color="tab:purple")
     ax.set(title="Similarity (higher is better)", ylim=(0, 1.02))
     ax = axes[1, 1]
-    line(ax, "audio", "pesq", "PESQ (autoencoder + Griffin-Lim)", color="tab:red")
-    line(ax, "audio", "oracle_pesq", "PESQ (Griffin-Lim oracle)", color="tab:red", linestyle=":")
+    for split, style, name in (("audio_train", "-", seen), ("audio_valid", "--", unseen)):
+        line(ax, split, "pesq", f"PESQ {name}", linestyle=style, color="tab:red")
+        line(ax, split, "oracle_pesq", f"PESQ Griffin-Lim oracle, {name}", linestyle=style, color="tab:red", alpha=0.4)
     ax2 = ax.twinx()
-    line(ax2, "audio", "stoi", "STOI (autoencoder + Griffin-Lim)", color="tab:blue")
-    line(ax2, "audio", "oracle_stoi", "STOI (Griffin-Lim oracle)", color="tab:blue", linestyle=":")
-    ax.set(title=f"Audio after Griffin-Lim ({audio_clips} clips)", ylabel="PESQ (wide-band, 1-4.6)")
+    for split, style, name in (("audio_train", "-", seen), ("audio_valid", "--", unseen)):
+        line(ax2, split, "stoi", f"STOI {name}", linestyle=style, color="tab:blue")
+        line(ax2, split, "oracle_stoi", f"STOI Griffin-Lim oracle, {name}", linestyle=style, color="tab:blue", alpha=0.4)
+    ax.set(title="Audio after Griffin-Lim (faint: oracle)", ylabel="PESQ (wide-band, 1-4.6)")
     ax2.set_ylabel("STOI (0-1)")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     if handles:
-        ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="lower right")
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=6, loc="lower right")
     for ax in axes.flat:
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("training time (min)")
         ax.grid(True, alpha=0.3)
         if ax is not axes[1, 1] and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle("Audio autoencoder training on MUSDB18")
+    fig.suptitle("Audio autoencoder training")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_spectrograms(originals, reconstructions, titles, preprocessor, path, suptitle):
-    """One row per clip: original, reconstruction, and their difference, as log-mel images on shared scales."""
+def plot_spectrograms(originals, reconstructions, titles, path, suptitle):
+    """One row per clip: original, reconstruction and their difference, as log-mel images on shared scales."""
     plt = _pyplot()
     rows = len(originals)
     fig, axes = plt.subplots(rows, 3, figsize=(14, 3.2 * rows), dpi=100, squeeze=False)
-    seconds = preprocessor.clip_samples / preprocessor.sample_rate
-    extent = (0, seconds, 0, preprocessor.n_mels)
-    for r, (orig, recon, title) in enumerate(zip(originals, reconstructions, titles)):
-        a, b = (preprocessor.denormalize(m).cpu().numpy() for m in (orig, recon))
+    for r, (a, b, title) in enumerate(zip(originals, reconstructions, titles)):
+        a, b = a.cpu().numpy(), b.cpu().numpy()
         low, high = float(a.min()), float(a.max())
         for c, (image, name, kwargs) in enumerate((
                 (a, "original", {"vmin": low, "vmax": high, "cmap": "magma"}),
                 (b, "reconstruction", {"vmin": low, "vmax": high, "cmap": "magma"}),
                 (b - a, "reconstruction - original", {"vmin": -3, "vmax": 3, "cmap": "coolwarm"}))):
             ax = axes[r, c]
-            shown = ax.imshow(image, origin="lower", aspect="auto", extent=extent, **kwargs)
+            shown = ax.imshow(image, origin="lower", aspect="auto", extent=(0, 5, 0, image.shape[0]), **kwargs)
             ax.set(title=f"{title}\n{name}" if c == 0 else name, xlabel="time (s)", ylabel="mel bin")
             fig.colorbar(shown, ax=ax, label="log magnitude" if c < 2 else "difference")
     fig.suptitle(suptitle)
@@ -815,6 +1080,7 @@ def write_wav(path, audio, sample_rate):
 
 
 def write_json_atomic(data, path):
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2))
@@ -828,211 +1094,286 @@ def read_json(path):
         return {}
 
 
+def versus_baseline(mel):
+    ratio = mel["baseline_ratio"]
+    return f"{ratio:.1f}x lower" if ratio >= 1 else f"{1 / ratio:.1f}x higher"
+
+
+def format_scores(name, mel, audio=None):
+    """One line: where the clips come from, mel scores against the baseline, PESQ/STOI against the oracle."""
+    if not mel:
+        return f"{name}: no clips"
+    line = (f"{name} ({mel['clips']} clips): mse {mel['mse']:.4f} (time-average baseline {mel['time_average_mse']:.3f}: "
+            f"{versus_baseline(mel)})  cosine {mel['cosine']:.3f}  1-SC {mel['mel_sc_score']:.3f}")
+    if audio and audio.get("pesq") is not None:
+        line += (f"\n    after Griffin-Lim ({audio['clips'] - audio['pesq_undefined']} of {audio['clips']} clips): "
+                 f"PESQ {audio['pesq']:.2f} (oracle {audio['oracle_pesq']:.2f})  "
+                 f"STOI {audio['stoi']:.3f} (oracle {audio['oracle_stoi']:.3f})")
+    return line
+
+
 # ============================================================================================
 # Train / infer / benchmark
 # ============================================================================================
 
-def build_data(args, preprocessor):
-    layout = ensure_dataset(args.musdb_root, args.download)
-    train_set = MUSDBDataset(args.musdb_root, "train", preprocessor, args.sources, args.cache_dir, layout)
-    valid_set = MUSDBDataset(args.musdb_root, "valid", preprocessor, args.sources, args.cache_dir, layout)
-    if len(train_set) == 0:
-        raise SystemExit(f"error: no usable training clips in {args.musdb_root}/train for sources {args.sources}")
-    return train_set, valid_set
+def new_model(args, train_set):
+    """A fresh autoencoder whose normalisation holds the training log-mels' per-bin statistics."""
+    model = AudioAutoencoder(n_mels=args.n_mels, latent_dim=args.latent_dim, hidden=args.hidden,
+                             time_downsample=args.time_downsample, dropout=args.dropout)
+    model.set_normalization(*compute_normalization(train_set.log_mels))
+    return model
 
 
-def split_metrics(trainer, normalized, preprocessor, limit=2048):
-    """Mel metrics and loss on up to `limit` of the (n, n_mels, frames) normalised clips, in eval mode."""
-    if len(normalized) == 0:
-        return {}
-    target = normalized[:limit]
-    reconstruction = trainer.reconstruct(target)
-    return {"loss": AudioTrainer.loss(reconstruction, target).item(), **mel_metrics(reconstruction, target, preprocessor)}
+def epoch_record(epoch, progress, trainer, splits, evaluators, milestone, eval_limit=512):
+    """Metrics after one epoch: training-clip and unseen-clip mel scores; PESQ/STOI at milestones."""
+    start = time.perf_counter()
+    steps = progress["steps_done"]
+    record = {"epoch": epoch, "step": trainer.step, "train_seconds": progress["seconds"],
+              "clips_per_s": steps * progress["batch_size"] / max(progress["seconds"], 1e-9),
+              "train": {"loss_during_epoch": progress["loss_sum"] / steps,
+                        **score_split(trainer.model, splits["train"], eval_limit)},
+              "valid": score_split(trainer.model, splits["valid"], eval_limit)}
+    if record["valid"]:
+        valid = splits["valid"]
+        target = valid.clips(spread_positions(len(valid), eval_limit))
+        x = trainer.model.normalize(target.to(trainer.device))
+        with torch.no_grad():
+            record["valid"]["loss"] = reconstruction_loss(trainer.model.eval()(x), x).item()
+    if milestone:
+        for split, evaluator in evaluators.items():
+            record[f"audio_{split}"] = evaluator(trainer.model)[0]
+    record["eval_seconds"] = time.perf_counter() - start
+    return record
+
+
+def epoch_line(record, epochs):
+    t, v = record["train"], record.get("valid", {})
+    line = f"epoch {record['epoch']:3d}/{epochs}  loss {t['loss_during_epoch']:.4f}  train mse {t['mse']:.4f}"
+    if v:
+        line += f"  unseen mse {v['mse']:.4f} ({versus_baseline(v)} than baseline) cos {v['cosine']:.3f}"
+    for split, name in (("audio_valid", "unseen"), ("audio_train", "train")):
+        a = record.get(split, {})
+        if a.get("pesq") is not None:
+            line += f"  {name} PESQ {a['pesq']:.2f}/{a['oracle_pesq']:.2f} STOI {a['stoi']:.2f}/{a['oracle_stoi']:.2f}"
+    return line + f"  {record['clips_per_s']:.0f} clips/s"
 
 
 def train(args):
-    torch.manual_seed(args.seed)
+    torch.set_flush_denormal(True)  # denormal floats appear mid-training and make CPU steps up to 8x slower
     state = load_checkpoint(args.checkpoint) if args.resume else None
-    if state:
-        preprocessor = preprocessor_from_checkpoint(state, args)
-    else:
-        preprocessor = AudioPreprocessor(n_mels=args.n_mels, griffin_lim_iters=args.griffin_lim_iters, device=args.device)
-    train_set, valid_set = build_data(args, preprocessor)
-    if not state:
-        preprocessor.mean, preprocessor.std = (t.to(args.device) for t in compute_normalization(train_set.log_mels))
-    mels, valid_mels = train_set.normalized(), valid_set.normalized()  # once: every epoch scores them
-    steps = max(1, len(mels) // args.batch_size)
-    model_config = state["model_config"] if state else {"n_mels": args.n_mels, "latent_dim": args.latent_dim}
-    trainer = AudioTrainer(AudioAutoencoder(**model_config), args.device, args.learning_rate,
-                           total_steps=args.epochs * steps)
-    history, start_epoch = [], 1
+    transform = (LogMelTransform.from_config(state["transform_config"], args.griffin_lim_iters, args.device) if state
+                 else LogMelTransform(n_mels=args.n_mels, griffin_lim_iters=args.griffin_lim_iters, device=args.device))
+    splits = build_splits(args, transform)
+    train_set = splits["train"]
+    if len(train_set) == 0:
+        raise SystemExit(f"error: no usable training recordings (5 s or longer, not silent) in {train_set.origin}")
+    torch.manual_seed(args.seed)
+    model = model_from_checkpoint(state, args.device) if state else new_model(args, train_set)
+    steps = steps_per_epoch(train_set, args.batch_size)
+    schedule = CosineSchedule(args.learning_rate, args.epochs * steps, args.warmup_steps)
+    trainer = AudioTrainer(model, args.device, schedule)
+    history, epoch, progress = [], 0, None
     if state:
         trainer.load_state_dict(state)
-        torch.set_rng_state(state["rng"]["torch"])
-        history, start_epoch = state["history"], state["epoch"] + 1
-        print(f"Resuming from {args.checkpoint} after epoch {state['epoch']}")
+        schedule.extend(args.epochs * steps, trainer.step)  # a longer run keeps decaying from here
+        set_rng_state(state["rng"])
+        history, epoch, progress = state["history"], state["epoch"], state["partial_epoch"]
+        where = f"epoch {epoch + 1}, step {progress['steps_done']}" if progress else f"the end of epoch {epoch}"
+        print(f"Resuming {args.checkpoint} at {where}")
     elif args.checkpoint.exists():
         print(f"note: starting a new run; {args.checkpoint} will be overwritten (use --resume to continue it)")
-    if start_epoch > args.epochs:
-        print(f"Nothing to do: the checkpoint already has {start_epoch - 1} epochs (--epochs {args.epochs}).")
+    if epoch >= args.epochs:
+        print(f"Nothing to do: the checkpoint already has {epoch} epochs (--epochs {args.epochs}).")
         return history
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    eval_set, eval_mels, eval_name = (valid_set, valid_mels, "validation") if len(valid_set) else \
-        (train_set, mels, "training")
-    evaluator = (AudioEvaluator(eval_set, spread_positions(len(eval_set), args.audio_eval_clips), preprocessor, args.seed)
-                 if args.audio_eval_clips else None)
-    n_params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"Training on {len(train_set)} clips ({len(valid_set)} validation) of {', '.join(args.sources)}; "
-          f"{n_params / 1e6:.2f}M parameters, device {args.device}, {steps} steps/epoch")
-    epoch = start_epoch - 1
-    try:
-        for epoch in range(start_epoch, args.epochs + 1):
-            loss, rate, seconds = train_one_epoch(trainer, mels, args.batch_size, epoch, args.epochs)
-            start = time.perf_counter()
-            record = {"epoch": epoch, "clips_per_s": rate, "train_seconds": seconds,
-                      "train": {**split_metrics(trainer, mels, preprocessor), "loss_during_epoch": loss},
-                      "valid": split_metrics(trainer, valid_mels, preprocessor)}
-            # Griffin-Lim + PESQ and the plot cost seconds, which would dominate epochs of a few steps.
-            milestone = epoch in (1, args.epochs) or epoch % args.eval_every == 0
-            if evaluator and milestone:
-                record["audio"] = evaluator(trainer)[0]
-            record["eval_seconds"] = time.perf_counter() - start
-            history.append(record)
-            print(epoch_line(record, args.epochs), flush=True)
-            atomic_torch_save(make_checkpoint(trainer, preprocessor, epoch, history, args), args.checkpoint)
-            if milestone:
-                plot_training_curves(history, args.results_dir / "training_curves.png", eval_name)
-    except KeyboardInterrupt:
-        atomic_torch_save(make_checkpoint(trainer, preprocessor, epoch - 1, history, args, interrupted=True),
-                          args.checkpoint)
+    valid_name = "validation files" if len(splits["valid"]) else "none: no validation files"
+    evaluators = {}
+    if args.audio_eval_clips:
+        require_speech_metrics()
+        evaluators = {split: AudioEvaluator(splits[split], spread_positions(len(splits[split]), args.audio_eval_clips),
+                                            transform, args.seed)
+                      for split in ("valid", "train") if len(splits[split])}
+    print(f"Training on {len(train_set.recordings)} recordings ({len(train_set)} clip windows), "
+          f"{len(splits['valid'])} unseen validation clips; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+          f"parameters, {model.compression:g}x compression, device {args.device}, {steps} steps/epoch")
+    with StopRequest() as stop:
+        try:
+            while epoch < args.epochs:
+                progress = progress or {"epoch": epoch + 1, "steps_done": 0, "loss_sum": 0.0, "seconds": 0.0,
+                                        "batch_size": args.batch_size}
+                plan = epoch_crops(train_set, steps, args.batch_size, args.seed, epoch + 1)
+                finished = progress["steps_done"] == steps or run_epoch(
+                    trainer, train_set, plan, progress, epoch + 1, args.epochs, stop)
+                if not finished:
+                    break
+                milestone = epoch + 1 in (1, args.epochs) or (epoch + 1) % args.eval_every == 0
+                record = epoch_record(epoch + 1, progress, trainer, splits, evaluators, milestone)
+                epoch, progress = epoch + 1, None
+                history.append(record)
+                print(epoch_line(record, args.epochs), flush=True)
+                atomic_torch_save(make_checkpoint(trainer, transform, epoch, None, history, args), args.checkpoint)
+                if milestone:
+                    plot_training_curves(history, args.results_dir / "training_curves.png", valid_name)
+                if stop.requested:
+                    break
+        except KeyboardInterrupt:
+            raise SystemExit(f"\nInterrupted at once: {args.checkpoint} holds the state after epoch {epoch}.")
+        except FloatingPointError as err:
+            raise SystemExit(f"error: {err}. The last good checkpoint is {args.checkpoint}.")
+    if stop.requested:
+        atomic_torch_save(make_checkpoint(trainer, transform, epoch, progress, history, args), args.checkpoint)
         if history:
-            plot_training_curves(history, args.results_dir / "training_curves.png", eval_name)
-        raise SystemExit(f"\nInterrupted during epoch {epoch}: checkpoint saved to {args.checkpoint}; "
-                         f"continue with --resume.")
-    except FloatingPointError as err:
-        raise SystemExit(f"error: {err}. The last good checkpoint is {args.checkpoint}.")
+            plot_training_curves(history, args.results_dir / "training_curves.png", valid_name)
+        where = f"epoch {progress['epoch']}, step {progress['steps_done']} of {steps}" if progress else f"epoch {epoch}"
+        raise SystemExit(f"Stopped after {where}: checkpoint saved to {args.checkpoint}; continue with --resume.")
 
-    shown = spread_positions(len(eval_set), 3)
-    shown_mels = eval_mels[shown]
-    plot_spectrograms(shown_mels, trainer.reconstruct(shown_mels),
-                      [eval_set.describe(i) for i in shown], preprocessor, args.results_dir / "spectrogram_comparison.png",
-                      f"{eval_name.capitalize()} clips after epoch {epoch}")
+    held_out = splits["valid"] if len(splits["valid"]) else train_set
+    shown = spread_positions(len(held_out), 3)
+    plot_spectrograms(held_out.clips(shown), reconstruct(model, held_out.clips(shown)).cpu(),
+                      [held_out.describe(i) for i in shown], args.results_dir / "spectrogram_comparison.png",
+                      f"{'Unseen validation' if len(splits['valid']) else 'Training (no validation files)'} "
+                      f"clips after epoch {epoch}")
     metrics = read_json(args.results_dir / "metrics.json")
-    metrics["train"] = {"sources": args.sources, "train_clips": len(train_set), "valid_clips": len(valid_set),
-                        "data": {"train": train_set.stats, "layout": train_set.layout}, "epochs": history}
-    metrics["final_test"] = evaluate_test(trainer, preprocessor, args)[0]
+    metrics["train"] = {"data": {s: {"origin": d.origin, "recordings": len(d.recordings), "clips": len(d), **d.stats}
+                                 for s, d in splits.items()},
+                        "compression": model.compression, "epochs": history}
+    metrics["final_test"] = evaluate(model, transform, splits, args)
     write_json_atomic(metrics, args.results_dir / "metrics.json")
     return history
 
 
-def epoch_line(record, epochs):
-    t, v, a = record["train"], record.get("valid", {}), record.get("audio", {})
-    line = (f"epoch {record['epoch']:3d}/{epochs}  loss {t['loss_during_epoch']:.4f}  "
-            f"train mse {t['mse']:.4f} cos {t['cosine']:.3f}")
-    if v:
-        line += f"  valid mse {v['mse']:.4f} cos {v['cosine']:.3f} proxy {v['pesq_proxy']:.3f}"
-    if a.get("pesq") is not None:
-        line += f"  PESQ {a['pesq']:.2f} (oracle {a['oracle_pesq']:.2f})"
-    if a.get("stoi") is not None:
-        line += f"  STOI {a['stoi']:.2f} (oracle {a['oracle_stoi']:.2f})"
-    return line + f"  {record['clips_per_s']:.0f} clips/s"
+def evaluate(model, transform, splits, args):
+    """Scores on the test split (unseen) and on training clips, so the generalisation gap shows;
+    a table per source for MUSDB18."""
+    result = {}
+    for split, label in (("test", "unseen test files"), ("train", "training files")):
+        dataset = splits[split]
+        if not len(dataset):
+            continue
+        entry = {"scored_on": f"{label}: {dataset.origin}", **score_split(model, dataset)}
+        if args.audio_eval_clips:
+            require_speech_metrics()
+            positions = spread_positions(len(dataset), args.audio_eval_clips)
+            entry["audio"] = AudioEvaluator(dataset, positions, transform, args.seed)(model)[0]
+        if args.audio_dir is None:
+            entry["by_source"] = score_by_source(model, dataset, transform, args.audio_eval_clips, args.seed)
+        result[split] = entry
+        print(format_scores(f"{label}", entry, entry.get("audio")))
+        for source, row in entry.get("by_source", {}).items():
+            print("  " + format_scores(source, row, row.get("audio")).replace("\n", "\n  "))
+    return result
 
 
-def evaluate_test(trainer, preprocessor, args):
-    """Mel metrics on the whole test subset, and PESQ/STOI on `--audio_eval_clips` of it."""
-    test_set = MUSDBDataset(args.musdb_root, "test", preprocessor, args.sources, args.cache_dir)
-    if len(test_set) == 0:
-        print(f"note: no test clips in {args.musdb_root}/test; skipping the test evaluation")
-        return {}, test_set
-    result = {"clips": len(test_set), **split_metrics(trainer, test_set.normalized(), preprocessor, limit=len(test_set))}
-    if args.audio_eval_clips:
-        evaluator = AudioEvaluator(test_set, spread_positions(len(test_set), args.audio_eval_clips), preprocessor, args.seed)
-        result["audio"] = evaluator(trainer)[0]
-    return result, test_set
+def infer_splits(args, state, transform):
+    """What infer scores: a folder the model trained on gives its test split; any other unsplit folder is
+    scored whole; MUSDB18 gives its test subset. Training clips are scored too when they are at hand."""
+    trained_on = state["data"]["audio_dir"]
+    same_folder = args.audio_dir is not None and trained_on == str(Path(args.audio_dir).resolve())
+    return build_splits(args, transform, whole_folder=args.audio_dir is not None and not same_folder)
 
 
 def infer(args):
     state = load_checkpoint(args.checkpoint)
-    preprocessor = preprocessor_from_checkpoint(state, args)
-    trainer = AudioTrainer(AudioAutoencoder(**state["model_config"]), args.device)
-    trainer.model.load_state_dict(state["model"])
-    ensure_dataset(args.musdb_root, args.download)
-    result, test_set = evaluate_test(trainer, preprocessor, args)
+    transform = LogMelTransform.from_config(state["transform_config"], args.griffin_lim_iters, args.device)
+    model = model_from_checkpoint(state, args.device)
+    splits = infer_splits(args, state, transform)
+    test_set = splits["test"]
     if len(test_set) == 0:
-        raise SystemExit(f"error: no test clips in {args.musdb_root}/test for sources {args.sources}")
+        raise SystemExit(f"error: no usable test clips in {test_set.origin} (5 s or longer, not silent)")
+    result = evaluate(model, transform, splits, args)
 
     examples = spread_positions(len(test_set), args.num_examples)
-    evaluator = AudioEvaluator(test_set, examples, preprocessor, args.seed)
-    scores, audio = evaluator(trainer)
-    reconstructed = trainer.reconstruct(evaluator.mels)
+    evaluator = AudioEvaluator(test_set, examples, transform, args.seed)
+    scores, audio, reconstructed = evaluator(model)
     results = args.results_dir
     results.mkdir(parents=True, exist_ok=True)
     for old in results.glob("audio_*_[0-9]*.wav"):
         old.unlink()  # a run with fewer examples must not leave stale files behind
-    rate = preprocessor.sample_rate
-    for n, i in enumerate(examples):
+    rate = transform.sample_rate
+    for n in range(len(examples)):
         write_wav(results / f"audio_original_{n}.wav", evaluator.reference[n], rate)
         write_wav(results / f"audio_reconstructed_{n}.wav", audio[n], rate)
         write_wav(results / f"audio_griffinlim_oracle_{n}.wav", evaluator.oracle_audio[n], rate)
-    plot_spectrograms(evaluator.mels, reconstructed, [test_set.describe(i) for i in examples], preprocessor,
-                      results / "inference_comparison.png", f"Test clips reconstructed by {args.checkpoint.name}")
-    result["examples"] = {"clips": [test_set.describe(i) for i in examples], **scores}
+    plot_spectrograms(evaluator.log_mels, reconstructed, [test_set.describe(i) for i in examples],
+                      results / "inference_comparison.png",
+                      f"Unseen clips ({test_set.origin}) reconstructed by {args.checkpoint.name}")
+    result["examples"] = {**scores, "names": [test_set.describe(i) for i in examples]}
     metrics = read_json(results / "metrics.json")
-    metrics["infer"] = {"checkpoint": str(args.checkpoint), "epoch": state["epoch"], **result}
+    metrics["infer"] = {"checkpoint": str(args.checkpoint), "epoch": state["epoch"],
+                        "compression": model.compression, **result}
     write_json_atomic(metrics, results / "metrics.json")
-    print(f"Test subset ({result['clips']} clips): mse {result['mse']:.4f}  mae {result['mae']:.4f}  "
-          f"cosine {result['cosine']:.3f}  PESQ proxy {result['pesq_proxy']:.3f}")
-    audio_scores = result.get("audio", {})
-    if audio_scores.get("pesq") is not None:
-        print(f"After Griffin-Lim: PESQ {audio_scores['pesq']:.2f} (oracle {audio_scores['oracle_pesq']:.2f}), "
-              f"STOI {audio_scores['stoi']:.3f} (oracle {audio_scores['oracle_stoi']:.3f})")
-    print(f"Wrote {len(examples)} WAV pairs and inference_comparison.png to {results}")
+    print(f"Wrote {len(examples)} WAV triples (original, reconstructed, Griffin-Lim oracle) and "
+          f"inference_comparison.png to {results}")
     return metrics["infer"]
 
 
 def benchmark(args):
-    """Data preparation (no cache), training clips/s and Griffin-Lim clips/s on each available device."""
+    """Data preparation (empty cache, then cached), training clips/s, Griffin-Lim clips/s and the
+    oracle's PESQ/STOI against Griffin-Lim iterations."""
     import tempfile
 
-    layout = detect_layout(args.musdb_root)
-    if layout:
-        preprocessor = AudioPreprocessor(n_mels=args.n_mels)
+    torch.set_flush_denormal(True)
+    transform = LogMelTransform(n_mels=args.n_mels)
+    splits = None
+    if args.audio_dir is not None or detect_layout(args.musdb_root):
         with tempfile.TemporaryDirectory() as cache:
+            timing_args = argparse.Namespace(**{**vars(args), "cache_dir": Path(cache)})
             start = time.perf_counter()
-            for subset in ("train", "test"):
-                load_subset(args.musdb_root, layout, subset, preprocessor, cache)
-            print(f"[cpu] data preparation ({args.musdb_root}): {time.perf_counter() - start:.1f}s")
+            build_splits(timing_args, transform)
+            print(f"[cpu] data preparation, empty cache: {time.perf_counter() - start:.1f}s")
             start = time.perf_counter()
-            for subset in ("train", "test"):
-                load_subset(args.musdb_root, layout, subset, preprocessor, cache)
-            print(f"[cpu] cached reload: {time.perf_counter() - start:.2f}s")
+            splits = build_splits(timing_args, transform)
+            print(f"[cpu] data preparation, cached: {time.perf_counter() - start:.2f}s")
     else:
-        print(f"(no dataset in {args.musdb_root}: data preparation not measured)")
+        print(f"(no data in {args.musdb_root}: preparation and the Griffin-Lim table are not measured)")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         cuda = device.type == "cuda"
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         torch.manual_seed(0)
-        trainer = AudioTrainer(AudioAutoencoder(args.n_mels, args.latent_dim), device, total_steps=100)
-        batch = torch.randn(args.batch_size, args.n_mels, 256, device=device)
+        model = AudioAutoencoder(args.n_mels, args.latent_dim, args.hidden, args.time_downsample, args.dropout)
+        trainer = AudioTrainer(model, device, CosineSchedule(args.learning_rate, 100))
+        batch = torch.randn(args.batch_size, args.n_mels, transform.frames, device=device)
         trainer.train_step(batch)
         sync()
-        repeats = 20 if cuda else 3
+        repeats = 20 if cuda else 5
         start = time.perf_counter()
         for _ in range(repeats):
             trainer.train_step(batch)
         sync()
-        print(f"[{device}] training batch {args.batch_size}: {repeats * args.batch_size / (time.perf_counter() - start):.0f} clips/s")
-        preprocessor = AudioPreprocessor(n_mels=args.n_mels, griffin_lim_iters=args.griffin_lim_iters, device=device)
-        preprocessor.mean, preprocessor.std = torch.zeros(args.n_mels, device=device), torch.ones(args.n_mels, device=device)
-        n = 8 if not cuda else 64
-        preprocessor.to_audio(torch.randn(n, args.n_mels, 256, device=device))
+        print(f"[{device}] training, batch {args.batch_size}, {model.compression:g}x compression: "
+              f"{repeats * args.batch_size / (time.perf_counter() - start):.0f} clips/s")
+        inverse = LogMelTransform(n_mels=args.n_mels, griffin_lim_iters=args.griffin_lim_iters, device=device)
+        n = 64 if cuda else 8
+        inverse.invert(torch.randn(n, args.n_mels, transform.frames, device=device))
         sync()
         start = time.perf_counter()
-        preprocessor.to_audio(torch.randn(n, args.n_mels, 256, device=device))
+        inverse.invert(torch.randn(n, args.n_mels, transform.frames, device=device))
         sync()
-        print(f"[{device}] Griffin-Lim ({args.griffin_lim_iters} iters, batch {n}): {n / (time.perf_counter() - start):.1f} clips/s")
+        print(f"[{device}] Griffin-Lim ({args.griffin_lim_iters} iterations, batch {n}): "
+              f"{n / (time.perf_counter() - start):.1f} clips/s")
+    if splits is not None and args.audio_eval_clips:
+        griffin_lim_table(splits, args)
+
+
+def griffin_lim_table(splits, args, iterations=(32, 64, 128, 256)):
+    """Oracle PESQ/STOI (true mel through Griffin-Lim) and time per clip against the iteration count."""
+    require_speech_metrics()
+    held_out = splits["test"] if len(splits["test"]) else splits["valid"] if len(splits["valid"]) else splits["train"]
+    positions = spread_positions(len(held_out), args.audio_eval_clips)
+    reference = held_out.waveforms(positions)
+    print(f"Griffin-Lim oracle on {len(positions)} clips of {held_out.origin}:")
+    for n_iter in iterations:
+        transform = LogMelTransform(n_mels=args.n_mels, griffin_lim_iters=n_iter)
+        log_mels = transform(reference)
+        torch.manual_seed(args.seed)
+        start = time.perf_counter()
+        audio = transform.invert(log_mels)
+        seconds = (time.perf_counter() - start) / len(positions)
+        scores = paired_speech_scores(reference, audio, audio, transform.sample_rate)
+        pesq = "n/a" if scores["pesq"] is None else f"{scores['pesq']:.2f}"
+        print(f"  {n_iter:4d} iterations: PESQ {pesq}  STOI {scores['stoi']:.3f}  {seconds * 1000:.0f} ms/clip (cpu)")
 
 
 # ============================================================================================

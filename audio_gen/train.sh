@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# Train the mel autoencoder on MUSDB18 (the 7-s preview is downloaded if MUSDB_ROOT is empty).
-# Works from any folder; extra arguments go to audio_gen.py.
-#   EPOCHS=10 MUSDB_ROOT=/data/musdb18 DOWNLOAD=none ./train.sh --sources vocals drums
-# Variables: EPOCHS BATCH_SIZE LEARNING_RATE DEVICE CHECKPOINT MUSDB_ROOT N_MELS LATENT_DIM SEED RESULTS_DIR
-#            CACHE_DIR GRIFFIN_LIM_ITERS DOWNLOAD AUDIO_EVAL_CLIPS EVAL_EVERY RESUME=1
+# Train the mel autoencoder on a folder of music (AUDIO_DIR) or on MUSDB18 (MUSDB_ROOT; the 7-s preview
+# is downloaded if it is empty). Works from any folder; extra arguments go to audio_gen.py.
+#   AUDIO_DIR=~/Music EPOCHS=10 ./train.sh
+#   MUSDB_ROOT=/data/musdb18 DOWNLOAD=none ./train.sh --sources vocals drums
+# Variables: AUDIO_DIR MUSDB_ROOT DOWNLOAD CACHE_DIR EPOCHS BATCH_SIZE LEARNING_RATE WARMUP_STEPS DEVICE
+#            CHECKPOINT N_MELS LATENT_DIM TIME_DOWNSAMPLE HIDDEN DROPOUT SEED RESULTS_DIR GRIFFIN_LIM_ITERS
+#            AUDIO_EVAL_CLIPS EVAL_EVERY RESUME=1
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
 
 args=(--mode train)
+flag --audio_dir AUDIO_DIR
+flag --musdb_root MUSDB_ROOT
+flag --download DOWNLOAD
+flag --cache_dir CACHE_DIR
 flag --epochs EPOCHS
 flag --batch_size BATCH_SIZE
 flag --learning_rate LEARNING_RATE
+flag --warmup_steps WARMUP_STEPS
 flag --device DEVICE
 flag --checkpoint CHECKPOINT
-flag --musdb_root MUSDB_ROOT
 flag --n_mels N_MELS
 flag --latent_dim LATENT_DIM
+flag --time_downsample TIME_DOWNSAMPLE
+flag --hidden HIDDEN
+flag --dropout DROPOUT
 flag --seed SEED
 flag --results_dir RESULTS_DIR
-flag --cache_dir CACHE_DIR
 flag --griffin_lim_iters GRIFFIN_LIM_ITERS
-flag --download DOWNLOAD
 flag --audio_eval_clips AUDIO_EVAL_CLIPS
 flag --eval_every EVAL_EVERY
 switch --resume RESUME

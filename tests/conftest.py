@@ -135,3 +135,60 @@ def musdb_wav(tmp_path_factory):
     for seed, (name, subset, seconds, silent) in enumerate(MUSDB_TRACKS[:2] + MUSDB_TRACKS[4:5]):
         write_wav_folder(root / subset / name, stem_signals(seconds, seed, silent))
     return root
+
+
+# --------------------------------------------------------------------------------------------
+# Folders of music (audio_gen --audio_dir)
+# --------------------------------------------------------------------------------------------
+
+def synthetic_music(seconds, seed, rate=16_000):
+    """(n,) float32 'music': a note every 0.25-0.5 s (a tone with three harmonics and a decay) over
+    soft noise hits, so a model that only knows each bin's average level scores badly."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    out = np.zeros(n, np.float32)
+    start = 0
+    while start < n:
+        length = int(rate * rng.uniform(0.25, 0.5))
+        t = np.arange(min(length, n - start)) / rate
+        pitch = 110 * 2 ** (rng.integers(0, 36) / 12)
+        note = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in (1, 2, 3)) * np.exp(-4 * t)
+        out[start:start + len(t)] += 0.2 * note.astype(np.float32)
+        if rng.random() < 0.5:
+            hit = rng.normal(0, 0.1, min(800, n - start)) * np.exp(-np.arange(min(800, n - start)) / 200)
+            out[start:start + len(hit)] += hit.astype(np.float32)
+        start += length
+    return out
+
+
+def write_encoded(path, audio, rate, codec, container_format, layout="stereo"):
+    """Encode float32 (channels, n) audio with PyAV: e.g. ('libopus', 'ogg') or ('aac', 'mp4')."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        frame_size = stream.codec_context.frame_size or 1024
+        for start in range(0, audio.shape[1], frame_size):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, start:start + frame_size]),
+                                               format="fltp", layout=layout)
+            frame.rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def write_music_file(path, seconds, seed):
+    """One synthetic music file in the format its suffix names: wav, flac (soundfile), opus, m4a (PyAV)."""
+    import soundfile as sf
+
+    mono = synthetic_music(seconds, seed, 48_000 if path.suffix == ".opus" else 44_100)
+    stereo = np.stack([mono, 0.8 * mono])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".wav", ".flac"):
+        sf.write(str(path), stereo.T, 44_100)
+    elif path.suffix == ".opus":
+        write_encoded(path, stereo, 48_000, "libopus", "ogg")
+    else:
+        write_encoded(path, stereo, 44_100, "aac", "mp4")

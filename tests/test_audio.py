@@ -1,7 +1,9 @@
-"""audio_gen.py: MUSDB18 in both layouts, the transforms, metrics, download, and end-to-end runs."""
+"""audio_gen.py: decoding (folders of music, MUSDB18 in both layouts), the transform, the model and its
+schedule, paired metrics, a real-learning check, download, exact resume and end-to-end runs."""
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import zipfile
@@ -11,17 +13,40 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import MUSDB_SOURCES, ROOT
+from conftest import MUSDB_SOURCES, ROOT, synthetic_music, write_music_file
 
 CLIP = 80_000
 
 
 @pytest.fixture(scope="module")
-def pre(ag):
-    return ag.AudioPreprocessor(griffin_lim_iters=8)
+def tf(ag):
+    return ag.LogMelTransform(griffin_lim_iters=8)
 
 
-# --- data --------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def music_split(tmp_path_factory):
+    """A folder of music with train/valid/test subfolders in five formats, plus files to skip."""
+    root = tmp_path_factory.mktemp("music")
+    for seed, name in enumerate(["train/a.wav", "train/b.flac", "train/album/c.opus", "train/d.m4a",
+                                 "valid/e.wav", "test/f.wav", "test/g.flac"]):
+        write_music_file(root / name, 6.0, seed)
+    (root / "train" / "broken.mp3").write_bytes(os.urandom(4096))
+    sf.write(str(root / "train" / "silent.wav"), np.zeros(44_100 * 6, np.float32), 44_100)
+    write_music_file(root / "train" / "short.wav", 2.0, 99)
+    (root / "train" / "notes.txt").write_text("not audio, not listed")
+    return root
+
+
+@pytest.fixture(scope="session")
+def music_other(tmp_path_factory):
+    """Music from 'elsewhere', with no split: infer scores all of it."""
+    root = tmp_path_factory.mktemp("other_music")
+    for seed, name in enumerate(["x.wav", "deep/y.opus"], start=50):
+        write_music_file(root / name, 7.0, seed)
+    return root
+
+
+# --- decoding and data -------------------------------------------------------------------------
 
 def test_layout_detection(ag, musdb_stems, musdb_wav, tmp_path):
     assert ag.detect_layout(musdb_stems) == "stems"
@@ -29,156 +54,272 @@ def test_layout_detection(ag, musdb_stems, musdb_wav, tmp_path):
     assert ag.detect_layout(tmp_path) is None
 
 
-def test_stem_file_decodes_five_sources_at_16k(pre, musdb_stems):
-    waves = pre.load_stem_file(musdb_stems / "train" / "Alpha - First.stem.mp4")
+def test_stem_file_decodes_five_sources_at_16k(ag, musdb_stems):
+    waves = ag.decode_recordings(musdb_stems / "train" / "Alpha - First.stem.mp4", "stems", 16_000)
     assert list(waves) == list(MUSDB_SOURCES)
     for wave in waves.values():
         # 6 s at 16 kHz, give or take the AAC encoder's priming samples
-        assert wave.ndim == 1 and abs(len(wave) - 96_000) < 1_500
-    assert waves["vocals"].abs().max() > 0.05 and waves["bass"].abs().max() > 0.1
+        assert wave.ndim == 1 and wave.dtype == np.float32 and abs(len(wave) - 96_000) < 1_500
+    assert np.abs(waves["vocals"]).max() > 0.05 and np.abs(waves["bass"]).max() > 0.1
 
 
-def test_wav_folder_matches_stem_decoding(pre, musdb_wav, musdb_stems):
-    wav = pre.load_wav_folder(musdb_wav / "train" / "Alpha - First")
-    assert len(wav["mixture"]) == 96_000
+def test_wav_folder_matches_stem_decoding(ag, musdb_wav, musdb_stems):
+    wav = ag.decode_recordings(musdb_wav / "train" / "Alpha - First", "wav", 16_000)
+    assert abs(len(wav["mixture"]) - 96_000) <= 1
+    stem = ag.decode_recordings(musdb_stems / "train" / "Alpha - First.stem.mp4", "stems", 16_000)
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
     # the same signal through AAC: same level (the codec delay shifts it a little in time)
-    stem = pre.load_stem_file(musdb_stems / "train" / "Alpha - First.stem.mp4")
-    rms = lambda x: x.pow(2).mean().sqrt().item()  # noqa: E731
     assert rms(stem["bass"]) == pytest.approx(rms(wav["bass"]), rel=0.1)
 
 
-def test_clip_windows_cover_track(pre):
-    assert pre.clip_starts(96_000) == [0, 16_000]
-    assert pre.clip_starts(48_000) == [0]
-    assert pre.clip_starts(CLIP) == [0]
-    starts = pre.clip_starts(16_000 * 60)
-    assert starts[0] == 0 and starts[-1] == 16_000 * 60 - CLIP and len(starts) == 12
-    assert pre.cut(torch.ones(48_000), 0).shape == (CLIP,)  # short tracks are zero-padded
-    assert pre.cut(torch.ones(48_000), 0)[48_000:].abs().sum() == 0
+@pytest.mark.parametrize("name", ["a.wav", "b.flac", "c.opus", "d.m4a"])
+def test_every_format_decodes_to_mono_16k(ag, tmp_path, name):
+    write_music_file(tmp_path / name, 6.0, 3)
+    wave = ag.decode_recordings(tmp_path / name, "file", 16_000)["mixture"]
+    assert abs(len(wave) - 96_000) < 1_500  # codec priming/padding
+    # the level survives decoding, downmix and resampling (the right channel is 0.8 x the left)
+    reference = synthetic_music(6.0, 3, 16_000) * 0.9
+    assert np.sqrt(np.mean(wave ** 2)) == pytest.approx(np.sqrt(np.mean(reference ** 2)), rel=0.15)
 
 
-def test_mel_shape_and_griffin_lim_length(pre):
-    waves = torch.randn(3, CLIP) * 0.1
-    log_mel = pre.log_mel(waves)
-    assert log_mel.shape == (3, 128, 256)
-    pre.mean, pre.std = torch.zeros(128), torch.ones(128)
-    audio = pre.to_audio(log_mel)
-    assert audio.shape == (3, CLIP)
+def test_window_starts_cover_recording_on_frame_boundaries(ag):
+    assert ag.window_starts(96_000, CLIP, 313) == [0, 51]       # (96000 - 80000) // 313 = 51
+    assert ag.window_starts(CLIP, CLIP, 313) == [0]
+    starts = ag.window_starts(16_000 * 60, CLIP, 313)
+    assert len(starts) == 12 and starts[0] == 0 and starts[-1] * 313 + CLIP <= 16_000 * 60
+    assert starts[-1] == (16_000 * 60 - CLIP) // 313
 
 
-def test_griffin_lim_recovers_a_tone(ag):
-    """The whole inverse chain (InverseMelScale + Griffin-Lim) puts a 440 Hz tone back at 440 Hz."""
-    pre = ag.AudioPreprocessor(griffin_lim_iters=32, mean=torch.zeros(128), std=torch.ones(128))
-    tone = 0.5 * torch.sin(2 * torch.pi * 440 * torch.arange(CLIP) / 16_000)
-    audio = pre.to_audio(pre.log_mel(tone[None]))[0]
-    spectrum = torch.fft.rfft(audio).abs()
-    assert spectrum.argmax().item() * 16_000 / CLIP == pytest.approx(440, abs=5)
+def test_hash_split_is_deterministic_and_stable(ag, tmp_path):
+    names = [f"album{i % 7}/track{i}.flac" for i in range(400)]
+    splits = [ag.hash_split(n) for n in names]
+    share = {s: splits.count(s) / len(names) for s in ag.SPLITS}
+    assert 0.7 < share["train"] < 0.9 and 0.05 < share["valid"] < 0.15 and 0.05 < share["test"] < 0.15
+    for n in names[:20]:
+        write_music_file(tmp_path / n.replace(".flac", ".wav"), 0.1, 0)
+    before = ag.folder_splits(tmp_path)
+    for n in names[20:40]:  # adding files never moves the old ones
+        write_music_file(tmp_path / n.replace(".flac", ".wav"), 0.1, 0)
+    after = ag.folder_splits(tmp_path)
+    for split in ag.SPLITS:
+        assert set(before[split]) <= set(after[split])
+    assert sum(map(len, after.values())) == 40
+    whole = ag.folder_splits(tmp_path, whole=True)
+    assert whole["train"] == whole["valid"] == [] and len(whole["test"]) == 40
 
 
-def test_normalization_round_trip(ag, pre):
-    torch.manual_seed(0)
-    log_mels = torch.randn(16, 128, 256) * 2 - 5 + torch.linspace(0, 3, 128)[:, None]
-    mean, std = ag.compute_normalization(log_mels)
-    assert mean.shape == std.shape == (128,)
-    p = ag.AudioPreprocessor(mean=mean, std=std)
-    normalized = p.normalize(log_mels)
-    torch.testing.assert_close(normalized.mean(dim=(0, 2)), torch.zeros(128), atol=1e-4, rtol=0)
-    torch.testing.assert_close(normalized.std(dim=(0, 2)), torch.ones(128), atol=1e-3, rtol=0)
-    torch.testing.assert_close(p.denormalize(normalized), log_mels, atol=1e-4, rtol=1e-5)
+def test_folder_splits_use_subfolders(ag, music_split):
+    files = ag.folder_splits(music_split)
+    assert [p.name for p in files["valid"]] == ["e.wav"] and [p.name for p in files["test"]] == ["f.wav", "g.flac"]
+    # recursive, every listed format, nothing that is not audio
+    assert sorted(p.name for p in files["train"]) == ["a.wav", "b.flac", "broken.mp3", "c.opus", "d.m4a",
+                                                      "short.wav", "silent.wav"]
 
 
-def test_metrics_on_identical_and_opposite_inputs(ag):
-    p = ag.AudioPreprocessor(mean=torch.zeros(128), std=torch.ones(128))
-    x = torch.randn(4, 128, 256)
-    same = ag.mel_metrics(x, x, p)
-    assert same["mse"] == 0 and same["mae"] == 0
-    assert same["cosine"] == pytest.approx(1.0) and same["pesq_proxy"] == pytest.approx(1.0)
-    assert ag.mel_metrics(-x, x, p)["cosine"] == pytest.approx(-1.0)
-    # predicting each bin's time average scores exactly the time-average baseline
-    flat = x.mean(dim=-1, keepdim=True).expand_as(x)
-    scores = ag.mel_metrics(flat, x, p)
-    assert scores["mse"] == pytest.approx(scores["time_average_mse"], rel=1e-5)
+def build(ag, root, cache, whole=False, **extra):
+    args = type("Args", (), {"audio_dir": root, "musdb_root": None, "cache_dir": cache, "sources": list(MUSDB_SOURCES),
+                             "download": "none", **extra})
+    return ag.build_splits(args, ag.LogMelTransform(), whole_folder=whole)
 
 
-def test_speech_scores_identical_and_silent(ag):
-    t = torch.arange(CLIP) / 16_000
-    voice = 0.3 * torch.sin(2 * torch.pi * 200 * t) * (torch.sin(2 * torch.pi * 2 * t) > 0)
-    scores = ag.speech_scores(voice[None], voice[None], 16_000)
-    assert scores["pesq"] > 4.0 and scores["stoi"] > 0.99
-    silent = ag.speech_scores(torch.zeros(1, CLIP), torch.zeros(1, CLIP), 16_000)  # must not raise
-    assert silent["pesq"] is None and silent["pesq_clips"] == 0
+def test_folder_dataset_skips_and_counts_bad_files(ag, music_split, tmp_path, monkeypatch):
+    with pytest.warns(UserWarning, match="broken.mp3"):
+        splits = build(ag, music_split, tmp_path)
+    train = splits["train"]
+    assert train.stats["unreadable"] == [str(music_split / "train" / "broken.mp3")]
+    assert train.stats["silent"] == 1 and train.stats["too_short"] == 1 and train.stats["files"] == 7
+    assert sorted(r.name for r in train.recordings) == ["train/a.wav", "train/album/c.opus", "train/b.flac", "train/d.m4a"]
+    assert len(train) == 8 and len(splits["valid"]) == 2 and len(splits["test"]) == 4  # two windows per 6-s file
+    assert train.log_mels.dtype == torch.float16 and train[0].shape == (128, 256)
+    # a second build decodes nothing: every readable file comes from the cache
+    monkeypatch.setattr(ag, "analyse_file", lambda *a: pytest.fail("decoded again"))
+    with pytest.warns(UserWarning, match="broken.mp3"):  # still reported, from the cache
+        again = build(ag, music_split, tmp_path)["train"]
+    assert torch.equal(again.log_mels, train.log_mels)
 
 
-def test_dataset_splits_cache_and_skips(ag, musdb_stems, tmp_path, monkeypatch):
-    pre = ag.AudioPreprocessor()
-    cache = tmp_path / "cache"
-    train = ag.MUSDBDataset(musdb_stems, "train", pre, cache_dir=cache)
-    valid = ag.MUSDBDataset(musdb_stems, "valid", pre, cache_dir=cache)
-    test = ag.MUSDBDataset(musdb_stems, "test", pre, cache_dir=cache)
-    assert train.log_mels.shape[1:] == (128, 256)
-    # 4 training tracks: the official validation track goes to `valid`, the rest to `train`
-    assert {train.describe(i).split(" [")[0] for i in range(len(train))} == {"Alpha - First", "Beta - Second", "Gamma - Short"}
-    assert {valid.describe(i).split(" [")[0] for i in range(len(valid))} == {"Actions - One Minute Smile"}
-    # 2 windows x 5 sources for 6-s tracks, 1 window for the 3-s track, Beta's 2 silent vocal windows skipped
-    assert len(train) + len(valid) == 3 * 10 + 5 - 2
-    assert train.stats["silent_clips_skipped"] == 2
-    assert len(test) == 20
-    # the second load comes from the cache: no decoding at all
-    monkeypatch.setattr(ag, "decode_tracks", lambda *a, **k: pytest.fail("decoded again"))
-    assert torch.equal(ag.MUSDBDataset(musdb_stems, "train", pre, cache_dir=cache).log_mels, train.log_mels)
-    only_vocals = ag.MUSDBDataset(musdb_stems, "train", pre, sources=["vocals"], cache_dir=cache)
-    assert len(only_vocals) == 3 and all("[vocals]" in only_vocals.describe(i) for i in range(3))
-    # waveforms behind clips are the cut originals
-    waves = train.waveforms([0])
-    assert waves.shape == (1, CLIP)
-    torch.testing.assert_close(pre.log_mel(waves).half().float(), train.log_mels[:1], atol=2e-2, rtol=0)
+def test_scoring_windows_match_the_clips_own_mel(ag, music_split, tmp_path):
+    test = build(ag, music_split, tmp_path)["test"]
+    waves = test.waveforms([0, 1, 3])
+    assert waves.shape == (3, CLIP)
+    own = ag.LogMelTransform()(waves)
+    # identical but for the two edge frames, where the clip is padded and the recording is not
+    torch.testing.assert_close(own[..., 2:-2], test.clips([0, 1, 3])[..., 2:-2], atol=2e-2, rtol=0)
 
 
-def test_wav_layout_dataset(ag, musdb_wav, tmp_path):
-    pre = ag.AudioPreprocessor()
-    train = ag.MUSDBDataset(musdb_wav, "train", pre, cache_dir=tmp_path)
-    valid = ag.MUSDBDataset(musdb_wav, "valid", pre, cache_dir=tmp_path)
-    # no official validation track here: every 10th track would be held out; with 2 tracks, none is
-    assert len(train) == 2 * 10 - 2 and len(valid) == 0
+def test_random_crops_stay_inside_recordings(ag, music_split, tmp_path):
+    train = build(ag, music_split, tmp_path)["train"]
+    starts = train.crop_starts(4000, torch.Generator().manual_seed(0))
+    ends = train.offsets[1:]
+    for s in starts.tolist():
+        r = int(torch.searchsorted(train.offsets, torch.tensor(s), right=True)) - 1
+        assert s + train.frames <= ends[r]
+    assert len(set(starts.tolist())) > 150  # 4 recordings x 52 possible crops, nearly all drawn
+    crops = train.crops(starts[:3])
+    torch.testing.assert_close(crops[1], train.log_mels[:, starts[1]:starts[1] + 256].float())
 
 
-def test_unreadable_file_is_skipped_with_warning(ag, musdb_stems, tmp_path):
+def test_musdb_splits_cache_and_skips(ag, musdb_stems, tmp_path, monkeypatch):
+    args = type("Args", (), {"audio_dir": None, "musdb_root": musdb_stems, "cache_dir": tmp_path, "download": "none",
+                             "sources": list(MUSDB_SOURCES)})
+    splits = ag.build_splits(args, ag.LogMelTransform())
+    train, valid, test = splits["train"], splits["valid"], splits["test"]
+    assert {r.name.split(" [")[0] for r in train.recordings} == {"Alpha - First", "Beta - Second"}
+    assert {r.name.split(" [")[0] for r in valid.recordings} == {"Actions - One Minute Smile"}
+    assert train.stats["silent"] == 1 and train.stats["too_short"] == 5   # Beta's vocals; Gamma's 3-s stems
+    assert len(train.recordings) == 9 and len(test.recordings) == 10
+    assert {test.source(i) for i in range(len(test))} == set(MUSDB_SOURCES)
+    monkeypatch.setattr(ag, "analyse_file", lambda *a: pytest.fail("decoded again"))
+    args.sources = ["vocals"]
+    only_vocals = ag.build_splits(args, ag.LogMelTransform())["train"]
+    assert [r.name for r in only_vocals.recordings] == ["Alpha - First [vocals]"]
+
+
+def test_unreadable_stem_file_is_skipped(ag, musdb_stems, tmp_path):
     root = tmp_path / "musdb"
     (root / "train").mkdir(parents=True)
     os.symlink(musdb_stems / "train" / "Alpha - First.stem.mp4", root / "train" / "Alpha - First.stem.mp4")
     (root / "train" / "Broken - Track.stem.mp4").write_bytes(os.urandom(4096))
+    args = type("Args", (), {"audio_dir": None, "musdb_root": root, "cache_dir": tmp_path / "c", "download": "none",
+                             "sources": list(MUSDB_SOURCES)})
     with pytest.warns(UserWarning, match="Broken - Track.stem.mp4"):
-        ds = ag.MUSDBDataset(root, "train", ag.AudioPreprocessor(), cache_dir=tmp_path / "c")
-    assert len(ds) == 10 and len(ds.stats["unreadable"]) == 1
+        train = ag.build_splits(args, ag.LogMelTransform())["train"]
+    assert len(train.recordings) == 5 and len(train.stats["unreadable"]) == 1
 
 
-# --- model -----------------------------------------------------------------------------------
+# --- transform ---------------------------------------------------------------------------------
 
-def test_autoencoder_shapes_and_compression(ag):
-    model = ag.AudioAutoencoder(n_mels=128, latent_dim=128)
+def test_mel_shape_and_griffin_lim_length(tf):
+    log_mel = tf(torch.randn(3, CLIP) * 0.1)
+    assert log_mel.shape == (3, 128, 256)
+    assert tf(torch.zeros(1, CLIP)).min() == pytest.approx(np.log(1e-5))  # the floor for digital silence
+    assert tf.invert(log_mel).shape == (3, CLIP)
+
+
+def test_griffin_lim_recovers_a_tone(ag):
+    """The whole inverse chain (InverseMelScale + Griffin-Lim) puts a 440 Hz tone back at 440 Hz."""
+    transform = ag.LogMelTransform(griffin_lim_iters=32)
+    tone = 0.5 * torch.sin(2 * torch.pi * 440 * torch.arange(CLIP) / 16_000)
+    spectrum = torch.fft.rfft(transform.invert(transform(tone[None]))[0]).abs()
+    assert spectrum.argmax().item() * 16_000 / CLIP == pytest.approx(440, abs=5)
+
+
+def test_normalization_lives_in_the_model(ag):
+    torch.manual_seed(0)
+    log_mels = torch.randn(128, 5000) * 2 - 5 + torch.linspace(0, 3, 128)[:, None]
+    model = ag.AudioAutoencoder()
+    model.set_normalization(*ag.compute_normalization(log_mels))
+    normalized = model.normalize(log_mels)
+    torch.testing.assert_close(normalized.mean(dim=1), torch.zeros(128), atol=1e-4, rtol=0)
+    torch.testing.assert_close(normalized.std(dim=1), torch.ones(128), atol=1e-3, rtol=0)
+    torch.testing.assert_close(model.denormalize(normalized), log_mels, atol=1e-4, rtol=1e-5)
+    restored = ag.AudioAutoencoder()
+    restored.load_state_dict(model.state_dict())  # the statistics travel with the weights
+    torch.testing.assert_close(restored.mel_std, model.mel_std)
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def test_mel_metrics_on_identical_opposite_and_flat_inputs(ag):
+    model = ag.AudioAutoencoder()
+    x = torch.randn(4, 128, 256)
+    same = ag.mel_metrics(x, x, model)
+    assert same["mse"] == 0 and same["mae"] == 0 and same["clips"] == 4
+    assert same["cosine"] == pytest.approx(1.0) and same["mel_sc_score"] == pytest.approx(1.0)
+    assert ag.mel_metrics(-x, x, model)["cosine"] == pytest.approx(-1.0)
+    flat = ag.mel_metrics(x.mean(dim=-1, keepdim=True).expand_as(x), x, model)
+    assert flat["mse"] == pytest.approx(flat["time_average_mse"], rel=1e-5)  # the baseline scores the baseline
+    assert flat["baseline_ratio"] == pytest.approx(1.0, rel=1e-5)
+
+
+def voiced(seconds=5.0, pitch=200):
+    t = torch.arange(int(16_000 * seconds)) / 16_000
+    return 0.3 * torch.sin(2 * torch.pi * pitch * t) * (torch.sin(2 * torch.pi * 2 * t) > 0)
+
+
+def test_paired_speech_scores_drop_undefined_clips_from_both(ag):
+    good, silent = voiced(), torch.zeros(CLIP)
+    noisy = good + 0.05 * torch.randn(CLIP, generator=torch.Generator().manual_seed(0))
+    reference, estimate, oracle = torch.stack([good, silent]), torch.stack([noisy, silent]), torch.stack([good, silent])
+    scores = ag.paired_speech_scores(reference, estimate, oracle, 16_000)
+    assert scores["clips"] == 2 and scores["pesq_undefined"] == 1
+    assert scores["oracle_pesq"] > 4.0 and scores["pesq"] < scores["oracle_pesq"]  # means over the same clip
+    single = ag.paired_speech_scores(reference[:1], estimate[:1], oracle[:1], 16_000)
+    assert single["pesq"] == pytest.approx(scores["pesq"]) and single["pesq_undefined"] == 0
+
+
+def test_missing_pesq_is_an_error(ag, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pesq", None)  # import pesq now raises ImportError
+    with pytest.raises(SystemExit, match="pesq and pystoi"):
+        ag.require_speech_metrics()
+
+
+def test_spread_positions_cover_everything(ag):
+    assert ag.spread_positions(20, 64) == list(range(20))
+    assert ag.spread_positions(100, 5) == [0, 25, 50, 74, 99]
+    assert ag.spread_positions(0, 5) == [] and ag.spread_positions(7, 1) == [0]
+
+
+# --- model and training state ------------------------------------------------------------------
+
+@pytest.mark.parametrize("time_downsample, latent_frames, compression", [(16, 16, 16), (8, 32, 8), (4, 64, 4)])
+def test_autoencoder_shapes_and_compression(ag, time_downsample, latent_frames, compression):
+    model = ag.AudioAutoencoder(n_mels=128, latent_dim=128, hidden=32, time_downsample=time_downsample)
     x = torch.randn(2, 128, 256)
-    z = model.encode(x)
-    assert z.shape == (2, 128, 16)          # 16x fewer numbers than the 128 x 256 input
+    assert model.encode(x).shape == (2, 128, latent_frames) and model.compression == compression
     assert model(x).shape == x.shape
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ValueError, match=f"multiple of {time_downsample}"):
         model.encode(torch.randn(1, 128, 250))
-    assert len([m for m in model.modules() if isinstance(m, torch.nn.ConvTranspose1d)]) == 4
-    assert len([m for m in model.modules() if isinstance(m, ag.ResBlock1d)]) == 8
+
+
+def test_cosine_schedule_warms_up_decays_and_extends_without_a_jump(ag):
+    schedule = ag.CosineSchedule(1e-3, total_steps=100, warmup_steps=10)
+    assert schedule(0) == pytest.approx(1e-4) and schedule(9) == pytest.approx(1e-3)
+    assert schedule(55) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)  # half-way through the cosine
+    assert schedule(100) == pytest.approx(1e-5) and schedule(500) == pytest.approx(1e-5)
+    at_60 = schedule(60)
+    schedule.extend(200, step=60)  # a resumed run asked for twice the steps
+    rates = [schedule(s) for s in range(60, 201)]
+    assert rates[0] == pytest.approx(at_60) and rates[-1] == pytest.approx(1e-5)
+    assert all(b <= a for a, b in zip(rates, rates[1:]))  # no climb back up
 
 
 def test_trainer_overfits_one_batch(ag):
     torch.manual_seed(0)
-    trainer = ag.AudioTrainer(ag.AudioAutoencoder(n_mels=32, latent_dim=32, hidden=64), torch.device("cpu"),
-                              learning_rate=3e-3, total_steps=80)
+    model = ag.AudioAutoencoder(n_mels=32, latent_dim=32, hidden=64)
+    trainer = ag.AudioTrainer(model, torch.device("cpu"), ag.CosineSchedule(3e-3, 80, warmup_steps=5))
     batch = torch.randn(4, 32, 64)
     first = trainer.train_step(batch).item()
     for _ in range(80):
         last = trainer.train_step(batch).item()
-    assert last < 0.5 * first
-    assert trainer.scheduler.get_last_lr()[0] < 3e-3 * 0.05  # cosine annealing reached its floor
+    assert last < 0.3 * first and trainer.step == 81
 
 
-# --- download --------------------------------------------------------------------------------
+def test_a_tiny_model_learns_music_it_never_heard(ag):
+    """Trained on synthetic note sequences, a 4x-compressing model reconstructs other sequences far
+    better than each bin's time average: it learns structure, not the clips."""
+    torch.manual_seed(0)
+    transform = ag.LogMelTransform(n_mels=32)
+
+    def clips(seeds):
+        recordings = []
+        for seed in seeds:
+            log_mel = transform(torch.from_numpy(synthetic_music(12.0, seed)))
+            recordings.append(ag.Recording(str(seed), "", "file", "mixture", log_mel.half(), [0, 150, 300]))
+        return ag.MelClips(recordings, transform)
+
+    train, unseen = clips(range(8)), clips(range(100, 103))
+    model = ag.AudioAutoencoder(n_mels=32, latent_dim=32, hidden=48, time_downsample=4)
+    model.set_normalization(*ag.compute_normalization(train.log_mels))
+    trainer = ag.AudioTrainer(model, torch.device("cpu"), ag.CosineSchedule(2e-3, 250, warmup_steps=20))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(250):
+        trainer.train_step(train.crops(train.crop_starts(8, generator)))
+    scores = ag.score_split(model, unseen)
+    assert scores["clips"] == 9 and scores["baseline_ratio"] > 3, scores
+
+
+# --- download ----------------------------------------------------------------------------------
 
 def make_archive(musdb_stems, path, top_folder):
     with zipfile.ZipFile(path, "w") as zf:
@@ -237,20 +378,21 @@ def test_offline_without_data(ag, tmp_path, monkeypatch):
 
 # --- end to end --------------------------------------------------------------------------------
 
-TINY = ["--batch_size", "8", "--griffin_lim_iters", "4", "--audio_eval_clips", "2", "--device", "cpu",
-        "--download", "none"]
+TINY = ["--batch_size", "2", "--hidden", "16", "--latent_dim", "32", "--griffin_lim_iters", "4",
+        "--audio_eval_clips", "2", "--device", "cpu", "--warmup_steps", "2"]
 
 
-def run_args(tmp, root):
-    return ["--musdb_root", str(root), "--results_dir", str(tmp / "results"), "--checkpoint",
-            str(tmp / "models" / "ae.pt"), "--cache_dir", str(tmp / "cache")]
+def outputs(tmp):
+    return ["--results_dir", str(tmp / "results"), "--checkpoint", str(tmp / "models" / "ae.pt"),
+            "--cache_dir", str(tmp / "cache")]
 
 
 @pytest.fixture(scope="module")
-def trained(ag, musdb_stems, tmp_path_factory):
+def trained(ag, music_split, music_other, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("audio_run")
-    ag.main(["--epochs", "3", "--eval_every", "5", *TINY, *run_args(tmp, musdb_stems)])
-    ag.main(["--mode", "infer", *TINY, *run_args(tmp, musdb_stems)])
+    with pytest.warns(UserWarning, match="broken.mp3"):
+        ag.main(["--epochs", "3", "--eval_every", "5", "--audio_dir", str(music_split), *TINY, *outputs(tmp)])
+    ag.main(["--mode", "infer", "--audio_dir", str(music_other), *TINY, *outputs(tmp)])
     return tmp
 
 
@@ -259,51 +401,106 @@ def test_train_and_infer_outputs(trained):
     for name in ("training_curves.png", "spectrogram_comparison.png", "inference_comparison.png"):
         assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     for n in (0, 1):
-        for kind in ("original", "reconstructed"):
+        for kind in ("original", "reconstructed", "griffinlim_oracle"):
             audio, rate = sf.read(results / f"audio_{kind}_{n}.wav")
             assert rate == 16_000 and audio.shape == (CLIP,) and np.abs(audio).max() <= 1.0
     assert not (results / "audio_reconstructed_2.wav").exists()
     metrics = json.loads((results / "metrics.json").read_text())
     epochs = metrics["train"]["epochs"]
-    assert [e["epoch"] for e in epochs] == [1, 2, 3]
-    assert ["audio" in e for e in epochs] == [True, False, True]  # first and last; --eval_every 5 skips epoch 2
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and epochs[-1]["step"] == 12  # 8 windows / batch 2
+    # PESQ/STOI at the first and last epochs (--eval_every 5 skips epoch 2), on unseen and on training clips
+    assert ["audio_valid" in e for e in epochs] == [True, False, True]
+    assert epochs[0]["audio_valid"]["clips"] == 2 and epochs[0]["audio_train"]["clips"] == 2
     for split in ("train", "valid"):
-        assert {"mse", "mae", "cosine", "pesq_proxy", "loss"} <= set(epochs[-1][split])
-    assert epochs[-1]["audio"]["oracle_stoi"] is not None and epochs[-1]["audio"]["stoi"] is not None
-    assert metrics["final_test"]["clips"] == 20
+        assert {"mse", "mae", "cosine", "mel_sc_score", "time_average_mse", "baseline_ratio"} <= set(epochs[-1][split])
+    data = metrics["train"]["data"]
+    assert data["train"]["silent"] == 1 and data["train"]["too_short"] == 1 and len(data["train"]["unreadable"]) == 1
+    final = metrics["final_test"]
+    assert final["test"]["scored_on"].startswith("unseen test files") and final["test"]["clips"] == 4
+    assert final["train"]["scored_on"].startswith("training files") and final["train"]["clips"] == 8
+    # infer on another folder with no split scores all of it: 2 files x 2 windows
     infer = metrics["infer"]
-    assert infer["clips"] == 20 and len(infer["examples"]["clips"]) == 2
-    assert 0 <= infer["pesq_proxy"] <= 1 and -1 <= infer["cosine"] <= 1
+    assert infer["test"]["clips"] == 4 and "other_music" in infer["test"]["scored_on"]
+    assert "train" not in infer and len(infer["examples"]["names"]) == 2
+    assert infer["compression"] == 16  # 128 mels x 4 frames per 32 latent channels
+    audio = infer["test"]["audio"]
+    assert audio["clips"] == 2 and audio["oracle_stoi"] is not None
 
 
-def test_checkpoint_describes_itself(ag, trained):
+def test_checkpoint_describes_itself(ag, trained, music_split):
     state = torch.load(trained / "models" / "ae.pt", map_location="cpu", weights_only=True)
-    assert state["format"] == ag.CHECKPOINT_FORMAT and state["epoch"] == 3
-    assert state["model_config"]["latent_dim"] == 128 and state["preprocessor_config"]["hop_length"] == 313
-    assert state["normalization"]["mean"].shape == (128,)
-    assert {"model", "optimizer", "scheduler", "rng", "history", "args"} <= set(state)
+    assert state["format"] == ag.CHECKPOINT_FORMAT and state["epoch"] == 3 and not state["interrupted"]
+    assert state["partial_epoch"] is None
+    assert state["model_config"] == {"n_mels": 128, "latent_dim": 32, "hidden": 16, "time_downsample": 4, "dropout": 0.0}
+    assert state["transform_config"]["hop_length"] == 313 and state["model"]["mel_mean"].shape == (128,)
+    assert state["data"]["audio_dir"] == str(music_split.resolve())
+    assert {"model", "optimizer", "schedule", "step", "rng", "history", "args"} <= set(state)
 
 
-def test_resume_matches_uninterrupted_run(ag, musdb_stems, tmp_path, monkeypatch):
-    common = ["--epochs", "2", *TINY, "--audio_eval_clips", "0"]
-    ag.main([*common, *run_args(tmp_path / "a", musdb_stems)])
-    real = ag.train_one_epoch
+def test_infer_on_the_training_folder_scores_its_test_split(ag, trained, music_split):
+    result = ag.main(["--mode", "infer", "--audio_dir", str(music_split), *TINY, *outputs(trained),
+                      "--audio_eval_clips", "0", "--results_dir", str(trained / "again")])
+    assert result["test"]["clips"] == 4 and result["test"]["scored_on"].endswith("(test)")
+    assert result["train"]["clips"] == 8  # the gap to the training clips shows
 
-    def interrupt(trainer, mels, batch_size, epoch, epochs, **kw):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(trainer, mels, batch_size, epoch, epochs, **kw)
 
-    monkeypatch.setattr(ag, "train_one_epoch", interrupt)
-    with pytest.raises(SystemExit, match="Interrupted during epoch 2"):
-        ag.main([*common, *run_args(tmp_path / "b", musdb_stems)])
-    monkeypatch.setattr(ag, "train_one_epoch", real)
-    ag.main([*common, "--resume", *run_args(tmp_path / "b", musdb_stems)])
-    a = torch.load(tmp_path / "a" / "models" / "ae.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "models" / "ae.pt", weights_only=True)
-    assert b["epoch"] == 2 and len(b["history"]) == 2
+def test_musdb_run_reports_a_table_per_source(ag, musdb_stems, tmp_path):
+    ag.main(["--epochs", "1", "--musdb_root", str(musdb_stems), "--download", "none", *TINY, *outputs(tmp_path),
+             "--audio_eval_clips", "1"])
+    final = json.loads((tmp_path / "results" / "metrics.json").read_text())["final_test"]
+    assert set(final["test"]["by_source"]) == set(MUSDB_SOURCES)
+    assert final["test"]["by_source"]["vocals"]["clips"] == 4 and "audio" in final["test"]["by_source"]["bass"]
+
+
+def weights_and_losses(path):
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    losses = [(h["train"]["loss_during_epoch"], h["train"]["mse"], h["valid"]["mse"]) for h in state["history"]]
+    return state, losses
+
+
+def test_resume_after_ctrl_c_mid_epoch_matches_an_uninterrupted_run(ag, music_split, tmp_path, monkeypatch):
+    common = ["--epochs", "2", "--audio_dir", str(music_split), *TINY, "--audio_eval_clips", "0", "--dropout", "0.2"]
+    with pytest.warns(UserWarning):
+        ag.main([*common, *outputs(tmp_path / "a")])
+    real_step = ag.AudioTrainer.train_step
+
+    def ctrl_c_at_step_6(trainer, batch):  # epoch 2 of 4 steps: its second step
+        loss = real_step(trainer, batch)
+        if trainer.step == 6:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(ag.AudioTrainer, "train_step", ctrl_c_at_step_6)
+    with pytest.warns(UserWarning), pytest.raises(SystemExit, match="Stopped after epoch 2, step 2 of 4"):
+        ag.main([*common, *outputs(tmp_path / "b")])
+    monkeypatch.setattr(ag.AudioTrainer, "train_step", real_step)
+    interrupted = torch.load(tmp_path / "b" / "models" / "ae.pt", weights_only=True)
+    assert interrupted["interrupted"] and interrupted["epoch"] == 1 and interrupted["step"] == 6
+    assert interrupted["partial_epoch"]["steps_done"] == 2
+    with pytest.warns(UserWarning):
+        ag.main([*common, "--resume", *outputs(tmp_path / "b")])
+    (a, losses_a), (b, losses_b) = weights_and_losses(tmp_path / "a" / "models" / "ae.pt"), \
+        weights_and_losses(tmp_path / "b" / "models" / "ae.pt")
+    assert b["epoch"] == 2 and b["step"] == 8 and not b["interrupted"]
     for key in a["model"]:
-        torch.testing.assert_close(b["model"][key], a["model"][key])
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(losses_b, losses_a, rtol=1e-5)
+
+
+def test_resume_with_more_epochs_continues_the_decay(ag, music_split, tmp_path):
+    common = ["--audio_dir", str(music_split), *TINY, "--audio_eval_clips", "0", *outputs(tmp_path)]
+    with pytest.warns(UserWarning):
+        ag.main(["--epochs", "2", *common])
+    before = torch.load(tmp_path / "models" / "ae.pt", weights_only=True)
+    last_rate = before["optimizer"]["param_groups"][0]["lr"]
+    with pytest.warns(UserWarning):
+        ag.main(["--epochs", "4", "--resume", *common])
+    after = torch.load(tmp_path / "models" / "ae.pt", weights_only=True)
+    schedule = ag.CosineSchedule(1e-3, 1)
+    schedule.load_state_dict(after["schedule"])
+    rates = [schedule(s) for s in range(before["step"], after["step"] + 1)]
+    assert rates[0] <= last_rate * 1.0001 and all(b <= a for a, b in zip(rates, rates[1:]))
+    assert after["epoch"] == 4 and [h["epoch"] for h in after["history"]] == [1, 2, 3, 4]
 
 
 def run_cli(args, env=None, cwd=ROOT):
@@ -318,32 +515,46 @@ def run_cli(args, env=None, cwd=ROOT):
     (["--n_mels", "8"], "--n_mels: must be in [16, 512]"),
     (["--download", "maybe"], "invalid choice: 'maybe'"),
     (["--eval_every", "0"], "--eval_every: must be >= 1"),
+    (["--time_downsample", "3"], "invalid choice: 3"),
+    (["--audio_dir", "/nonexistent/music"], "--audio_dir /nonexistent/music: no such folder"),
+    (["--audio_dir", ".", "--musdb_root", "."], "either --audio_dir or --musdb_root, not both"),
+    (["--audio_dir", ".", "--sources", "vocals"], "--sources applies to MUSDB18 stems"),
 ])
 def test_bad_arguments(flags, expected):
     result = run_cli(flags)
     assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_clear_errors(tmp_path, musdb_stems):
+def test_clear_errors(tmp_path, music_split):
     missing = run_cli(["--musdb_root", str(tmp_path / "nothing"), "--download", "none", "--device", "cpu"])
     assert missing.returncode == 1 and "no MUSDB18 in" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = run_cli(["--audio_dir", str(tmp_path / "empty"), "--device", "cpu"])
+    assert empty.returncode == 1 and "no audio files" in empty.stderr and "Traceback" not in empty.stderr
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "song.mp3").write_bytes(os.urandom(2000))
+    junk = run_cli(["--audio_dir", str(tmp_path / "junk"), "--device", "cpu", "--cache_dir", str(tmp_path / "c")])
+    assert junk.returncode == 1 and "no usable training recordings" in junk.stderr
+    assert "skipping unreadable file" in junk.stderr and "Traceback" not in junk.stderr
     (tmp_path / "bad.pt").write_bytes(os.urandom(1000))
-    corrupt = run_cli(["--mode", "infer", "--checkpoint", str(tmp_path / "bad.pt"), "--musdb_root", str(musdb_stems),
+    corrupt = run_cli(["--mode", "infer", "--checkpoint", str(tmp_path / "bad.pt"), "--audio_dir", str(music_split),
                        "--device", "cpu"])
     assert corrupt.returncode == 1 and "truncated or not a PyTorch file" in corrupt.stderr
     assert len(corrupt.stderr.strip().splitlines()) == 1
 
 
-def test_wrappers_with_environment_overrides(musdb_stems, tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "EPOCHS": "1", "BATCH_SIZE": "16", "DEVICE": "cpu",
-           "MUSDB_ROOT": str(musdb_stems), "CHECKPOINT": "m/ae.pt", "RESULTS_DIR": "r", "CACHE_DIR": "c",
-           "GRIFFIN_LIM_ITERS": "2", "AUDIO_EVAL_CLIPS": "0", "DOWNLOAD": "none"}
-    train = subprocess.run([str(ROOT / "audio_gen" / "train.sh"), "--sources", "bass", "drums"], cwd=tmp_path,
+def test_wrappers_with_environment_overrides(music_split, tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "EPOCHS": "1", "BATCH_SIZE": "4", "DEVICE": "cpu",
+           "AUDIO_DIR": str(music_split), "CHECKPOINT": "m/ae.pt", "RESULTS_DIR": "r", "CACHE_DIR": "c",
+           "GRIFFIN_LIM_ITERS": "2", "AUDIO_EVAL_CLIPS": "0", "HIDDEN": "16", "TIME_DOWNSAMPLE": "8"}
+    train = subprocess.run([str(ROOT / "audio_gen" / "train.sh"), "--latent_dim", "16"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr
     state = torch.load(tmp_path / "m" / "ae.pt", weights_only=True)
-    assert state["args"]["batch_size"] == 16 and state["args"]["sources"] == ["bass", "drums"]
-    infer = subprocess.run([str(ROOT / "audio_gen" / "infer.sh"), "--sources", "bass"], cwd=tmp_path,
+    assert state["args"]["batch_size"] == 4 and state["model_config"]["time_downsample"] == 8
+    assert state["model_config"]["latent_dim"] == 16 and state["model_config"]["hidden"] == 16
+    infer = subprocess.run([str(ROOT / "audio_gen" / "infer.sh")], cwd=tmp_path,
                            env={**env, "NUM_EXAMPLES": "3"}, capture_output=True, text=True, timeout=300)
     assert infer.returncode == 0, infer.stderr
     assert sorted(p.name for p in (tmp_path / "r").glob("audio_reconstructed_*.wav")) == [
