@@ -37,7 +37,7 @@ from tqdm import tqdm
 SCRIPT_DIR = Path(__file__).resolve().parent
 CHECKPOINT_FORMAT = "imageaudiogen.audio_autoencoder"
 CHECKPOINT_VERSION = 2
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 SOURCES = ("mixture", "drums", "bass", "other", "vocals")  # the stream order inside .stem.mp4
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac")
 SPLITS = ("train", "valid", "test")
