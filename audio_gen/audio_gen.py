@@ -103,7 +103,7 @@ def build_parser():
     model.add_argument("--time_downsample", type=int, choices=[1, 2, 4, 8, 16], default=4,
                        help="frames per latent frame (the encoder's 4 stages stride 2 this many times in total); "
                             "compression = n_mels * time_downsample / latent_dim")
-    model.add_argument("--hidden", type=_number(int, 8, 2048), default=256, help="channels inside encoder/decoder")
+    model.add_argument("--hidden", type=_number(int, 8, 2048), default=128, help="channels inside encoder/decoder")
     model.add_argument("--dropout", type=_number(float, 0.0, 0.9), default=0.0, help="dropout on the latent")
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=_number(int, 1), default=30,
@@ -574,16 +574,33 @@ def compute_normalization(log_mels):
 # ============================================================================================
 
 class ResBlock1d(nn.Module):
-    """Pre-activation residual block: (GroupNorm, GELU, Conv1d) x 2 plus the identity."""
+    """Pre-activation residual block: (GroupNorm, GELU, Conv1d) x 2 plus the identity. The last conv
+    starts at zero, so every block starts as the identity (Goyal et al. 2017; Zhang et al. 2019, Fixup)."""
 
     def __init__(self, channels, dilation=1):
         super().__init__()
         self.net = nn.Sequential(
             nn.GroupNorm(8, channels), nn.GELU(), nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation),
             nn.GroupNorm(8, channels), nn.GELU(), nn.Conv1d(channels, channels, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
 
     def forward(self, x):
         return x + self.net(x)
+
+
+def init_linear_path(module):
+    """Variance-preserving init (std 1/sqrt(fan-in)) for the convs outside residual branches.
+
+    The encoder and decoder are each a chain of six convs with nothing but residual blocks between
+    them; PyTorch's default init shrinks the signal by ~0.58 per conv, so at the start almost nothing
+    reaches the output and training spends its first thousands of steps learning each bin's average.
+    """
+    if isinstance(module, nn.ConvTranspose1d):  # each output sees in_channels * kernel / stride inputs
+        fan_in = module.in_channels * module.kernel_size[0] / module.stride[0]
+    else:
+        fan_in = module.in_channels * module.kernel_size[0]
+    nn.init.normal_(module.weight, std=fan_in ** -0.5)
+    nn.init.zeros_(module.bias)
 
 
 def stage_strides(time_downsample, stages=4):
@@ -602,7 +619,7 @@ class AudioAutoencoder(nn.Module):
     with the weights: `normalize` and `denormalize` map between log-mel and network units.
     """
 
-    def __init__(self, n_mels=128, latent_dim=128, hidden=256, time_downsample=4, dropout=0.0):
+    def __init__(self, n_mels=128, latent_dim=128, hidden=128, time_downsample=4, dropout=0.0):
         super().__init__()
         self.config = {"n_mels": n_mels, "latent_dim": latent_dim, "hidden": hidden,
                        "time_downsample": time_downsample, "dropout": dropout}
@@ -614,11 +631,13 @@ class AudioAutoencoder(nn.Module):
         up = [nn.Sequential(nn.ConvTranspose1d(hidden, hidden, 4, stride=2, padding=1) if s == 2 else
                             nn.Conv1d(hidden, hidden, 3, padding=1), ResBlock1d(hidden, dilation=2))
               for s in reversed(strides)]
-        self.encoder = nn.Sequential(nn.Conv1d(n_mels, hidden, 3, padding=1), *down,
-                                     nn.GroupNorm(8, hidden), nn.GELU(), nn.Conv1d(hidden, latent_dim, 1))
+        # No normalisation layer on the main path: it would strip each clip's level, which the output needs.
+        self.encoder = nn.Sequential(nn.Conv1d(n_mels, hidden, 3, padding=1), *down, nn.Conv1d(hidden, latent_dim, 1))
         self.dropout = nn.Dropout(dropout)
-        self.decoder = nn.Sequential(nn.Conv1d(latent_dim, hidden, 1), *up,
-                                     nn.GroupNorm(8, hidden), nn.GELU(), nn.Conv1d(hidden, n_mels, 3, padding=1))
+        self.decoder = nn.Sequential(nn.Conv1d(latent_dim, hidden, 1), *up, nn.Conv1d(hidden, n_mels, 3, padding=1))
+        for conv in [self.encoder[0], *(stage[0] for stage in self.encoder[1:-1]), self.encoder[-1],
+                     self.decoder[0], *(stage[0] for stage in self.decoder[1:-1]), self.decoder[-1]]:
+            init_linear_path(conv)
 
     @property
     def compression(self):
@@ -1158,89 +1177,123 @@ def epoch_line(record, epochs):
     return line + f"  {record['clips_per_s']:.0f} clips/s"
 
 
-def train(args):
-    torch.set_flush_denormal(True)  # denormal floats appear mid-training and make CPU steps up to 8x slower
+@dataclass
+class Run:
+    """A training run's state between steps: what `--resume` restores and a checkpoint holds."""
+    transform: LogMelTransform
+    splits: dict
+    trainer: AudioTrainer
+    steps: int                  # steps per epoch
+    history: list               # one record per finished epoch
+    epoch: int = 0              # epochs finished
+    progress: dict = None       # steps done in the next epoch, while it is unfinished
+
+
+def start_run(args):
+    """A new run, or the one in --checkpoint with --resume (its schedule stretched to --epochs)."""
     state = load_checkpoint(args.checkpoint) if args.resume else None
     transform = (LogMelTransform.from_config(state["transform_config"], args.griffin_lim_iters, args.device) if state
                  else LogMelTransform(n_mels=args.n_mels, griffin_lim_iters=args.griffin_lim_iters, device=args.device))
     splits = build_splits(args, transform)
-    train_set = splits["train"]
-    if len(train_set) == 0:
-        raise SystemExit(f"error: no usable training recordings (5 s or longer, not silent) in {train_set.origin}")
+    if len(splits["train"]) == 0:
+        raise SystemExit(f"error: no usable training recordings (5 s or longer, not silent) in {splits['train'].origin}")
     torch.manual_seed(args.seed)
-    model = model_from_checkpoint(state, args.device) if state else new_model(args, train_set)
-    steps = steps_per_epoch(train_set, args.batch_size)
-    schedule = CosineSchedule(args.learning_rate, args.epochs * steps, args.warmup_steps)
-    trainer = AudioTrainer(model, args.device, schedule)
-    history, epoch, progress = [], 0, None
+    model = model_from_checkpoint(state, args.device) if state else new_model(args, splits["train"])
+    steps = steps_per_epoch(splits["train"], args.batch_size)
+    trainer = AudioTrainer(model, args.device, CosineSchedule(args.learning_rate, args.epochs * steps, args.warmup_steps))
+    run = Run(transform, splits, trainer, steps, history=[])
     if state:
         trainer.load_state_dict(state)
-        schedule.extend(args.epochs * steps, trainer.step)  # a longer run keeps decaying from here
+        trainer.schedule.extend(args.epochs * steps, trainer.step)  # a longer run keeps decaying from here
         set_rng_state(state["rng"])
-        history, epoch, progress = state["history"], state["epoch"], state["partial_epoch"]
-        where = f"epoch {epoch + 1}, step {progress['steps_done']}" if progress else f"the end of epoch {epoch}"
+        run.history, run.epoch, run.progress = state["history"], state["epoch"], state["partial_epoch"]
+        where = f"epoch {run.epoch + 1}, step {run.progress['steps_done']}" if run.progress else f"the end of epoch {run.epoch}"
         print(f"Resuming {args.checkpoint} at {where}")
     elif args.checkpoint.exists():
         print(f"note: starting a new run; {args.checkpoint} will be overwritten (use --resume to continue it)")
-    if epoch >= args.epochs:
-        print(f"Nothing to do: the checkpoint already has {epoch} epochs (--epochs {args.epochs}).")
-        return history
+    return run
 
+
+def make_evaluators(run, args):
+    """PESQ/STOI evaluators for unseen validation clips and for training clips (the gap shows)."""
+    if not args.audio_eval_clips:
+        return {}
+    require_speech_metrics()
+    return {split: AudioEvaluator(run.splits[split], spread_positions(len(run.splits[split]), args.audio_eval_clips),
+                                  run.transform, args.seed)
+            for split in ("valid", "train") if len(run.splits[split])}
+
+
+def train_epochs(run, args, evaluators, stop, valid_name):
+    """Epochs until --epochs or a stop request: train, score, log, checkpoint, plot at milestones."""
+    train_set = run.splits["train"]
+    while run.epoch < args.epochs:
+        number = run.epoch + 1
+        run.progress = run.progress or {"epoch": number, "steps_done": 0, "loss_sum": 0.0, "seconds": 0.0,
+                                        "batch_size": args.batch_size}
+        plan = epoch_crops(train_set, run.steps, args.batch_size, args.seed, number)
+        if run.progress["steps_done"] < run.steps and not run_epoch(run.trainer, train_set, plan, run.progress,
+                                                                     number, args.epochs, stop):
+            return
+        milestone = number in (1, args.epochs) or number % args.eval_every == 0
+        record = epoch_record(number, run.progress, run.trainer, run.splits, evaluators, milestone)
+        run.epoch, run.progress = number, None
+        run.history.append(record)
+        print(epoch_line(record, args.epochs), flush=True)
+        atomic_torch_save(make_checkpoint(run.trainer, run.transform, run.epoch, None, run.history, args), args.checkpoint)
+        if milestone:
+            plot_training_curves(run.history, args.results_dir / "training_curves.png", valid_name)
+        if stop.requested:
+            return
+
+
+def train(args):
+    torch.set_flush_denormal(True)  # denormal floats appear mid-training and make CPU steps up to 8x slower
+    run = start_run(args)
+    if run.epoch >= args.epochs:
+        print(f"Nothing to do: the checkpoint already has {run.epoch} epochs (--epochs {args.epochs}).")
+        return run.history
     args.results_dir.mkdir(parents=True, exist_ok=True)
+    splits, model = run.splits, run.trainer.model
     valid_name = "validation files" if len(splits["valid"]) else "none: no validation files"
-    evaluators = {}
-    if args.audio_eval_clips:
-        require_speech_metrics()
-        evaluators = {split: AudioEvaluator(splits[split], spread_positions(len(splits[split]), args.audio_eval_clips),
-                                            transform, args.seed)
-                      for split in ("valid", "train") if len(splits[split])}
-    print(f"Training on {len(train_set.recordings)} recordings ({len(train_set)} clip windows), "
+    evaluators = make_evaluators(run, args)
+    print(f"Training on {len(splits['train'].recordings)} recordings ({len(splits['train'])} clip windows), "
           f"{len(splits['valid'])} unseen validation clips; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-          f"parameters, {model.compression:g}x compression, device {args.device}, {steps} steps/epoch")
+          f"parameters, {model.compression:g}x compression, device {args.device}, {run.steps} steps/epoch")
     with StopRequest() as stop:
         try:
-            while epoch < args.epochs:
-                progress = progress or {"epoch": epoch + 1, "steps_done": 0, "loss_sum": 0.0, "seconds": 0.0,
-                                        "batch_size": args.batch_size}
-                plan = epoch_crops(train_set, steps, args.batch_size, args.seed, epoch + 1)
-                finished = progress["steps_done"] == steps or run_epoch(
-                    trainer, train_set, plan, progress, epoch + 1, args.epochs, stop)
-                if not finished:
-                    break
-                milestone = epoch + 1 in (1, args.epochs) or (epoch + 1) % args.eval_every == 0
-                record = epoch_record(epoch + 1, progress, trainer, splits, evaluators, milestone)
-                epoch, progress = epoch + 1, None
-                history.append(record)
-                print(epoch_line(record, args.epochs), flush=True)
-                atomic_torch_save(make_checkpoint(trainer, transform, epoch, None, history, args), args.checkpoint)
-                if milestone:
-                    plot_training_curves(history, args.results_dir / "training_curves.png", valid_name)
-                if stop.requested:
-                    break
+            train_epochs(run, args, evaluators, stop, valid_name)
         except KeyboardInterrupt:
-            raise SystemExit(f"\nInterrupted at once: {args.checkpoint} holds the state after epoch {epoch}.")
+            raise SystemExit(f"\nInterrupted at once: {args.checkpoint} holds the state after epoch {run.epoch}.")
         except FloatingPointError as err:
             raise SystemExit(f"error: {err}. The last good checkpoint is {args.checkpoint}.")
     if stop.requested:
-        atomic_torch_save(make_checkpoint(trainer, transform, epoch, progress, history, args), args.checkpoint)
-        if history:
-            plot_training_curves(history, args.results_dir / "training_curves.png", valid_name)
-        where = f"epoch {progress['epoch']}, step {progress['steps_done']} of {steps}" if progress else f"epoch {epoch}"
+        atomic_torch_save(make_checkpoint(run.trainer, run.transform, run.epoch, run.progress, run.history, args),
+                          args.checkpoint)
+        if run.history:
+            plot_training_curves(run.history, args.results_dir / "training_curves.png", valid_name)
+        p = run.progress
+        where = f"epoch {p['epoch']}, step {p['steps_done']} of {run.steps}" if p else f"epoch {run.epoch}"
         raise SystemExit(f"Stopped after {where}: checkpoint saved to {args.checkpoint}; continue with --resume.")
+    write_final_outputs(run, args)
+    return run.history
 
-    held_out = splits["valid"] if len(splits["valid"]) else train_set
+
+def write_final_outputs(run, args):
+    """The spectrogram plot of unseen validation clips, and the final scores in metrics.json."""
+    splits, model = run.splits, run.trainer.model
+    held_out = splits["valid"] if len(splits["valid"]) else splits["train"]
     shown = spread_positions(len(held_out), 3)
     plot_spectrograms(held_out.clips(shown), reconstruct(model, held_out.clips(shown)).cpu(),
                       [held_out.describe(i) for i in shown], args.results_dir / "spectrogram_comparison.png",
                       f"{'Unseen validation' if len(splits['valid']) else 'Training (no validation files)'} "
-                      f"clips after epoch {epoch}")
+                      f"clips after epoch {run.epoch}")
     metrics = read_json(args.results_dir / "metrics.json")
     metrics["train"] = {"data": {s: {"origin": d.origin, "recordings": len(d.recordings), "clips": len(d), **d.stats}
                                  for s, d in splits.items()},
-                        "compression": model.compression, "epochs": history}
-    metrics["final_test"] = evaluate(model, transform, splits, args)
+                        "compression": model.compression, "epochs": run.history}
+    metrics["final_test"] = evaluate(model, run.transform, splits, args)
     write_json_atomic(metrics, args.results_dir / "metrics.json")
-    return history
 
 
 def evaluate(model, transform, splits, args):
