@@ -765,7 +765,8 @@ def train(args):
                 if epoch in eval_epochs:
                     record.update(evaluate_epoch(state, evaluator, args, epoch))
                     if record["fid"] is not None:
-                        line += f"  FID {record['fid']:.2f} KID {record['kid']:.4f} ({evaluator.describe()})"
+                        line += (f"  FID {record['fid']:.2f} KID {record['kid']:.4f} ({evaluator.describe()}, "
+                                 f"{sampler_name('ddim', args.sampling_steps, args.eta)})")
                     line += f"  eval {record['eval_seconds']:.1f}s"
                 history.append(record)
                 print(line, flush=True)
