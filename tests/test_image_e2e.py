@@ -135,6 +135,7 @@ def test_default_paths_resolve_next_to_script(ig):
     assert args.checkpoint == ROOT / "image_gen" / "models" / "diffusion_model.pt"
     assert args.results_dir == ROOT / "image_gen" / "results"
     assert args.data_dir == ROOT / "image_gen" / "data"
+    assert args.cache_dir == ROOT / "image_gen" / "data" / "cache"
     assert str(ig.parse_args(["--checkpoint", "mine.pt", "--device", "cpu"]).checkpoint) == "mine.pt"
 
 
