@@ -41,7 +41,7 @@ def test_converted_inception_equals_the_torchscript_original(ig, inception_cache
     assert ours.shape == theirs.shape == (3, 2048)
     difference = (ours - theirs).abs().max().item()
     print(f"max |difference| {difference:.2e}, max |feature| {theirs.abs().max().item():.2f}")
-    assert difference < 1e-5, difference
+    assert difference < 5e-5, difference  # measured 1.2e-6 (two threads) to 5.8e-6 (one), features up to ~6
 
 
 def test_training_with_inception_fid(ig, inception_cache, mnist_dir, tmp_path, capsys):
