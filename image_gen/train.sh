@@ -2,7 +2,7 @@
 # Train the MNIST diffusion model. Works from any folder; extra arguments go to image_gen.py.
 #   EPOCHS=5 BATCH_SIZE=128 DEVICE=cpu ./train.sh --seed 1
 # Variables: EPOCHS BATCH_SIZE LEARNING_RATE DEVICE CHECKPOINT NUM_SAMPLES SEED DATA_DIR RESULTS_DIR
-#            SAMPLING_STEPS ETA EMA_DECAY FID_SAMPLES FID_WEIGHTS PRECISION RESUME=1 COMPILE=1
+#            SAMPLING_STEPS ETA EMA_DECAY FID_SAMPLES FID_BACKBONE FID_WEIGHTS CACHE_DIR PRECISION RESUME=1 COMPILE=1
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
@@ -21,7 +21,9 @@ flag --sampling_steps SAMPLING_STEPS
 flag --eta ETA
 flag --ema_decay EMA_DECAY
 flag --fid_samples FID_SAMPLES
+flag --fid_backbone FID_BACKBONE
 flag --fid_weights FID_WEIGHTS
+flag --cache_dir CACHE_DIR
 flag --precision PRECISION
 switch --resume RESUME
 switch --compile COMPILE

@@ -2,6 +2,7 @@
 wrappers, and the errors a user can run into."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -12,11 +13,12 @@ from PIL import Image
 from conftest import ROOT
 
 TINY = ["--base_channels", "8", "--batch_size", "32", "--sampling_steps", "4", "--num_samples", "4", "--device", "cpu"]
+CLASSIFIER = ["--fid_backbone", "mnist-classifier"]
 
 
 def paths(tmp_path, mnist_dir):
     return ["--data_dir", str(mnist_dir), "--results_dir", str(tmp_path / "results"),
-            "--checkpoint", str(tmp_path / "models" / "ddpm.pt")]
+            "--checkpoint", str(tmp_path / "models" / "ddpm.pt"), "--cache_dir", str(tmp_path / "cache")]
 
 
 def run_script(args, cwd=ROOT, env=None, script="image_gen/image_gen.py"):
@@ -40,10 +42,11 @@ def load(path):
 
 @pytest.fixture(scope="module")
 def trained(ig, mnist_dir, tmp_path_factory):
-    """Two epochs with FID (fallback backbone), then infer: the outputs every test below reads."""
+    """Two epochs with FID/KID on the classifier backbone (chosen here), then infer: the outputs the tests
+    below read."""
     tmp = tmp_path_factory.mktemp("run")
-    ig.main(["--epochs", "2", "--fid_samples", "48", *TINY, *paths(tmp, mnist_dir)])
-    ig.main(["--mode", "infer", "--fid_samples", "48", *TINY, *paths(tmp, mnist_dir)])
+    ig.main(["--epochs", "2", "--fid_samples", "48", *TINY, *CLASSIFIER, *paths(tmp, mnist_dir)])
+    ig.main(["--mode", "infer", "--fid_samples", "16", *TINY, *CLASSIFIER, *paths(tmp, mnist_dir)])
     return tmp
 
 
@@ -57,22 +60,30 @@ def test_training_outputs(trained):
     metrics = json.loads((results / "metrics.json").read_text())
     train = metrics["train"]
     assert train["fid_backbone"] == "mnist-classifier" and train["fid_samples"] == 48
+    assert train["fid_sampler"] == "ddim-4"
+    floor = train["real_vs_real_floor"]
+    assert floor["fid"] > 0 and "48 training digits" in floor["what"]
     assert [e["epoch"] for e in train["epochs"]] == [1, 2]
-    assert all(e["fid"] > 0 and e["loss"] > 0 and e["images_per_s"] > 0 for e in train["epochs"])
+    for e in train["epochs"]:
+        # the untrained-for-long model is much farther from the test digits than other real digits are
+        assert e["fid"] > floor["fid"] and e["kid"] > floor["kid"]
     assert train["epochs"][1]["loss"] < train["epochs"][0]["loss"]
 
 
 def test_checkpoint_describes_itself(trained, ig):
     state = load(trained / "models" / "ddpm.pt")
-    assert state["format"] == ig.CHECKPOINT_FORMAT and state["epoch"] == 2
+    assert state["format"] == ig.CHECKPOINT_FORMAT and state["version"] == ig.CHECKPOINT_VERSION
+    assert state["epochs_completed"] == 2 and state["step_in_epoch"] == 0 and state["steps_per_epoch"] == 6
+    assert state["interrupted"] is False and state["epoch_progress"] is None
     assert state["model_config"] == {"base_channels": 8, "image_channels": 1}
     assert state["diffusion_config"] == {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
-    assert {"model", "ema", "optimizer", "scheduler", "rng", "history", "args", "step"} <= set(state)
-    assert state["step"] == 2 * (192 // 32)
+    assert {"model", "ema", "optimizer", "lr_plan", "generator", "history", "args", "step"} <= set(state)
+    assert state["step"] == 2 * (192 // 32) and state["lr_plan"]["total_steps"] == 12
     assert [h["epoch"] for h in state["history"]] == [1, 2]
     assert state["args"]["batch_size"] == 32
-    # the classifier used as FID fallback is cached beside the checkpoint
-    assert (trained / "models" / "mnist_classifier.pt").is_file()
+    # the fallback classifier and the real features are cached in --cache_dir
+    assert (trained / "cache" / "mnist_classifier.pt").is_file()
+    assert len(list((trained / "cache").glob("fid-real-mnist-classifier-n48-*.pt"))) == 1
 
 
 def test_infer_outputs(trained):
@@ -82,10 +93,35 @@ def test_infer_outputs(trained):
     assert [p.name for p in samples] == [f"sample_{i:03d}.png" for i in range(4)]
     for path in samples:
         assert_png(path, (28, 28))
-    infer = json.loads((results / "metrics.json").read_text())["infer"]
-    assert infer["sampler"] == "ddpm" and infer["steps"] == 1000 and infer["epoch"] == 2
-    assert infer["fid"] > 0 and infer["fid_backbone"] == "mnist-classifier"
-    assert "train" in json.loads((results / "metrics.json").read_text())  # infer adds, never replaces
+    metrics = json.loads((results / "metrics.json").read_text())
+    infer = metrics["infer"]
+    assert infer["sampler"] == "ddpm" and infer["steps"] == 1000 and infer["epochs_completed"] == 2
+    assert infer["fid_sampler"] == "ddpm-1000" and infer["fid_samples"] == 16
+    assert infer["fid"] > infer["real_vs_real_floor"]["fid"] and infer["kid_std"] >= 0
+    assert "train" in metrics  # infer adds, never replaces
+
+
+def test_real_features_are_cached(ig, trained, mnist_dir, monkeypatch):
+    """A second evaluator with the same backbone, data and N extracts no real features again."""
+    calls = []
+    real_features = ig.FidEvaluator.features
+    monkeypatch.setattr(ig.FidEvaluator, "features", lambda self, x, **kw: calls.append(len(x)) or real_features(self, x))
+    args = ig.parse_args(["--fid_samples", "48", *TINY, *CLASSIFIER, *paths(trained, mnist_dir)])
+    evaluator = ig.make_evaluator(args)
+    assert calls == [] and evaluator.num_samples == 48
+    ig.make_evaluator(ig.parse_args(["--fid_samples", "40", *TINY, *CLASSIFIER, *paths(trained, mnist_dir)]))
+    assert calls == [40, 40]  # another N: test and training digits, once
+
+
+def test_infer_builds_no_optimizer(ig, trained, mnist_dir, tmp_path, monkeypatch):
+    def no_optimizer(*args, **kwargs):
+        raise AssertionError("infer built an optimizer")
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_optimizer)
+    monkeypatch.setattr(torch.optim, "Adam", no_optimizer)
+    ig.main(["--mode", "infer", "--sampler", "ddim", "--fid_samples", "0", *TINY,
+             "--checkpoint", str(trained / "models" / "ddpm.pt"), "--results_dir", str(tmp_path)])
+    assert (tmp_path / "final_samples.png").is_file()
 
 
 def test_evaluation_epochs(ig):
@@ -99,47 +135,111 @@ def test_default_paths_resolve_next_to_script(ig):
     assert args.checkpoint == ROOT / "image_gen" / "models" / "diffusion_model.pt"
     assert args.results_dir == ROOT / "image_gen" / "results"
     assert args.data_dir == ROOT / "image_gen" / "data"
+    assert args.cache_dir == ROOT / "image_gen" / "data" / "cache"
     assert str(ig.parse_args(["--checkpoint", "mine.pt", "--device", "cpu"]).checkpoint) == "mine.pt"
 
 
-def test_resume_matches_uninterrupted_run(ig, mnist_dir, tmp_path, monkeypatch):
-    """Ctrl-C in epoch 2 saves a checkpoint; --resume then ends with the same weights as a straight run."""
-    common = ["--epochs", "2", "--fid_samples", "0", *TINY]
+def ctrl_c_at_call(ig, monkeypatch, k, log=None):
+    """Patch TrainState.train_step so that its k-th call (1-based) sends this process a real SIGINT, as
+    Ctrl-C would; `log` collects the learning rate of every step."""
+    real_step = ig.TrainState.train_step
+    calls = {"n": 0}
+
+    def step(self, x0):
+        calls["n"] += 1
+        if log is not None:
+            log.append(self.learning_rate())
+        loss = real_step(self, x0)
+        if calls["n"] == k:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(ig.TrainState, "train_step", step)
+
+
+def assert_same_run(a, b):
+    assert a["step"] == b["step"] and a["epochs_completed"] == b["epochs_completed"]
+    for part in ("model", "ema"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=f"{part}.{key}")
+    for key, value in a["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(value[name], b["optimizer"]["state"][key][name], rtol=0, atol=0)
+    assert torch.equal(a["generator"], b["generator"])
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_ctrl_c_mid_epoch_then_resume_matches_uninterrupted_run(ig, mnist_dir, tmp_path, monkeypatch):
+    """Ctrl-C at step 3 of epoch 2 (6 steps per epoch) saves exactly there; --resume then ends with the same
+    weights, optimizer state, RNG and loss history as a run that was never interrupted."""
+    common = ["--epochs", "3", "--fid_samples", "0", *TINY]
     ig.main([*common, *paths(tmp_path / "straight", mnist_dir)])
 
-    real_epoch = ig.train_one_epoch
-
-    def interrupt_in_epoch_2(trainer, images, batch_size, epoch, epochs, **kw):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(trainer, images, batch_size, epoch, epochs, **kw)
-
-    monkeypatch.setattr(ig, "train_one_epoch", interrupt_in_epoch_2)
-    with pytest.raises(SystemExit, match="Interrupted during epoch 2.*--resume"):
-        ig.main([*common, *paths(tmp_path / "resumed", mnist_dir)])
+    with monkeypatch.context() as patch:
+        ctrl_c_at_call(ig, patch, k=9)
+        with pytest.raises(SystemExit, match="Interrupted in epoch 2 after step 3 of 6.*--resume"):
+            ig.main([*common, *paths(tmp_path / "resumed", mnist_dir)])
     saved = load(tmp_path / "resumed" / "models" / "ddpm.pt")
-    assert saved["epoch"] == 1 and saved["interrupted"]
+    assert saved["interrupted"] is True and saved["epochs_completed"] == 1 and saved["step_in_epoch"] == 3
+    assert saved["step"] == 9 and len(saved["epoch_progress"]["losses"]) == 3
+    assert [h["epoch"] for h in saved["history"]] == [1]
 
-    monkeypatch.setattr(ig, "train_one_epoch", real_epoch)
     ig.main([*common, "--resume", *paths(tmp_path / "resumed", mnist_dir)])
     straight = load(tmp_path / "straight" / "models" / "ddpm.pt")
     resumed = load(tmp_path / "resumed" / "models" / "ddpm.pt")
-    assert resumed["epoch"] == 2 and resumed["step"] == straight["step"]
-    for key in straight["ema"]:
-        torch.testing.assert_close(resumed["ema"][key], straight["ema"][key])
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["interrupted"] is False and resumed["step_in_epoch"] == 0
+    assert_same_run(resumed, straight)
+
+
+def test_resume_with_more_epochs_continues_the_lr_without_a_jump(ig, mnist_dir, tmp_path, monkeypatch):
+    """A 4-epoch run stopped at step 9, resumed with --epochs 8: the rate goes on from where it was and
+    decays to the floor at the new end."""
+    rates = []
+    with monkeypatch.context() as patch:
+        ctrl_c_at_call(ig, patch, k=9, log=rates)
+        with pytest.raises(SystemExit, match="Interrupted"):
+            ig.main(["--epochs", "4", "--fid_samples", "0", *TINY, "--learning_rate", "0.01",
+                     *paths(tmp_path, mnist_dir)])
+    with monkeypatch.context() as patch:
+        ctrl_c_at_call(ig, patch, k=0, log=rates)
+        ig.main(["--epochs", "8", "--fid_samples", "0", "--resume", *TINY, *paths(tmp_path, mnist_dir)])
+    assert len(rates) == 48
+    state = load(tmp_path / "models" / "ddpm.pt")
+    warmup = state["lr_plan"]["warmup_steps"]
+    # step 9, the first after the resume, gets exactly the rate the 4-epoch plan had for it ...
+    assert rates[9] == pytest.approx(0.01 * ig.lr_schedule(9, 24, warmup), rel=1e-12)
+    # ... and from there the rate changes no faster than it did before (a longer decay is gentler)
+    changes = [abs(a - b) for a, b in zip(rates[1:], rates)]
+    assert max(changes[9:]) <= max(changes[warmup:9]), "the rate jumped after the resume"
+    assert state["lr_plan"]["total_steps"] == 48 and state["lr_plan"]["anchor_step"] == 9
+    assert state["lr_plan"]["peak_lr"] == 0.01  # a resumed run keeps its own peak rate
+    plan = state["lr_plan"]
+    assert rates[-1] == pytest.approx(0.01 * ig.lr_schedule(47, 48, plan["warmup_steps"], 9, plan["anchor_factor"]))
+
+
+def test_same_seed_same_weights_whatever_the_evaluation(ig, mnist_dir, tmp_path):
+    """--fid_samples 0, or N with the classifier trained now, or N with it cached: identical training."""
+    common = ["--epochs", "2", *TINY]
+    ig.main([*common, "--fid_samples", "0", *paths(tmp_path / "none", mnist_dir)])
+    runs = [tmp_path / "fresh", tmp_path / "cached"]
+    for run in runs:
+        ig.main([*common, "--fid_samples", "16", *CLASSIFIER, *paths(run, mnist_dir),
+                 "--cache_dir", str(tmp_path / "shared-cache")])
+    reference = load(tmp_path / "none" / "models" / "ddpm.pt")
+    for run in runs:
+        assert_same_run(load(run / "models" / "ddpm.pt"), reference)
 
 
 def test_nonfinite_loss_stops_with_epoch_and_step(ig, mnist_dir, tmp_path, monkeypatch):
-    real_loss = ig.DiffusionTrainer.loss
+    real_loss = ig.GaussianDiffusion.loss
     calls = {"n": 0}
 
-    def loss_goes_nan_at_step_3(self, x0):
+    def loss_goes_nan_at_step_3(self, x0, generator=None):
         calls["n"] += 1
-        value = real_loss(self, x0)
+        value = real_loss(self, x0, generator)
         return value * float("nan") if calls["n"] == 3 else value
 
-    monkeypatch.setattr(ig.DiffusionTrainer, "loss", loss_goes_nan_at_step_3)
+    monkeypatch.setattr(ig.GaussianDiffusion, "loss", loss_goes_nan_at_step_3)
     with pytest.raises(SystemExit, match=r"loss became nan at epoch 1, step 3 of 6"):
         ig.main(["--epochs", "1", "--fid_samples", "0", *TINY, *paths(tmp_path, mnist_dir)])
 
@@ -162,6 +262,8 @@ def test_no_data_offline(ig, tmp_path, monkeypatch, capsys):
     (["--mode", "fly"], "invalid choice: 'fly'"),
     (["--base_channels", "12"], "multiple of 8"),
     (["--device", "tpu"], "--device"),
+    (["--fid_samples", "5"], "--fid_samples must be 0 (no FID) or >= 10"),
+    (["--fid_backbone", "mnist-classifier", "--fid_weights", "w.pth"], "cannot be used with --fid_backbone"),
 ])
 def test_bad_arguments(flags, expected):
     result = run_script(flags)
@@ -191,8 +293,9 @@ def test_wrappers_with_environment_overrides(mnist_dir, tmp_path):
     train = subprocess.run([str(ROOT / "image_gen" / "train.sh"), "--base_channels", "8"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr
+    assert "%|" not in train.stderr and "\r" not in train.stderr  # no progress bars when not on a terminal
     state = load(tmp_path / "models" / "w.pt")
-    assert state["epoch"] == 1 and state["args"]["batch_size"] == 64 and state["args"]["learning_rate"] == 2e-3
+    assert state["epochs_completed"] == 1 and state["args"]["batch_size"] == 64 and state["args"]["learning_rate"] == 2e-3
     assert state["model_config"]["base_channels"] == 8
     infer = subprocess.run([str(ROOT / "image_gen" / "infer.sh"), "--sampler", "ddim"], cwd=tmp_path,
                            env={**env, "NUM_SAMPLES": "5"}, capture_output=True, text=True, timeout=300)

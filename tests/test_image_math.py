@@ -6,17 +6,18 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def trainer(ig):
+def diffusion(ig):
     torch.manual_seed(0)
-    return ig.DiffusionTrainer(ig.DiffusionModel(base_channels=8), torch.device("cpu"))
+    return ig.GaussianDiffusion(ig.DiffusionModel(base_channels=8).eval())
 
 
 @pytest.fixture(scope="module")
-def short_trainer(ig):
+def short_diffusion(ig):
     """50 timesteps: sampling tests over the whole chain stay fast."""
     torch.manual_seed(0)
-    return ig.DiffusionTrainer(ig.DiffusionModel(base_channels=8), torch.device("cpu"),
-                               num_timesteps=50, beta_start=1e-3, beta_end=0.2)
+    model = ig.DiffusionModel(base_channels=8).eval()
+    torch.nn.init.normal_(model.head[-1].weight, std=0.05)  # a non-zero head, so samples depend on the network
+    return ig.GaussianDiffusion(model, num_timesteps=50, beta_start=1e-3, beta_end=0.2)
 
 
 def reference_schedule(T=1000, beta_start=1e-4, beta_end=0.02):
@@ -33,124 +34,188 @@ def reference_schedule(T=1000, beta_start=1e-4, beta_end=0.02):
     return betas, abar, var, coef1, coef2
 
 
-def test_schedule_matches_ddpm_formulas(trainer):
+def test_schedule_matches_ddpm_formulas(diffusion):
     betas, abar, var, coef1, coef2 = reference_schedule()
-    assert trainer.betas.shape == (1000,)
-    assert trainer.betas[0].item() == pytest.approx(1e-4)
-    assert trainer.betas[-1].item() == pytest.approx(0.02)
+    assert diffusion.betas.shape == (1000,)
     for name, ref in (("betas", betas), ("alphas_cumprod", abar), ("posterior_variance", var),
                       ("posterior_mean_coef1", coef1), ("posterior_mean_coef2", coef2)):
-        ours = getattr(trainer, name).double()
+        ours = getattr(diffusion, name).double()
         torch.testing.assert_close(ours, torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=1e-7, msg=name)
     # alpha-bar_T is nearly 0: x_T is (almost) pure noise, which sampling assumes.
-    assert trainer.alphas_cumprod[-1].item() < 1e-4
+    assert diffusion.alphas_cumprod[-1].item() < 1e-4
     # beta-tilde_0 = 0, and its log is clipped to beta-tilde_1 rather than -inf.
-    assert trainer.posterior_variance[0].item() == 0.0
-    assert torch.isfinite(trainer.posterior_log_variance_clipped).all()
+    assert diffusion.posterior_variance[0].item() == 0.0
+    assert torch.isfinite(diffusion.posterior_log_variance_clipped).all()
 
 
-def test_posterior_mean_is_exact_at_x0(trainer):
+def test_posterior_mean_is_exact_at_x0(diffusion):
     """mu~(x_t, x_0) with x_t = q_sample(x_0, eps=0) equals sqrt(abar_{t-1}) x_0, as eq. 7 implies."""
     x0 = torch.rand(4, 1, 28, 28) * 2 - 1
     t = torch.tensor([1, 10, 500, 999])
-    xt = trainer.q_sample(x0, t, torch.zeros_like(x0))
-    mean = trainer._gather(trainer.posterior_mean_coef1, t) * x0 + trainer._gather(trainer.posterior_mean_coef2, t) * xt
-    expected = trainer._gather(trainer.alphas_cumprod_prev, t).sqrt() * x0
-    torch.testing.assert_close(mean, expected, rtol=1e-4, atol=1e-5)
+    xt = diffusion.q_sample(x0, t, torch.zeros_like(x0))
+    g = diffusion._gather
+    mean = g(diffusion.posterior_mean_coef1, t) * x0 + g(diffusion.posterior_mean_coef2, t) * xt
+    torch.testing.assert_close(mean, g(diffusion.alphas_cumprod_prev, t).sqrt() * x0, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("t", [0, 100, 999])
-def test_q_sample_statistics(trainer, t):
+def test_q_sample_statistics(diffusion, t):
     torch.manual_seed(1)
     x0 = torch.full((4096, 1, 28, 28), 0.5)
-    xt = trainer.q_sample(x0, torch.full((4096,), t), torch.randn_like(x0))
-    abar = trainer.alphas_cumprod[t].item()
+    xt = diffusion.q_sample(x0, torch.full((4096,), t), torch.randn_like(x0))
+    abar = diffusion.alphas_cumprod[t].item()
     assert xt.mean().item() == pytest.approx(math.sqrt(abar) * 0.5, abs=3e-3)
     assert xt.std().item() == pytest.approx(math.sqrt(1 - abar), rel=3e-3, abs=1e-4)
 
 
-def test_x0_prediction_inverts_q_sample(trainer):
+def test_x0_prediction_inverts_q_sample(diffusion):
     x0 = torch.rand(3, 1, 28, 28) * 1.8 - 0.9
     eps = torch.randn_like(x0)
     t = torch.tensor([5, 300, 900])
-    torch.testing.assert_close(trainer._predict_x0(trainer.q_sample(x0, t, eps), t, eps), x0, rtol=1e-3, atol=2e-3)
+    torch.testing.assert_close(diffusion.predict_x0(diffusion.q_sample(x0, t, eps), t, eps), x0, rtol=1e-3, atol=2e-3)
 
 
-@pytest.mark.parametrize("batch", [1, 3, 8])
+class FixedEps(torch.nn.Module):
+    """A 'network' that predicts a given eps whatever x_t and t: the DDIM step is then pure arithmetic."""
+
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = torch.nn.Parameter(eps, requires_grad=False)
+
+    def forward(self, x, t):
+        return self.eps.expand_as(x)
+
+
+@pytest.mark.parametrize("t, t_prev, eta", [(500, 480, 0.0), (500, 480, 0.5), (999, 979, 1.0), (20, -1, 0.7)])
+def test_single_ddim_step_is_eq12(ig, t, t_prev, eta):
+    """x_{t_prev} = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z (Song et al. 2021, eq. 12),
+    sigma = eta sqrt((1 - a_prev)/(1 - a_t)) sqrt(1 - a_t/a_prev) (eq. 16), a = alpha-bar (float64 here)."""
+    torch.manual_seed(2)
+    x0 = torch.rand(2, 1, 28, 28) * 1.6 - 0.8           # inside [-1, 1]: the x0 clip does nothing
+    eps = torch.randn(2, 1, 28, 28)
+    diffusion = ig.GaussianDiffusion(FixedEps(eps))
+    x_t = diffusion.q_sample(x0, torch.full((2,), t), eps)
+    out = diffusion.ddim_step(x_t, t, t_prev, eta, generator=torch.Generator().manual_seed(5))
+
+    _, abar, _, _, _ = reference_schedule()
+    a_t, a_prev = abar[t], (abar[t_prev] if t_prev >= 0 else 1.0)
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
+    z = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(5)).double()
+    expected = math.sqrt(a_prev) * x0.double() + math.sqrt(max(0.0, 1 - a_prev - sigma ** 2)) * eps.double()
+    if t_prev >= 0:
+        expected = expected + sigma * z
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
 def test_model_shapes(ig, batch):
     model = ig.DiffusionModel(base_channels=8)
     x = torch.randn(batch, 1, 28, 28)
     assert model(x, torch.randint(0, 1000, (batch,))).shape == (batch, 1, 28, 28)
 
 
-def test_positional_encoding(ig):
-    enc = ig.PositionalEncoding(16)
-    emb = enc(torch.tensor([0, 1, 999]))
-    assert emb.shape == (3, 16)
-    torch.testing.assert_close(emb[0], torch.cat([torch.zeros(8), torch.ones(8)]))  # sin 0, cos 0
-    assert emb.abs().max() <= 1.0
-    assert not torch.allclose(emb[1], emb[2])
+def test_positional_encoding_is_the_sinusoid(ig):
+    """emb(t) = [sin(t w_i), cos(t w_i)], w_i = 10000^(-i / half) (Vaswani et al. 2017)."""
+    emb = ig.PositionalEncoding(16)(torch.tensor([0, 1, 999]))
+    w = torch.tensor([10000 ** (-i / 8) for i in range(8)])
+    for row, t in zip(emb, (0, 1, 999)):
+        torch.testing.assert_close(row, torch.cat([torch.sin(t * w), torch.cos(t * w)]), rtol=1e-4, atol=1e-4)
 
 
-def test_timestep_embedding_reaches_every_block(ig):
-    model = ig.DiffusionModel(base_channels=8)
-    blocks = [m for m in model.modules() if isinstance(m, ig.ResBlock)]
-    assert len(blocks) == 6 and all(isinstance(b.emb, torch.nn.Linear) for b in blocks)
+def test_network_output_depends_on_t(ig):
+    """With the zero-initialised head perturbed, the same x_t at different t gives different predictions."""
+    torch.manual_seed(0)
+    model = ig.DiffusionModel(base_channels=8).eval()
+    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
+    x = torch.randn(1, 1, 28, 28).expand(3, -1, -1, -1)
+    with torch.no_grad():
+        out = model(x, torch.tensor([0, 500, 999]))
+    assert (out[0] - out[1]).abs().mean() > 1e-3 * out.abs().mean()
+    assert (out[1] - out[2]).abs().mean() > 1e-3 * out.abs().mean()
 
 
-def test_seeded_sampling_is_reproducible(short_trainer):
-    a = short_trainer.sample(3, "ddpm", seed=7)
-    b = short_trainer.sample(3, "ddpm", seed=7)
-    c = short_trainer.sample(3, "ddpm", seed=8)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert not torch.allclose(a, c)
-    assert a.shape == (3, 1, 28, 28) and a.min() >= -1 and a.max() <= 1
+def test_sampling_leaves_global_rng_alone(short_diffusion):
+    """sample() draws from its own generator: seed=None must not reseed (or advance) the global RNG."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = short_diffusion.sample(2, "ddim", steps=5, eta=1.0, seed=None)
+    b = short_diffusion.sample(2, "ddim", steps=5, eta=1.0, seed=None)
+    c = short_diffusion.sample(2, "ddim", steps=5, eta=1.0, seed=7)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.allclose(a, b)  # seed=None: fresh noise each call
+    torch.manual_seed(999)  # the global state does not matter with a seed
+    torch.testing.assert_close(short_diffusion.sample(2, "ddim", steps=5, eta=1.0, seed=7), c, rtol=0, atol=0)
 
 
-def test_ddim_eta0_is_deterministic(short_trainer):
-    a = short_trainer.sample(3, "ddim", steps=10, eta=0.0, seed=3)
-    torch.manual_seed(123)  # global RNG state must not matter
-    b = short_trainer.sample(3, "ddim", steps=10, eta=0.0, seed=3)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # with eta=0, the map from x_T to x_0 uses no other noise: same initial noise -> same image
-    x_T = short_trainer._initial_noise(3, torch.Generator().manual_seed(3))
-    assert torch.equal(x_T, short_trainer._initial_noise(3, torch.Generator().manual_seed(3)))
-    noisy = short_trainer.sample(3, "ddim", steps=10, eta=1.0, seed=3)
+def test_ddim_eta0_is_deterministic_given_x_T(short_diffusion):
+    """eta = 0 uses no noise after x_T: the same seed gives the same images even as the step noise changes."""
+    a = short_diffusion.sample(3, "ddim", steps=10, eta=0.0, seed=3)
+    noisy = short_diffusion.sample(3, "ddim", steps=10, eta=1.0, seed=3)
     assert not torch.allclose(a, noisy)
+    x_T = short_diffusion._initial_noise(3, torch.Generator().manual_seed(3))
+    manual = x_T
+    steps = short_diffusion.ddim_timesteps(10)
+    with torch.no_grad():
+        for step, prev in zip(steps, steps[1:] + [-1]):
+            manual = short_diffusion.ddim_step(manual, step, prev, 0.0, generator=None)
+    torch.testing.assert_close(manual, a, rtol=0, atol=0)
 
 
-def test_ddim_with_eta1_over_all_steps_is_ddpm(short_trainer):
+def test_ddim_with_eta1_over_all_steps_is_ddpm(short_diffusion):
     """Song et al. 2021: eta = 1 over every timestep reproduces DDPM's ancestral sampler exactly."""
-    ddpm = short_trainer.sample(4, "ddpm", seed=11)
-    ddim = short_trainer.sample(4, "ddim", steps=50, eta=1.0, seed=11)
+    ddpm = short_diffusion.sample(4, "ddpm", seed=11)
+    ddim = short_diffusion.sample(4, "ddim", steps=50, eta=1.0, seed=11)
     torch.testing.assert_close(ddim, ddpm, rtol=1e-3, atol=1e-3)
 
 
-def test_ddim_timesteps(trainer):
-    steps = trainer.ddim_timesteps(50)
+def test_ddim_timesteps(diffusion):
+    steps = diffusion.ddim_timesteps(50)
     assert len(steps) == 50 and steps[0] == 999 and steps[-1] == 0
     assert all(a > b for a, b in zip(steps, steps[1:]))
+
+
+def test_uint8_round_trip_is_exact(ig):
+    """Real grey levels survive model range -> uint8 unchanged (a truncating cast shifts most down by one)."""
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16)
+    assert torch.equal(ig.to_uint8(ig.to_model_range(levels)), levels.unsqueeze(1))
+
+
+def test_lr_schedule_and_replanning_are_continuous(ig):
+    plan = ig.new_lr_plan(1000, 1.0)
+    f = lambda p, s: ig.lr_schedule(s, p["total_steps"], p["warmup_steps"], p["anchor_step"], p["anchor_factor"])
+    assert plan["warmup_steps"] == 100
+    decay = lambda s: ig.LR_FLOOR + (1 - ig.LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * s / 1000))
+    assert f(plan, 0) == pytest.approx(0.01) and f(plan, 99) == pytest.approx(decay(99))  # warm-up ends
+    assert f(plan, 500) == pytest.approx(decay(500))
+    assert f(plan, 1000) == pytest.approx(ig.LR_FLOOR) and f(plan, 5000) == pytest.approx(ig.LR_FLOOR)
+    for resume_at, new_total in ((600, 3000), (50, 2000), (600, 800), (1000, 2000)):
+        new = ig.replan_lr(plan, resume_at, new_total)
+        assert f(new, resume_at) == pytest.approx(f(plan, resume_at), rel=1e-12)  # no jump
+        assert f(new, new_total) == pytest.approx(ig.LR_FLOOR)
+        after = [f(new, s) for s in range(max(resume_at, 100), new_total + 1)]
+        assert all(a >= b - 1e-12 for a, b in zip(after, after[1:]))  # decays monotonically to the new end
+    assert ig.replan_lr(plan, 600, 1000) is plan
 
 
 def test_ema_update_is_a_lerp_with_warmup(ig):
     """After step n the EMA moves (1 - decay) of the way to the live weights, decay = min(d, (1+n)/(10+n))."""
     torch.manual_seed(0)
-    tr = ig.DiffusionTrainer(ig.DiffusionModel(base_channels=8), torch.device("cpu"), ema_decay=0.9, total_steps=10)
+    state = ig.TrainState(ig.DiffusionModel(base_channels=8), torch.device("cpu"), ema_decay=0.9,
+                          lr_plan=ig.new_lr_plan(10, 1e-3))
     x0 = torch.rand(8, 1, 28, 28) * 2 - 1
-    tr.train_step(x0)
-    before = [p.clone() for p in tr.ema_model.parameters()]
-    tr.train_step(x0)  # step 2: decay = min(0.9, 3 / 12) = 0.25
-    for old, ema, live in zip(before, tr.ema_model.parameters(), tr.model.parameters()):
+    state.train_step(x0)
+    before = [p.clone() for p in state.ema_model.parameters()]
+    state.train_step(x0)  # step 2: decay = min(0.9, 3 / 12) = 0.25
+    for old, ema, live in zip(before, state.ema_model.parameters(), state.model.parameters()):
         torch.testing.assert_close(ema, old + 0.75 * (live.detach() - old))
 
 
 def test_training_reduces_loss(ig):
     """A few dozen steps on a fixed batch drive the noise-prediction loss well below its start (1.0)."""
     torch.manual_seed(0)
-    tr = ig.DiffusionTrainer(ig.DiffusionModel(base_channels=8), torch.device("cpu"), total_steps=40,
-                             learning_rate=3e-3)
+    state = ig.TrainState(ig.DiffusionModel(base_channels=8), torch.device("cpu"), lr_plan=ig.new_lr_plan(40, 3e-3))
     x0 = torch.zeros(16, 1, 28, 28) - 1  # black images: the easiest possible target
-    first = tr.train_step(x0).item()
+    first = state.train_step(x0).item()
     for _ in range(40):
-        last = tr.train_step(x0).item()
+        last = state.train_step(x0).item()
     assert first > 0.8 and last < 0.5 * first
