@@ -1221,6 +1221,7 @@ def plot_metrics_comparison(history, evaluator, sampler, path):
 
 
 def write_json_atomic(data, path):
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2))
