@@ -422,7 +422,7 @@ def test_train_and_infer_outputs(trained):
     infer = metrics["infer"]
     assert infer["test"]["clips"] == 4 and "other_music" in infer["test"]["scored_on"]
     assert "train" not in infer and len(infer["examples"]["names"]) == 2
-    assert infer["compression"] == 16  # 128 mels x 4 frames per 32 latent channels
+    assert infer["compression"] == 8  # 128 mels x 2 frames per 32 latent channels
     audio = infer["test"]["audio"]
     assert audio["clips"] == 2 and audio["oracle_stoi"] is not None
 
@@ -431,7 +431,7 @@ def test_checkpoint_describes_itself(ag, trained, music_split):
     state = torch.load(trained / "models" / "ae.pt", map_location="cpu", weights_only=True)
     assert state["format"] == ag.CHECKPOINT_FORMAT and state["epoch"] == 3 and not state["interrupted"]
     assert state["partial_epoch"] is None
-    assert state["model_config"] == {"n_mels": 128, "latent_dim": 32, "hidden": 16, "time_downsample": 4, "dropout": 0.0}
+    assert state["model_config"] == {"n_mels": 128, "latent_dim": 32, "hidden": 16, "time_downsample": 2, "dropout": 0.0}
     assert state["transform_config"]["hop_length"] == 313 and state["model"]["mel_mean"].shape == (128,)
     assert state["data"]["audio_dir"] == str(music_split.resolve())
     assert {"model", "optimizer", "schedule", "step", "rng", "history", "args"} <= set(state)
