@@ -961,7 +961,9 @@ def load_checkpoint(path):
     if not path.is_file():
         raise SystemExit(f"error: checkpoint {path} does not exist (train first, or pass --checkpoint)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # garbage that starts like a pickle warns first; one error line is enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise SystemExit(f"error: cannot read checkpoint {path}: it is truncated or not a PyTorch file "
                          f"({type(err).__name__})")

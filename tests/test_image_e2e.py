@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -273,7 +274,7 @@ def test_bad_arguments(flags, expected):
 def test_bad_checkpoints(tmp_path, trained):
     good = (trained / "models" / "ddpm.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
-    (tmp_path / "garbage.pt").write_bytes(os.urandom(2048))
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x09" + np.random.default_rng(0).bytes(2048))  # torch warns first
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
     cases = {"missing.pt": "does not exist", "truncated.pt": "truncated or not a PyTorch file",
              "garbage.pt": "truncated or not a PyTorch file", "foreign.pt": "is not an ImageAudioGen checkpoint"}
