@@ -897,7 +897,7 @@ class AudioEvaluator:
     true mel through the same inversion), which is computed once."""
 
     def __init__(self, dataset, positions, transform, seed=0):
-        self.positions, self.transform, self.seed = positions, transform, seed
+        self.transform, self.seed = transform, seed
         self.reference = dataset.waveforms(positions)
         # The clip's own mel, not the slice of the whole recording's mel: identical but for the edge frames.
         self.log_mels = transform(self.reference).cpu()
