@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import signal
+import threading
 import time
 import urllib.request
 import warnings
@@ -768,24 +769,31 @@ def epoch_crops(train_set, steps, batch_size, seed, epoch):
 
 
 class StopRequest:
-    """The first Ctrl-C asks training to stop after the current step (so the checkpoint is exact);
-    a second one interrupts at once."""
+    """While active, the first Ctrl-C (SIGINT) only asks training to stop after the current step and
+    save; a second one raises KeyboardInterrupt at once. Inactive outside the main thread."""
 
     def __init__(self):
         self.requested = False
-
-    def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
+        self._installed = False
+        self._previous = None
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nStopping after this step (Ctrl-C again to quit at once) ...", flush=True)
+        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits without saving)",
+              flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
 
 
 def check_finite(values, epoch, first_step):
@@ -988,14 +996,14 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_checkpoint(trainer, transform, epoch, progress, history, args):
+def make_checkpoint(run, args):
     """Everything to rebuild the model (config, weights with normalisation) and to resume exactly:
-    `epoch` is the last finished epoch; `progress` the next one's steps done, or None between epochs."""
+    `epoch` is the last finished epoch; `partial_epoch` the next one's steps done, or None between epochs."""
     return {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-        "model_config": dict(trainer.model.config), "transform_config": transform.config,
-        **trainer.state_dict(), "epoch": epoch, "partial_epoch": progress, "interrupted": progress is not None,
-        "rng": rng_state(), "history": history,
+        "model_config": dict(run.trainer.model.config), "transform_config": run.transform.config,
+        **run.trainer.state_dict(), "epoch": run.epoch, "partial_epoch": run.progress,
+        "interrupted": run.progress is not None, "rng": rng_state(), "history": run.history,
         "data": {"audio_dir": str(args.audio_dir.resolve()) if args.audio_dir else None,
                  "musdb_root": str(args.musdb_root) if args.musdb_root else None, "sources": args.sources},
         "args": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()},
@@ -1240,7 +1248,7 @@ def train_epochs(run, args, evaluators, stop, valid_name):
         run.epoch, run.progress = number, None
         run.history.append(record)
         print(epoch_line(record, args.epochs), flush=True)
-        atomic_torch_save(make_checkpoint(run.trainer, run.transform, run.epoch, None, run.history, args), args.checkpoint)
+        atomic_torch_save(make_checkpoint(run, args), args.checkpoint)
         if milestone:
             plot_training_curves(run.history, args.results_dir / "training_curves.png", valid_name)
         if stop.requested:
@@ -1268,8 +1276,7 @@ def train(args):
         except FloatingPointError as err:
             raise SystemExit(f"error: {err}. The last good checkpoint is {args.checkpoint}.")
     if stop.requested:
-        atomic_torch_save(make_checkpoint(run.trainer, run.transform, run.epoch, run.progress, run.history, args),
-                          args.checkpoint)
+        atomic_torch_save(make_checkpoint(run, args), args.checkpoint)
         if run.history:
             plot_training_curves(run.history, args.results_dir / "training_curves.png", valid_name)
         p = run.progress
