@@ -111,7 +111,7 @@ def build_parser():
     train.add_argument("--epochs", type=_number(int, 1), default=60,
                        help="training epochs (total, also with --resume); an epoch draws as many random crops "
                             "as the training files hold 5-s windows")
-    train.add_argument("--batch_size", type=_number(int, 1), default=32, help="clips per training batch")
+    train.add_argument("--batch_size", type=_number(int, 1), default=16, help="clips per training batch")
     train.add_argument("--learning_rate", type=_number(float, 1e-8, 1.0), default=1e-3, help="peak AdamW learning rate")
     train.add_argument("--warmup_steps", type=_number(int, 0), default=100, help="linear warm-up steps before the cosine decay")
     train.add_argument("--seed", type=_number(int, 0), default=0, help="random seed")
@@ -619,12 +619,17 @@ class AudioAutoencoder(nn.Module):
     -> dropout -> decoder: the mirror (transposed convs where the encoder strided) -> (batch, n_mels, frames).
     The per-bin mean and std of the training log-mels are buffers (as in open-unmix), so they travel
     with the weights: `normalize` and `denormalize` map between log-mel and network units.
+
+    With `pca_path` a linear encoder and decoder run beside the deep ones and their outputs add: a conv
+    over non-overlapping patches of `time_downsample` frames and its transpose. `init_pca` sets them to
+    the principal components of the training patches and the deep paths start at zero, so training
+    starts from the best linear code of that size (PCA) and learns what PCA cannot.
     """
 
-    def __init__(self, n_mels=128, latent_dim=128, hidden=128, time_downsample=2, dropout=0.0):
+    def __init__(self, n_mels=128, latent_dim=128, hidden=128, time_downsample=2, dropout=0.0, pca_path=True):
         super().__init__()
         self.config = {"n_mels": n_mels, "latent_dim": latent_dim, "hidden": hidden,
-                       "time_downsample": time_downsample, "dropout": dropout}
+                       "time_downsample": time_downsample, "dropout": dropout, "pca_path": pca_path}
         self.register_buffer("mel_mean", torch.zeros(n_mels))
         self.register_buffer("mel_std", torch.ones(n_mels))
         strides = stage_strides(time_downsample)
@@ -640,6 +645,35 @@ class AudioAutoencoder(nn.Module):
         for conv in [self.encoder[0], *(stage[0] for stage in self.encoder[1:-1]), self.encoder[-1],
                      self.decoder[0], *(stage[0] for stage in self.decoder[1:-1]), self.decoder[-1]]:
             init_linear_path(conv)
+        self.linear_encoder = self.linear_decoder = None
+        if pca_path:
+            self.linear_encoder = nn.Conv1d(n_mels, latent_dim, time_downsample, stride=time_downsample)
+            self.linear_decoder = nn.ConvTranspose1d(latent_dim, n_mels, time_downsample, stride=time_downsample)
+            for conv in (self.encoder[-1], self.decoder[-1]):  # the deep paths start as zero residuals
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+
+    @torch.no_grad()
+    def init_pca(self, log_mels, max_patches=200_000):
+        """Set the linear path to PCA of the training data: `log_mels` (n_mels, frames) un-normalised,
+        cut into patches of time_downsample frames (n_mels * time_downsample numbers each), whose top
+        latent_dim principal directions become the encoder rows and decoder columns."""
+        k, latent = self.config["time_downsample"], self.config["latent_dim"]
+        x = self.normalize(log_mels.float())
+        count = x.shape[1] // k
+        patches = x[:, :count * k].reshape(x.shape[0], count, k).permute(1, 0, 2).reshape(count, -1).double()
+        if count > max_patches:  # an evenly spaced subset is plenty for a 2048-d covariance at most
+            patches = patches[torch.linspace(0, count - 1, max_patches).long()]
+        mean = patches.mean(0)
+        _, vectors = torch.linalg.eigh(torch.cov((patches - mean).T))  # ascending eigenvalues
+        components = vectors.flip(1)[:, :latent].T  # (<= latent, n_mels * k), strongest first
+        weight = torch.zeros(latent, patches.shape[1], dtype=torch.float64)
+        weight[:len(components)] = components
+        weight = weight.view(latent, x.shape[0], k)
+        self.linear_encoder.weight.copy_(weight)
+        self.linear_encoder.bias.copy_(-(weight.flatten(1) @ mean))
+        self.linear_decoder.weight.copy_(weight)
+        self.linear_decoder.bias.copy_(mean.view(x.shape[0], k).mean(1))
 
     @property
     def compression(self):
@@ -661,10 +695,12 @@ class AudioAutoencoder(nn.Module):
         step = self.config["time_downsample"]
         if x.shape[-1] % step:
             raise ValueError(f"frames must be a multiple of {step}, got {x.shape[-1]}")
-        return self.encoder(x)
+        z = self.encoder(x)
+        return z if self.linear_encoder is None else z + self.linear_encoder(x)
 
     def decode(self, z):
-        return self.decoder(z)
+        y = self.decoder(z)
+        return y if self.linear_decoder is None else y + self.linear_decoder(z)
 
     def forward(self, x):
         return self.decode(self.dropout(self.encode(x)))
@@ -1011,7 +1047,7 @@ def make_checkpoint(run, args):
 
 
 def model_from_checkpoint(state, device):
-    model = AudioAutoencoder(**state["model_config"])
+    model = AudioAutoencoder(**{"pca_path": False, **state["model_config"]})  # older checkpoints had none
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
@@ -1148,10 +1184,12 @@ def format_scores(name, mel, audio=None):
 # ============================================================================================
 
 def new_model(args, train_set):
-    """A fresh autoencoder whose normalisation holds the training log-mels' per-bin statistics."""
+    """A fresh autoencoder whose normalisation holds the training log-mels' per-bin statistics and whose
+    linear path starts as their PCA."""
     model = AudioAutoencoder(n_mels=args.n_mels, latent_dim=args.latent_dim, hidden=args.hidden,
                              time_downsample=args.time_downsample, dropout=args.dropout)
     model.set_normalization(*compute_normalization(train_set.log_mels))
+    model.init_pca(train_set.log_mels)
     return model
 
 

@@ -1,15 +1,19 @@
-"""Denoising diffusion (DDPM) on MNIST: train a small U-Net, then generate digits from noise.
+"""Denoising diffusion (DDPM) on MNIST: train a small class-conditional U-Net, then generate digits from noise.
 
     python image_gen/image_gen.py --mode train               # 20 epochs, FID/KID at epochs 1, 5, 10, 15, 20
-    python image_gen/image_gen.py --mode infer               # 16 digits with DDPM Algorithm 2, FID/KID
-    python image_gen/image_gen.py --mode infer --sampler ddim --sampling_steps 100 --fid_samples 10000
+    python image_gen/image_gen.py --mode infer               # 16 of each digit with DDPM Algorithm 2, FID/KID
+    python image_gen/image_gen.py --mode infer --digits 7 --sampler ddim --guidance_scale 2
+    python image_gen/image_gen.py --mode infer --digits none --sampler ddim --fid_samples 10000  # unconditional
+    python image_gen/image_gen.py --mode guidance_sweep --sampler ddim   # FID and accuracy against w
     python image_gen/image_gen.py --mode benchmark           # training / sampling / FID-feature throughput
+    python image_gen/image_gen.py --dataset fashion_mnist    # the same on Fashion-MNIST
 
 Relative default paths (data/, models/, results/) live next to this file, so the commands above and
 `cd image_gen && ./train.sh` share one set of outputs. The math follows Ho et al. 2020, "Denoising
 Diffusion Probabilistic Models" (eq. 4, 6-7, Algorithms 1 and 2), and Song et al. 2021, "Denoising
-Diffusion Implicit Models" (eq. 12). FID is Heusel et al. 2017 on the standard Inception-v3 pool
-features; KID is Binkowski et al. 2018.
+Diffusion Implicit Models" (eq. 12). Class conditioning is classifier-free guidance (Ho & Salimans 2022,
+"Classifier-Free Diffusion Guidance", eq. 6): one network, trained with labels dropped to a null class.
+FID is Heusel et al. 2017 on the standard Inception-v3 pool features; KID is Binkowski et al. 2018.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -34,10 +39,13 @@ from tqdm import tqdm
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 CHECKPOINT_FORMAT = "imageaudiogen.ddpm"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+READABLE_CHECKPOINT_VERSIONS = (2, 3)  # 2: unconditional MNIST only (no num_classes, no dataset)
 CLASSIFIER_FORMAT = "imageaudiogen.mnist_classifier"
 REAL_STATS_FORMAT = "imageaudiogen.fid_real_features"
 LR_FLOOR = 0.1  # the cosine decays the peak learning rate to 10% of itself
+DEFAULT_GUIDANCE_SCALE = 1.0
+GUIDANCE_SWEEP = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 # ============================================================================================
@@ -59,12 +67,73 @@ def _number(kind, low=None, high=None, low_open=False):
     return parse
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line and exits with code 2, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def usage_error(message):
+    """A bad argument found only after reading the checkpoint: the same one line and exit code 2."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse_classes(text, num_classes=10):
+    """--digits / --classes: '7', '0-9', '3,5,8' or a mix such as '0-2,7' -> sorted class indices;
+    'none' -> [None], the null class (unconditional samples from a conditional model)."""
+    if text.strip().lower() == "none":
+        return [None]
+    classes = set()
+    for part in text.split(","):
+        low, sep, high = part.strip().partition("-")
+        if not low.strip().isdigit() or (sep and not high.strip().isdigit()):
+            raise argparse.ArgumentTypeError(f"expected class indices such as 7, 0-9 or 3,5,8 (or none), got {text!r}")
+        first, last = int(low), int(high if sep else low)
+        if first > last:
+            raise argparse.ArgumentTypeError(f"range {part.strip()!r} runs backwards")
+        if last >= num_classes:
+            raise argparse.ArgumentTypeError(f"class {last} is out of range: the data sets have classes 0-{num_classes - 1}")
+        classes.update(range(first, last + 1))
+    return sorted(classes)
+
+
+def _guidance_scales(text):
+    try:
+        scales = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,1,2, got {text!r}")
+    if any(not math.isfinite(w) or w < 0 for w in scales):
+        raise argparse.ArgumentTypeError(f"guidance scales must be >= 0, got {text!r}")
+    return scales
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
-        description="DDPM on MNIST: train a U-Net noise predictor, sample digits, measure FID and KID.",
+    p = ArgumentParser(
+        description="Class-conditional DDPM on MNIST (or Fashion-MNIST): train a U-Net noise predictor, sample "
+                    "digits, measure FID, KID and class accuracy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--mode", choices=["train", "infer", "benchmark"], default="train",
-                   help="train a model, generate samples from a checkpoint, or measure throughput")
+    p.add_argument("--mode", choices=["train", "infer", "guidance_sweep", "benchmark"], default="train",
+                   help="train a model, generate samples from a checkpoint, measure FID and class accuracy "
+                        "against the guidance scale, or measure throughput")
+    p.add_argument("--dataset", choices=list(DATASETS), default=None,
+                   help="training data (default: mnist); infer and the sweep use the checkpoint's and refuse "
+                        "another")
+    p.add_argument("--conditioning", choices=["class", "none"], default="class",
+                   help="train a class-conditional model (with label dropout for classifier-free guidance) "
+                        "or an unconditional one")
+    p.add_argument("--cond_drop_prob", type=_number(float, 0.0, 1.0), default=0.1,
+                   help="training: probability that a label is replaced by the null class, so the one network "
+                        "also learns eps(x_t, t, null)")
+    p.add_argument("--digits", "--classes", dest="classes", type=parse_classes, default=None,
+                   help="infer: classes to draw, one grid row each: 7, 0-9, 3,5,8, or none for unconditional "
+                        "samples (default: all classes of a conditional model)")
+    p.add_argument("--guidance_scale", type=_number(float, 0.0), default=None,
+                   help=f"classifier-free guidance w: eps = (1 + w) eps(x, c) - w eps(x, null); 0 is the plain "
+                        f"conditional model (default: {DEFAULT_GUIDANCE_SCALE:g})")
+    p.add_argument("--guidance_scales", type=_guidance_scales, default=list(GUIDANCE_SWEEP),
+                   help="guidance_sweep: the values of w to measure, comma-separated")
     p.add_argument("--epochs", type=_number(int, 1), default=20,
                    help="training epochs (the total, also with --resume; a new total re-plans the LR decay)")
     p.add_argument("--batch_size", type=_number(int, 1), default=64, help="training batch size")
@@ -73,10 +142,12 @@ def build_parser():
     p.add_argument("--checkpoint", default="models/diffusion_model.pt",
                    help="checkpoint path; the default is relative to this script's folder")
     p.add_argument("--num_samples", type=_number(int, 1, 4096), default=16,
-                   help="images in each sample grid (per-epoch grids and infer's final_samples.png)")
+                   help="images per grid row: per class for a conditional model, in all for an unconditional "
+                        "one (per-epoch grids and infer's final_samples.png)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--seed", type=_number(int, 0), default=0, help="random seed for weights, data order and noise")
-    p.add_argument("--data_dir", default="data", help="MNIST root (torchvision layout: DATA_DIR/MNIST/raw)")
+    p.add_argument("--data_dir", default="data",
+                   help="data root in torchvision's layout: DATA_DIR/MNIST/raw or DATA_DIR/FashionMNIST/raw")
     p.add_argument("--results_dir", default="results", help="where plots, sample grids and metrics.json go")
     p.add_argument("--cache_dir", default="data/cache",
                    help="converted Inception weights, the fallback classifier and cached real-image features")
@@ -124,6 +195,8 @@ def parse_args(argv=None):
         parser.error(f"--fid_samples must be 0 (no FID) or >= 10, got {args.fid_samples}")
     if args.fid_weights and args.fid_backbone == "mnist-classifier":
         parser.error("--fid_weights are Inception weights; they cannot be used with --fid_backbone mnist-classifier")
+    if args.mode == "guidance_sweep" and not args.fid_samples:
+        parser.error("--mode guidance_sweep measures FID: --fid_samples must be >= 10")
     for name in ("checkpoint", "data_dir", "results_dir", "cache_dir"):
         setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name)))
     args.device = resolve_device(args.device, parser)
@@ -153,29 +226,50 @@ def progress_bar(iterable, **kwargs):
 # Data
 # ============================================================================================
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")  # torchvision's FashionMNIST.classes
+DATASETS = {
+    # name: (torchvision class, folder under --data_dir, title, class names)
+    "mnist": ("MNIST", "MNIST", "MNIST", tuple(str(i) for i in range(10))),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST", "Fashion-MNIST", FASHION_CLASSES),
+}
 
 
-def load_mnist(data_dir, train):
-    """(images, labels): uint8 (n, 28, 28) and int64 (n,), read by torchvision, downloaded on first use."""
-    from torchvision.datasets import MNIST
+def class_names(dataset):
+    return DATASETS[dataset][3]
 
+
+def class_slug(dataset, label):
+    """File-name form of a class: 'digit7' for MNIST, 'ankle-boot' for Fashion-MNIST."""
+    if dataset == "mnist":
+        return f"digit{label}"
+    return "".join(ch if ch.isalnum() else "-" for ch in class_names(dataset)[label].lower())
+
+
+def load_images(dataset, data_dir, train):
+    """(images, labels) of MNIST or Fashion-MNIST: uint8 (n, 28, 28) and int64 (n,), read by torchvision
+    from DATA_DIR/<folder>/raw (IDX files, plain or .gz), downloaded from torchvision's mirrors on first use."""
+    import torchvision.datasets
+
+    tv_class, folder, title, _ = DATASETS[dataset]
+    loader = getattr(torchvision.datasets, tv_class)
     try:
-        dataset = MNIST(str(data_dir), train=train, download=False)
-        return dataset.data, dataset.targets
+        data = loader(str(data_dir), train=train, download=False)
+        return data.data, data.targets
     except RuntimeError:
         pass  # not there yet: download below
-    print(f"Downloading MNIST into {data_dir} ...", flush=True)
+    print(f"Downloading {title} into {data_dir} ...", flush=True)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints every mirror it tries
-            dataset = MNIST(str(data_dir), train=train, download=True)
-        return dataset.data, dataset.targets
+            data = loader(str(data_dir), train=train, download=True)
+        return data.data, data.targets
     except (RuntimeError, OSError) as err:
-        raw = Path(data_dir) / "MNIST" / "raw"
+        raw = Path(data_dir) / folder / "raw"
         raise SystemExit(
-            f"error: MNIST is not in {raw} and could not be downloaded ({str(err).splitlines()[0]}).\n"
-            f"Put the four files {', '.join(MNIST_FILES)} (or their .gz) in {raw}, "
-            f"or point --data_dir at a folder that has MNIST/raw inside.")
+            f"error: {title} is not in {raw} and could not be downloaded ({str(err).splitlines()[0]}).\n"
+            f"Put the four files {', '.join(IDX_FILES)} (or their .gz) in {raw}, "
+            f"or point --data_dir at a folder that has {folder}/raw inside.")
 
 
 def to_model_range(images_uint8):
@@ -249,22 +343,26 @@ class SelfAttention(nn.Module):
 
 
 class DiffusionModel(nn.Module):
-    """U-Net noise predictor eps_theta(x_t, t) for (batch, 1, 28, 28) images.
+    """U-Net noise predictor eps_theta(x_t, t, c) for (batch, 1, 28, 28) images.
 
     Encoder: two residual conv blocks, each followed by 2x max-pooling (28 -> 14 -> 7).
     Middle:  residual block, self-attention at 7x7, residual block.
     Decoder: two 2x transposed-conv up-sampling blocks (7 -> 14 -> 28), each concatenating the
              encoder features of its resolution (skip connection) before a residual block.
-    The timestep embedding enters every residual block.
+    The timestep embedding enters every residual block. With `num_classes` > 0 a learned class embedding
+    is added to it; class index `num_classes` is the null class (no label), so one network predicts both
+    eps(x_t, t, c) and eps(x_t, t, null) for classifier-free guidance. num_classes = 0: unconditional.
     """
 
-    def __init__(self, base_channels=32, image_channels=1):
+    def __init__(self, base_channels=32, image_channels=1, num_classes=0):
         super().__init__()
         c1, c2 = base_channels, 2 * base_channels
         emb_dim = 4 * base_channels
-        self.config = {"base_channels": base_channels, "image_channels": image_channels}
+        self.config = {"base_channels": base_channels, "image_channels": image_channels, "num_classes": num_classes}
+        self.num_classes = num_classes
         self.time_embedding = nn.Sequential(
             PositionalEncoding(base_channels), nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_embedding = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.stem = nn.Conv2d(image_channels, c1, 3, padding=1)
         self.enc1 = ResBlock(c1, c1, emb_dim)        # 28x28
         self.enc2 = ResBlock(c1, c2, emb_dim)        # 14x14
@@ -279,8 +377,16 @@ class DiffusionModel(nn.Module):
         nn.init.zeros_(self.head[-1].weight)  # start by predicting zero noise: a calm first few hundred steps
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, x, t):
+    def forward(self, x, t, labels=None):
+        """x (batch, C, 28, 28), t (batch,) timesteps, labels (batch,) class indices (num_classes = null;
+        None = all null) -> predicted noise, shaped like x."""
         emb = self.time_embedding(t)
+        if self.class_embedding is not None:
+            if labels is None:
+                labels = torch.full_like(t, self.num_classes)
+            emb = emb + self.class_embedding(labels)
+        elif labels is not None:
+            raise ValueError("this model is unconditional: it takes no labels")
         skip1 = self.enc1(self.stem(x), emb)
         skip2 = self.enc2(F.max_pool2d(skip1, 2), emb)
         h = self.mid1(F.max_pool2d(skip2, 2), emb)
@@ -306,15 +412,21 @@ class GaussianDiffusion:
     The math only: noise schedule, forward process, training loss, one DDPM or DDIM step and the
     sampling loops. It holds no optimizer and no EMA; training passes it the live network, sampling
     the EMA network. Images are (n, C, 28, 28) in [-1, 1].
+
+    A class-conditional model (`num_classes` > 0) takes labels (n,) everywhere; label `num_classes` is
+    the null class. Guidance scale w > 0 samples with classifier-free guidance (Ho & Salimans 2022, eq. 6):
+    eps~ = (1 + w) eps(x_t, t, c) - w eps(x_t, t, null).
     """
 
     def __init__(self, model, num_timesteps=1000, beta_start=1e-4, beta_end=0.02, precision="fp32",
-                 image_channels=1):
+                 image_channels=1, num_classes=0):
         self.model = model
         self.device = next(model.parameters()).device
         self.config = {"num_timesteps": num_timesteps, "beta_start": beta_start, "beta_end": beta_end}
         self.num_timesteps = num_timesteps
         self.image_channels = image_channels
+        self.num_classes = num_classes
+        self.null_class = num_classes  # the label index that means "no class"
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16"
                          else contextlib.nullcontext())
         self._register_schedule(num_timesteps, beta_start, beta_end)
@@ -354,20 +466,35 @@ class GaussianDiffusion:
         """Closed-form forward diffusion: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps  (eq. 4)."""
         return self._gather(self.sqrt_alphas_cumprod, t) * x0 + self._gather(self.sqrt_one_minus_alphas_cumprod, t) * noise
 
-    def loss(self, x0, generator=None):
-        """Simplified DDPM objective (eq. 14): || eps - eps_theta(x_t, t) ||^2, t ~ U{0..T-1}, eps ~ N(0, I).
+    def loss(self, x0, labels=None, generator=None, cond_drop_prob=0.0):
+        """Simplified DDPM objective (eq. 14): || eps - eps_theta(x_t, t, c) ||^2, t ~ U{0..T-1}, eps ~ N(0, I).
 
-        t and eps come from `generator` (the training generator), never from the global RNG."""
+        Each label becomes the null class with probability `cond_drop_prob` (Ho & Salimans 2022,
+        Algorithm 1), so the same network learns the unconditional eps(x_t, t, null) too. t, eps and the
+        dropout come from `generator` (the training generator), never from the global RNG."""
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        if labels is not None and cond_drop_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device, generator=generator) < cond_drop_prob
+            labels = labels.masked_fill(drop, self.null_class)
         with self.autocast:
-            predicted = self.model(self.q_sample(x0, t, noise), t)
+            predicted = self.model(self.q_sample(x0, t, noise), t, labels)
         return F.mse_loss(predicted.float(), noise)
 
     # --- reverse process ------------------------------------------------------------------------
-    def predict_eps(self, x, t):
+    def predict_eps(self, x, t, labels=None, guidance_scale=0.0):
+        """eps_theta(x_t, t, c); for w = guidance_scale > 0 the classifier-free guided prediction
+        (Ho & Salimans 2022, eq. 6)
+
+            eps~ = (1 + w) eps(x_t, t, c) - w eps(x_t, t, null),
+
+        with the conditional and null halves stacked into one forward pass of 2n images."""
         with self.autocast:
-            return self.model(x, t).float()
+            if labels is None or guidance_scale == 0:
+                return self.model(x, t, labels).float()
+            null = torch.full_like(labels, self.null_class)
+            eps_cond, eps_null = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
+        return (1.0 + guidance_scale) * eps_cond - guidance_scale * eps_null
 
     def predict_x0(self, x_t, t, eps):
         """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (eq. 4 solved for x_0), clipped to [-1, 1]."""
@@ -377,17 +504,17 @@ class GaussianDiffusion:
     def _timestep(self, step, n):
         return torch.full((n,), step, device=self.device, dtype=torch.long)
 
-    def ddpm_step(self, x, step, generator=None):
+    def ddpm_step(self, x, step, generator=None, labels=None, guidance_scale=0.0):
         """x_t -> x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) = N(mu~_t, beta~_t I) (eq. 6-7, Algorithm 2); no noise at t = 0."""
         t = self._timestep(step, x.shape[0])
-        x0 = self.predict_x0(x, t, self.predict_eps(x, t))
+        x0 = self.predict_x0(x, t, self.predict_eps(x, t, labels, guidance_scale))
         mean = self._gather(self.posterior_mean_coef1, t) * x0 + self._gather(self.posterior_mean_coef2, t) * x
         if step == 0:
             return mean
         noise = torch.randn(x.shape, generator=generator, device=self.device)
         return mean + (0.5 * self._gather(self.posterior_log_variance_clipped, t)).exp() * noise
 
-    def ddim_step(self, x, step, prev_step, eta=0.0, generator=None):
+    def ddim_step(self, x, step, prev_step, eta=0.0, generator=None, labels=None, guidance_scale=0.0):
         """x_t -> x_{t_prev} by Song et al. 2021, eq. 12 (prev_step -1 means abar_prev = 1, the last step):
 
             x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z,
@@ -395,7 +522,7 @@ class GaussianDiffusion:
 
         x0_hat is clipped to [-1, 1] and eps_hat recomputed from it, so the two stay consistent."""
         t = self._timestep(step, x.shape[0])
-        x0 = self.predict_x0(x, t, self.predict_eps(x, t))
+        x0 = self.predict_x0(x, t, self.predict_eps(x, t, labels, guidance_scale))
         eps = (self._gather(self.sqrt_recip_alphas_cumprod, t) * x - x0) / self._gather(self.sqrt_recipm1_alphas_cumprod, t)
         abar = self.alphas_cumprod[step]
         abar_prev = self.alphas_cumprod[prev_step] if prev_step >= 0 else torch.ones_like(abar)
@@ -413,16 +540,16 @@ class GaussianDiffusion:
         return torch.randn((n, self.image_channels, 28, 28), generator=generator, device=self.device)
 
     @torch.no_grad()
-    def sample_ddpm(self, n, generator=None, progress=False):
+    def sample_ddpm(self, n, generator=None, progress=False, labels=None, guidance_scale=0.0):
         """Ancestral sampling (Algorithm 2) over all T timesteps: (n, C, 28, 28) in [-1, 1]."""
         x = self._initial_noise(n, generator)
         for step in tqdm(range(self.num_timesteps - 1, -1, -1), desc="DDPM", leave=False,
                          disable=None if progress else True, mininterval=1.0):
-            x = self.ddpm_step(x, step, generator)
+            x = self.ddpm_step(x, step, generator, labels, guidance_scale)
         return x
 
     @torch.no_grad()
-    def sample_ddim(self, n, steps=50, eta=0.0, generator=None, progress=False):
+    def sample_ddim(self, n, steps=50, eta=0.0, generator=None, progress=False, labels=None, guidance_scale=0.0):
         """DDIM sampling (eq. 12) over a `steps`-long sub-sequence of timesteps: (n, C, 28, 28) in [-1, 1].
 
         eta = 0 gives a deterministic map from noise to image; eta = 1 over all steps is DDPM."""
@@ -430,15 +557,21 @@ class GaussianDiffusion:
         timesteps = self.ddim_timesteps(steps)
         for step, prev in tqdm(list(zip(timesteps, timesteps[1:] + [-1])), desc="DDIM", leave=False,
                                disable=None if progress else True, mininterval=1.0):
-            x = self.ddim_step(x, step, prev, eta, generator)
+            x = self.ddim_step(x, step, prev, eta, generator, labels, guidance_scale)
         return x
 
-    def sample(self, n, sampler="ddim", steps=50, eta=0.0, seed=None, batch_size=None, progress=False):
-        """`n` images in [-1, 1], in batches of `sampling_batch_size(device)`.
+    def sample(self, n, sampler="ddim", steps=50, eta=0.0, seed=None, batch_size=None, progress=False,
+               label=None, guidance_scale=0.0):
+        """`n` images in [-1, 1], in batches of `sampling_batch_size(device)` (half as many when guided:
+        each guided step runs the network on the stacked conditional and null halves).
 
-        Noise comes from a private generator: `seed` makes the result repeatable, seed=None draws a fresh
-        seed from the OS. Neither touches the global RNG."""
-        batch_size = batch_size or sampling_batch_size(self.device)
+        `label`: the class of all n images for a conditional model (None: the null class, unconditional;
+        then no guidance). Noise comes from a private generator: `seed` makes the result repeatable,
+        seed=None draws a fresh seed from the OS. Neither touches the global RNG."""
+        if self.num_classes == 0 and label is not None:
+            raise ValueError("this model is unconditional: it draws no classes")
+        guided = self.num_classes > 0 and label is not None and guidance_scale > 0
+        batch_size = batch_size or max(1, sampling_batch_size(self.device) // (2 if guided else 1))
         generator = torch.Generator(device=self.device)
         if seed is None:
             generator.seed()
@@ -449,12 +582,38 @@ class GaussianDiffusion:
         batches = []
         for start in range(0, n, batch_size):
             size = min(batch_size, n - start)
+            labels = None
+            if self.num_classes:
+                labels = torch.full((size,), self.null_class if label is None else label, device=self.device)
+            w = guidance_scale if guided else 0.0
             if sampler == "ddpm":
-                batches.append(self.sample_ddpm(size, generator, progress))
+                batches.append(self.sample_ddpm(size, generator, progress, labels, w))
             else:
-                batches.append(self.sample_ddim(size, steps, eta, generator, progress))
+                batches.append(self.sample_ddim(size, steps, eta, generator, progress, labels, w))
         self.model.train(was_training)
         return torch.cat(batches)
+
+    def sample_classes(self, classes, per_class, sampler="ddim", steps=50, eta=0.0, seed=0, guidance_scale=0.0,
+                       progress=False):
+        """`per_class` images of each class in `classes` (a list; [None] = unconditional), class by class:
+        (len(classes) * per_class, C, 28, 28). Each class has its own noise stream, derived from `seed`
+        and the class, so the images of digit 7 are the same whichever other classes are asked for."""
+        out = []
+        for label in classes:
+            index = self.null_class if label is None else label
+            out.append(self.sample(per_class, sampler, steps, eta, seed=class_seed(seed, index), progress=progress,
+                                   label=label, guidance_scale=guidance_scale))
+        return torch.cat(out)
+
+
+def class_seed(seed, label):
+    """The noise seed of one class's samples: distinct per class, fixed for a given --seed."""
+    return seed * 1_000_003 + 7919 * (label + 1)
+
+
+def balanced_counts(n, num_classes):
+    """n split over the classes as evenly as possible (the first n % num_classes get one more)."""
+    return [n // num_classes + (c < n % num_classes) for c in range(num_classes)]
 
 
 # ============================================================================================
@@ -499,9 +658,10 @@ class TrainState:
     `sampler` (EMA net) draws images."""
 
     def __init__(self, model, device, diffusion_config=None, lr_plan=None, ema_decay=0.999, seed=0,
-                 precision="fp32", compile_model=False):
+                 precision="fp32", compile_model=False, cond_drop_prob=0.0):
         diffusion_config = diffusion_config or {}
         self.device = device
+        self.cond_drop_prob = cond_drop_prob
         self.model = model.to(device)
         self.ema_model = DiffusionModel(**model.config).to(device).requires_grad_(False).eval()
         self.ema_model.load_state_dict(model.state_dict())
@@ -509,11 +669,10 @@ class TrainState:
         self.lr_plan = lr_plan or new_lr_plan(1, 1e-3)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr_plan["peak_lr"], weight_decay=0.0)
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        channels = model.config["image_channels"]
+        shape = {"image_channels": model.config["image_channels"], "num_classes": model.num_classes}
         forward = torch.compile(model) if compile_model else model
-        self.diffusion = GaussianDiffusion(forward, **diffusion_config, precision=precision, image_channels=channels)
-        self.sampler = GaussianDiffusion(self.ema_model, **diffusion_config, precision=precision,
-                                         image_channels=channels)
+        self.diffusion = GaussianDiffusion(forward, **diffusion_config, precision=precision, **shape)
+        self.sampler = GaussianDiffusion(self.ema_model, **diffusion_config, precision=precision, **shape)
         self.step = 0
 
     def learning_rate(self):
@@ -522,11 +681,11 @@ class TrainState:
         return plan["peak_lr"] * lr_schedule(self.step, plan["total_steps"], plan["warmup_steps"],
                                              plan["anchor_step"], plan["anchor_factor"])
 
-    def train_step(self, x0):
+    def train_step(self, x0, labels=None):
         """One optimisation step (Algorithm 1), then the EMA update. Returns the loss tensor (no sync)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        loss = self.diffusion.loss(x0, self.generator)
+        loss = self.diffusion.loss(x0, labels, self.generator, self.cond_drop_prob)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -582,9 +741,13 @@ def load_checkpoint(path, expected_format):
                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
     if not isinstance(state, dict) or state.get("format") != expected_format:
         raise SystemExit(f"error: {path} is not an ImageAudioGen checkpoint of type {expected_format!r}")
-    if state.get("version") != CHECKPOINT_VERSION:
+    if state.get("version") not in READABLE_CHECKPOINT_VERSIONS:
         raise SystemExit(f"error: {path} has checkpoint version {state.get('version')}, "
-                         f"this script reads version {CHECKPOINT_VERSION}")
+                         f"this script reads versions {', '.join(map(str, READABLE_CHECKPOINT_VERSIONS))}")
+    # version 2 predates class conditioning and Fashion-MNIST: an unconditional MNIST model
+    state["model_config"].setdefault("num_classes", 0)
+    state.setdefault("dataset", "mnist")
+    state.setdefault("cond_drop_prob", 0.0)
     return state
 
 
@@ -602,16 +765,20 @@ class EpochProgress:
         return {"order": self.order.cpu(), "losses": list(self.losses), "seconds": self.seconds}
 
 
-def make_checkpoint(state, epochs_completed, steps_per_epoch, progress, history, args, interrupted=False):
+def make_checkpoint(state, epochs_completed, steps_per_epoch, progress, history, args, dataset, interrupted=False):
     """Everything a run needs to continue exactly, and what it holds, said outright:
 
     `epochs_completed` whole epochs, plus `step_in_epoch` steps of the next one (0 at an epoch boundary;
     then `epoch_progress` holds that epoch's data order and the losses so far), `interrupted` when Ctrl-C
-    ended the run there. `step` counts all optimizer steps."""
+    ended the run there. `step` counts all optimizer steps. A conditional model says its data set, class
+    names and label dropout; model_config["num_classes"] is 0 for an unconditional one."""
     in_epoch = progress is not None and progress.step > 0
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
+        "dataset": dataset,
+        "class_names": list(class_names(dataset)),
+        "cond_drop_prob": state.cond_drop_prob,
         "model_config": dict(state.model.config),
         "diffusion_config": dict(state.diffusion.config),
         **state.state_dict(),
@@ -638,7 +805,7 @@ def ema_sampler_from_checkpoint(state, device, precision="fp32"):
     model = DiffusionModel(**state["model_config"]).to(device).requires_grad_(False).eval()
     model.load_state_dict(state["ema"])
     return GaussianDiffusion(model, **state["diffusion_config"], precision=precision,
-                             image_channels=state["model_config"]["image_channels"])
+                             image_channels=model.config["image_channels"], num_classes=model.num_classes)
 
 
 class StopRequest:
@@ -680,9 +847,10 @@ def first_nonfinite(losses):
     return next((i for i, v in enumerate(values) if not math.isfinite(v)), None), values
 
 
-def train_one_epoch(state, images, batch_size, epoch, epochs, progress, stop, check_every=25):
-    """Continue one pass over `images` ((n, 1, 28, 28) on the device) in `progress.order` from step
-    `progress.step`. Returns True when the epoch is complete, False when `stop` was requested first."""
+def train_one_epoch(state, images, labels, batch_size, epoch, epochs, progress, stop, check_every=25):
+    """Continue one pass over `images` ((n, 1, 28, 28) on the device) and their `labels` ((n,), None for
+    an unconditional model) in `progress.order` from step `progress.step`. Returns True when the epoch is
+    complete, False when `stop` was requested first."""
     state.model.train()
     steps = max(1, len(images) // batch_size)  # drop the ragged tail; the order is new each epoch
     pending = []
@@ -690,8 +858,8 @@ def train_one_epoch(state, images, batch_size, epoch, epochs, progress, stop, ch
     bar = progress_bar(range(progress.step, steps), desc=f"epoch {epoch}/{epochs}", unit="step",
                        initial=progress.step, total=steps)
     for step in bar:
-        x0 = images[progress.order[step * batch_size:(step + 1) * batch_size]]
-        pending.append(state.train_step(x0))
+        batch = progress.order[step * batch_size:(step + 1) * batch_size]
+        pending.append(state.train_step(images[batch], None if labels is None else labels[batch]))
         if len(pending) == check_every or step == steps - 1 or stop.requested:
             bad, values = first_nonfinite(pending)
             if bad is not None:
@@ -710,18 +878,21 @@ def train_one_epoch(state, images, batch_size, epoch, epochs, progress, stop, ch
 
 def train(args):
     torch.manual_seed(args.seed)  # weight initialisation; everything later draws from TrainState.generator
-    images = to_model_range(load_mnist(args.data_dir, train=True)[0]).to(args.device)
+    saved = load_checkpoint(args.checkpoint, CHECKPOINT_FORMAT) if args.resume else None
+    dataset = checkpoint_dataset(saved, args) if saved else (args.dataset or "mnist")
+    images, labels = load_images(dataset, args.data_dir, train=True)
+    images = to_model_range(images).to(args.device)
     steps_per_epoch = max(1, len(images) // args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     settings = dict(ema_decay=args.ema_decay, seed=args.seed, precision=args.precision, compile_model=args.compile)
     history, start_epoch, progress = [], 1, None
-    if args.resume:
-        saved = load_checkpoint(args.checkpoint, CHECKPOINT_FORMAT)
+    if saved:
         if saved["step_in_epoch"] and (saved["steps_per_epoch"] != steps_per_epoch
                                        or len(saved["epoch_progress"]["order"]) != len(images)):
             raise SystemExit(f"error: {args.checkpoint} stopped inside an epoch of {saved['steps_per_epoch']} steps; "
                              f"resume it with the same data and --batch_size {saved['args']['batch_size']}")
-        state = TrainState(DiffusionModel(**saved["model_config"]), args.device, saved["diffusion_config"], **settings)
+        state = TrainState(DiffusionModel(**saved["model_config"]), args.device, saved["diffusion_config"],
+                           cond_drop_prob=saved["cond_drop_prob"], **settings)
         state.load_state_dict(saved)
         state.lr_plan = replan_lr(state.lr_plan, state.step, total_steps)
         history, start_epoch = saved["history"], saved["epochs_completed"] + 1
@@ -732,21 +903,27 @@ def train(args):
     else:
         if args.checkpoint.exists():
             print(f"note: starting a new run; {args.checkpoint} will be overwritten (use --resume to continue it)")
-        state = TrainState(DiffusionModel(args.base_channels), args.device,
-                           lr_plan=new_lr_plan(total_steps, args.learning_rate), **settings)
+        num_classes = len(class_names(dataset)) if args.conditioning == "class" else 0
+        state = TrainState(DiffusionModel(args.base_channels, num_classes=num_classes), args.device,
+                           lr_plan=new_lr_plan(total_steps, args.learning_rate),
+                           cond_drop_prob=args.cond_drop_prob if num_classes else 0.0, **settings)
+    labels = labels.to(args.device) if state.model.num_classes else None
     if start_epoch > args.epochs:
         print(f"Nothing to do: the checkpoint already has {start_epoch - 1} epochs (--epochs {args.epochs}).")
         return history
 
     (args.results_dir / "epoch_comparisons").mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in state.model.parameters())
-    print(f"Training DDPM on {len(images)} MNIST images, {n_params / 1e6:.2f}M parameters, device {args.device}, "
-          f"{steps_per_epoch} steps/epoch")
-    evaluator = make_evaluator(args) if args.fid_samples else None
+    kind = (f"class-conditional, label dropout {state.cond_drop_prob:g}" if state.model.num_classes
+            else "unconditional")
+    print(f"Training DDPM ({kind}) on {len(images)} {DATASETS[dataset][2]} images, {n_params / 1e6:.2f}M parameters, "
+          f"device {args.device}, {steps_per_epoch} steps/epoch")
+    evaluator = make_evaluator(args, dataset, state.model.num_classes > 0) if args.fid_samples else None
     eval_epochs = evaluation_epochs(args.epochs)
+    guidance = args.guidance_scale if args.guidance_scale is not None else DEFAULT_GUIDANCE_SCALE
 
     def save(epochs_completed, interrupted=False):
-        atomic_torch_save(make_checkpoint(state, epochs_completed, steps_per_epoch, progress, history, args,
+        atomic_torch_save(make_checkpoint(state, epochs_completed, steps_per_epoch, progress, history, args, dataset,
                                           interrupted), args.checkpoint)
 
     try:
@@ -754,7 +931,7 @@ def train(args):
             for epoch in range(start_epoch, args.epochs + 1):
                 if progress is None:
                     progress = EpochProgress(torch.randperm(len(images), device=args.device, generator=state.generator))
-                if not train_one_epoch(state, images, args.batch_size, epoch, args.epochs, progress, stop):
+                if not train_one_epoch(state, images, labels, args.batch_size, epoch, args.epochs, progress, stop):
                     save(epoch - 1, interrupted=True)
                     raise SystemExit(f"Interrupted in epoch {epoch} after step {progress.step} of {steps_per_epoch}: "
                                      f"saved to {args.checkpoint}; continue with --resume.")
@@ -766,15 +943,16 @@ def train(args):
                 line = (f"epoch {epoch:3d}/{args.epochs}  loss {record['loss']:.4f}  {record['images_per_s']:7.0f} img/s"
                         f"  {record['train_seconds']:6.1f}s")
                 if epoch in eval_epochs:
-                    record.update(evaluate_epoch(state, evaluator, args, epoch))
+                    record.update(evaluate_epoch(state, evaluator, args, epoch, dataset, guidance))
                     if record["fid"] is not None:
-                        line += (f"  FID {record['fid']:.2f} KID {record['kid']:.4f} ({evaluator.describe()}, "
-                                 f"{sampler_name('ddim', args.sampling_steps, args.eta)})")
+                        line += (f"  FID {record['fid']:.2f} KID {record['kid']:.4f}"
+                                 + (f" acc {record['accuracy']:.1%}" if record.get("accuracy") is not None else "")
+                                 + f" ({evaluator.describe()}, {training_sampler_name(state, args, guidance)})")
                     line += f"  eval {record['eval_seconds']:.1f}s"
                 history.append(record)
                 print(line, flush=True)
                 save(epoch)
-                write_training_outputs(history, evaluator, args)
+                write_training_outputs(history, evaluator, args, training_sampler_name(state, args, guidance))
                 if stop.requested and epoch < args.epochs:
                     raise SystemExit(f"Stopped after epoch {epoch}: saved to {args.checkpoint}; continue with --resume.")
     except KeyboardInterrupt:
@@ -785,24 +963,45 @@ def train(args):
     return history
 
 
-def evaluate_epoch(state, evaluator, args, epoch):
-    """Sample grid from fixed noise, and FID/KID when enabled. Returns the record fields it measured."""
+def checkpoint_dataset(state, args):
+    """The checkpoint's data set; a different --dataset is a usage error."""
+    if args.dataset and args.dataset != state["dataset"]:
+        usage_error(f"--dataset {args.dataset} does not match {args.checkpoint}, which was trained on {state['dataset']}")
+    return state["dataset"]
+
+
+def evaluate_epoch(state, evaluator, args, epoch, dataset, guidance_scale):
+    """Sample grid from fixed noise (a conditional model: one row per class, guided), and FID/KID (plus
+    class accuracy) when enabled. Returns the record fields it measured."""
     start = time.perf_counter()
-    grid = state.sampler.sample(args.num_samples, "ddim", args.sampling_steps, args.eta, seed=args.seed + 1)
-    save_grid(to_unit_range(grid), args.results_dir / "epoch_comparisons" / f"samples_epoch_{epoch:03d}.png")
+    path = args.results_dir / "epoch_comparisons" / f"samples_epoch_{epoch:03d}.png"
+    if state.model.num_classes:
+        classes = list(range(state.model.num_classes))
+        grid = state.sampler.sample_classes(classes, args.num_samples, "ddim", args.sampling_steps, args.eta,
+                                            seed=args.seed + 1, guidance_scale=guidance_scale)
+        save_class_grid(to_unit_range(grid), [class_names(dataset)[c] for c in classes], path,
+                        title=f"epoch {epoch}, {training_sampler_name(state, args, guidance_scale)}")
+    else:
+        grid = state.sampler.sample(args.num_samples, "ddim", args.sampling_steps, args.eta, seed=args.seed + 1)
+        save_grid(to_unit_range(grid), path)
     scores = {"fid": None, "kid": None}
     if evaluator is not None:
-        generated = state.sampler.sample(evaluator.num_samples, "ddim", args.sampling_steps, args.eta, seed=args.seed + 2)
-        scores = evaluator(to_uint8(generated))
+        scores = evaluator.evaluate(state.sampler, "ddim", args.sampling_steps, args.eta, seed=args.seed + 2,
+                                    guidance_scale=guidance_scale)
     return {**scores, "eval_seconds": time.perf_counter() - start}
 
 
-def sampler_name(sampler, steps, eta):
-    return "ddpm-1000" if sampler == "ddpm" else f"ddim-{steps}" + (f" eta {eta:g}" if eta else "")
+def sampler_name(sampler, steps, eta, guidance_scale=None):
+    """'ddpm-1000', 'ddim-50', 'ddim-50 eta 0.5', with ', w=1' for guided class-conditional sampling."""
+    name = "ddpm-1000" if sampler == "ddpm" else f"ddim-{steps}" + (f" eta {eta:g}" if eta else "")
+    return name + (f", w={guidance_scale:g}" if guidance_scale is not None else "")
 
 
-def write_training_outputs(history, evaluator, args):
-    sampler = sampler_name("ddim", args.sampling_steps, args.eta)
+def training_sampler_name(state, args, guidance_scale):
+    return sampler_name("ddim", args.sampling_steps, args.eta, guidance_scale if state.model.num_classes else None)
+
+
+def write_training_outputs(history, evaluator, args, sampler):
     plot_training_loss(history, args.results_dir / "training_loss.png")
     plot_metrics_comparison(history, evaluator, sampler, args.results_dir / "epoch_comparisons" / "metrics_comparison.png")
     metrics = read_json(args.results_dir / "metrics.json")
@@ -933,7 +1132,8 @@ def inception_extractor(weights_path, device):
 
 
 class MnistClassifier(nn.Module):
-    """Small CNN for MNIST digits. Its 128-d penultimate layer is the fallback FID feature space."""
+    """Small CNN for 28x28 grey images (MNIST digits or Fashion-MNIST). It measures the class accuracy of
+    conditional samples, and its 128-d penultimate layer is the fallback FID feature space."""
 
     num_features = 128
 
@@ -950,39 +1150,44 @@ class MnistClassifier(nn.Module):
         return self.features(images[:, :1].float() / 127.5 - 1.0)
 
 
-def train_mnist_classifier(data_dir, device, max_steps=3000, max_epochs=30, batch_size=128, seed=0):
-    """Fit MnistClassifier on the MNIST training set; returns (model, test accuracy). Seeds its own RNG
-    (callers run it inside torch.random.fork_rng, so the caller's RNG is untouched).
+    @torch.no_grad()
+    def predict(self, images_uint8, batch_size=1000):
+        """uint8 (n, 1, 28, 28) -> (n,) predicted classes."""
+        device = next(self.parameters()).device
+        return torch.cat([self.classify(self(images_uint8[i:i + batch_size].to(device))).argmax(1).cpu()
+                          for i in range(0, len(images_uint8), batch_size)])
+
+
+def train_mnist_classifier(dataset, data_dir, device, max_steps=3000, max_epochs=30, batch_size=128, seed=0):
+    """Fit MnistClassifier on the training set of `dataset` only; returns (model, test accuracy). Seeds its
+    own RNG (callers run it inside torch.random.fork_rng, so the caller's RNG is untouched).
 
     Runs for `max_steps` steps (about 6 epochs of full MNIST, ~99% test accuracy) or `max_epochs`
     epochs, whichever is shorter, so small training sets still get enough passes."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    x_train, y_train = load_mnist(data_dir, train=True)
-    x_test, y_test = load_mnist(data_dir, train=False)
+    x_train, y_train = load_images(dataset, data_dir, train=True)
+    x_test, y_test = load_images(dataset, data_dir, train=False)
     model = MnistClassifier().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     epochs = min(max_epochs, math.ceil(max_steps * batch_size / len(x_train)))
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
-        for start in progress_bar(range(0, len(order), batch_size), desc="MNIST classifier (FID fallback)"):
+        for start in progress_bar(range(0, len(order), batch_size), desc=f"{DATASETS[dataset][2]} classifier"):
             idx = order[start:start + batch_size]
             loss = F.cross_entropy(model.classify(model(x_train[idx].unsqueeze(1).to(device))), y_train[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
     model.eval()
-    with torch.no_grad():
-        logits = torch.cat([model.classify(model(x_test[i:i + 1000].unsqueeze(1).to(device)))
-                            for i in range(0, len(x_test), 1000)])
-    accuracy = (logits.argmax(1).cpu() == y_test).float().mean().item()
+    accuracy = (model.predict(x_test.unsqueeze(1)) == y_test).float().mean().item()
     return model, accuracy
 
 
-def load_or_train_classifier(cache_path, data_dir, device):
-    """The fallback feature extractor, trained once and cached (keyed by the training-set size)."""
-    train_size = len(load_mnist(data_dir, train=True)[0])
+def load_or_train_classifier(cache_path, dataset, data_dir, device):
+    """The data set's classifier, trained once on its training set and cached (keyed by the training-set size)."""
+    train_size = len(load_images(dataset, data_dir, train=True)[0])
     if Path(cache_path).is_file():
         try:
             state = torch.load(cache_path, map_location="cpu", weights_only=True)
@@ -992,8 +1197,9 @@ def load_or_train_classifier(cache_path, data_dir, device):
                 return model.to(device).eval(), state["test_accuracy"]
         except Exception:
             pass  # a stale or broken cache is simply rebuilt
-    print(f"Training the MNIST classifier used as FID fallback backbone (once, cached in {cache_path}) ...")
-    model, accuracy = train_mnist_classifier(data_dir, device)
+    print(f"Training the {DATASETS[dataset][2]} classifier (class accuracy, FID fallback; once, cached in "
+          f"{cache_path}) ...", flush=True)
+    model, accuracy = train_mnist_classifier(dataset, data_dir, device)
     atomic_torch_save({"format": CLASSIFIER_FORMAT, "state_dict": model.state_dict(),
                        "test_accuracy": accuracy, "train_size": train_size}, cache_path)
     return model, accuracy
@@ -1026,30 +1232,33 @@ def file_sha1(path):
 
 
 class FidEvaluator:
-    """FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) of generated digits against the first
-    N MNIST test images, in the feature space of `extractor` (uint8 (n, 3, 28, 28) -> (n, d)).
+    """FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) of generated images against the first
+    N test images of the data set, in the feature space of `extractor` (uint8 (n, 3, 28, 28) -> (n, d)).
 
-    The real features, and the real-vs-real floor (the first N training digits scored like generated
+    The real features, and the real-vs-real floor (the first N training images scored like generated
     ones), are computed once per backbone, data set and N, and cached in `cache_dir`. KID uses 100
-    subsets of min(N, 1000) and a fixed seed, so it draws nothing from the caller's RNG."""
+    subsets of min(N, 1000) and a fixed seed, so it draws nothing from the caller's RNG. With a
+    `classifier`, class-conditional samples are also scored for accuracy (share recognised as asked)."""
 
-    def __init__(self, backbone, extractor, weights_id, data_dir, num_samples, cache_dir, device):
+    def __init__(self, backbone, extractor, weights_id, dataset, data_dir, num_samples, cache_dir, device,
+                 classifier=None):
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
         self.backbone, self.extractor, self.device = backbone, extractor.eval(), device
-        real = load_mnist(data_dir, train=False)[0]
-        train_digits = load_mnist(data_dir, train=True)[0]
+        self.dataset, self.classifier = dataset, classifier
+        real = load_images(dataset, data_dir, train=False)[0]
+        train_digits = load_images(dataset, data_dir, train=True)[0]
         self.num_samples = min(num_samples, len(real), len(train_digits))
         if self.num_samples < num_samples:
             print(f"note: FID/KID use N = {self.num_samples} (the test set has {len(real)} images), not {num_samples}")
         real, train_digits = real[:self.num_samples], train_digits[:self.num_samples]
         key = _fingerprint(backbone, weights_id, real.numpy().tobytes(), train_digits.numpy().tobytes())
-        cache = Path(cache_dir) / f"fid-real-{backbone}-n{self.num_samples}-{key}.pt"
+        cache = Path(cache_dir) / f"fid-real-{dataset}-{backbone}-n{self.num_samples}-{key}.pt"
         cached = self._load_cache(cache, key)
         if cached is None:
             print(f"Computing {backbone} features of {self.num_samples} test and {self.num_samples} training "
-                  f"digits (once; cached in {cache})", flush=True)
+                  f"images (once; cached in {cache})", flush=True)
             real_features = self.features(real.unsqueeze(1))
             train_features = self.features(train_digits.unsqueeze(1))
         else:
@@ -1098,17 +1307,33 @@ class FidEvaluator:
             kid, kid_std = self.kid.compute()
         return {"fid": float(self.fid.compute()), "kid": float(kid), "kid_std": float(kid_std)}
 
-    def __call__(self, generated_uint8):
-        """Scores of generated uint8 (n, 1, 28, 28) images."""
-        return self.scores(self.features(generated_uint8))
+    def __call__(self, generated_uint8, labels=None):
+        """Scores of generated uint8 (n, 1, 28, 28) images; with their asked `labels` (n,) also 'accuracy'."""
+        scores = self.scores(self.features(generated_uint8))
+        if labels is not None and self.classifier is not None:
+            scores["accuracy"] = (self.classifier.predict(generated_uint8) == labels.cpu()).float().mean().item()
+        return scores
+
+    def evaluate(self, diffusion, sampler, steps, eta, seed, guidance_scale=0.0, unconditional=False, progress=False):
+        """Draw N images and score them. A conditional model draws them class-balanced with guidance
+        (and is scored for accuracy too), or from the null class when `unconditional`."""
+        if diffusion.num_classes and not unconditional:
+            counts = balanced_counts(self.num_samples, diffusion.num_classes)
+            images = torch.cat([diffusion.sample(k, sampler, steps, eta, seed=class_seed(seed, c), label=c,
+                                                 guidance_scale=guidance_scale, progress=progress)
+                                for c, k in enumerate(counts) if k])
+            labels = torch.cat([torch.full((k,), c) for c, k in enumerate(counts)])
+            return self(to_uint8(images), labels)
+        return self(to_uint8(diffusion.sample(self.num_samples, sampler, steps, eta, seed=seed, progress=progress)))
 
     def describe(self):
         return f"{self.backbone}, N={self.num_samples}"
 
     def summary(self):
-        return {"fid_backbone": self.backbone, "fid_samples": self.num_samples,
-                "real_vs_real_floor": {**self.floor, "what": f"first {self.num_samples} training digits against "
-                                                             f"the first {self.num_samples} test digits"}}
+        return {"fid_backbone": self.backbone, "fid_samples": self.num_samples, "dataset": self.dataset,
+                "real_vs_real_floor": {**self.floor, "what": f"first {self.num_samples} training images against "
+                                                             f"the first {self.num_samples} test images"},
+                **({"classifier_test_accuracy": self.classifier.test_accuracy} if self.classifier else {})}
 
 
 @contextlib.contextmanager
@@ -1119,11 +1344,19 @@ def warnings_silenced():
         yield
 
 
-def make_evaluator(args):
-    """The FID/KID evaluator named by --fid_backbone. Built inside fork_rng: it draws nothing from the
-    training RNG, whichever backbone, cache or download state it meets."""
+def make_evaluator(args, dataset, conditional):
+    """The FID/KID evaluator named by --fid_backbone; for a `conditional` model it also carries the data
+    set's classifier for class accuracy. Built inside fork_rng: it draws nothing from the training RNG,
+    whichever backbone, cache or download state it meets."""
     devices = [args.device] if args.device.type == "cuda" else []
+    classifier_cache = args.cache_dir / f"{dataset}_classifier.pt"
     with torch.random.fork_rng(devices=devices):
+        classifier = None
+        if conditional:
+            classifier, accuracy = load_or_train_classifier(classifier_cache, dataset, args.data_dir, args.device)
+            classifier.test_accuracy = accuracy
+            print(f"Class accuracy is measured by a {DATASETS[dataset][2]} classifier trained on the training set "
+                  f"({accuracy:.2%} on the test set)")
         backbone = None
         if args.fid_backbone in ("auto", "inception"):
             try:
@@ -1133,15 +1366,14 @@ def make_evaluator(args):
             except InceptionUnavailable as err:
                 if args.fid_backbone == "inception":
                     raise SystemExit(f"error: --fid_backbone inception: {err}")
-                print(f"note: {err}. FID/KID fall back to the features of a small MNIST classifier; such "
-                      f"values are NOT comparable with Inception FID.")
+                print(f"note: {err}. FID/KID fall back to the features of a small {DATASETS[dataset][2]} "
+                      f"classifier; such values are NOT comparable with Inception FID.")
         if backbone is None:
-            cache = args.cache_dir / "mnist_classifier.pt"
-            extractor, accuracy = load_or_train_classifier(cache, args.data_dir, args.device)
-            backbone, weights_id = "mnist-classifier", file_sha1(cache)
-            print(f"FID/KID backbone: MNIST classifier (test accuracy {accuracy:.2%})")
-        return FidEvaluator(backbone, extractor, weights_id, args.data_dir, args.fid_samples, args.cache_dir,
-                            args.device)
+            extractor, accuracy = load_or_train_classifier(classifier_cache, dataset, args.data_dir, args.device)
+            backbone, weights_id = "mnist-classifier", file_sha1(classifier_cache)
+            print(f"FID/KID backbone: {DATASETS[dataset][2]} classifier (test accuracy {accuracy:.2%})")
+        return FidEvaluator(backbone, extractor, weights_id, dataset, args.data_dir, args.fid_samples, args.cache_dir,
+                            args.device, classifier)
 
 
 # ============================================================================================
@@ -1158,14 +1390,42 @@ def save_grid(images, path, scale=4):
     save_image(big, path, nrow=nrow, padding=2 * scale, pad_value=0.5)
 
 
-def save_individual(images, folder):
+def save_class_grid(images, row_names, path, title=None, scale=4):
+    """Save (rows * cols, 1, 28, 28) images in [0, 1], class by class, as a grid with one row per class,
+    each row labelled with its class name."""
+    from torchvision.utils import make_grid
+
+    plt = _pyplot()
+    rows = len(row_names)
+    cols = len(images) // rows
+    pad = 2
+    grid = make_grid(images.float().cpu(), nrow=cols, padding=pad, pad_value=0.5)[0].numpy()
+    cell = 28 + pad
+    fig, ax = plt.subplots(figsize=(1.2 + cols * 28 * scale / 120, 0.4 + rows * 28 * scale / 120), dpi=120)
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([pad + cell * r + 14 for r in range(rows)], labels=list(row_names))
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_individual(images, folder, names):
+    """One PNG per image, `folder`/<name>.png; earlier samples in the folder are removed first, so a
+    smaller run leaves nothing stale behind."""
     from torchvision.utils import save_image
 
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("sample_*.png"):
-        old.unlink()  # a smaller run must not leave stale samples behind
-    for i, image in enumerate(images.cpu()):
-        save_image(image, folder / f"sample_{i:03d}.png")
+    for old in folder.glob("*.png"):
+        old.unlink()
+    for image, name in zip(images.cpu(), names):
+        save_image(image, folder / f"{name}.png")
 
 
 def _pyplot():
@@ -1223,6 +1483,29 @@ def plot_metrics_comparison(history, evaluator, sampler, path):
     plt.close(fig)
 
 
+def plot_guidance_sweep(rows, floor, description, path):
+    """FID (with the real-vs-real floor) and class accuracy against the guidance scale w."""
+    plt = _pyplot()
+    scales = [r["guidance_scale"] for r in rows]
+    fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    ax_fid.plot(scales, [r["fid"] for r in rows], marker="o", color="tab:red", label="generated")
+    ax_fid.axhline(floor["fid"], color="gray", ls="--", label="real vs real (floor)")
+    ax_fid.set(xlabel="guidance scale w", ylabel="FID (lower is better)", title=f"FID, {description}")
+    ax_fid.legend(fontsize=8)
+    ax_acc.plot(scales, [100 * r["accuracy"] for r in rows], marker="o", color="tab:green")
+    ax_acc.axhline(99, color="gray", ls=":", label="99%")
+    ax_acc.set(xlabel="guidance scale w", ylabel="samples recognised as the asked class (%)",
+               title="Class accuracy (data set's own classifier)")
+    ax_acc.legend(fontsize=8)
+    for ax in (ax_fid, ax_acc):
+        ax.grid(True, alpha=0.3)
+        ax.title.set_fontsize(9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def write_json_atomic(data, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1242,38 +1525,117 @@ def read_json(path):
 # Inference
 # ============================================================================================
 
-def infer(args):
-    """Sample with --sampler from the EMA weights (no optimizer is built); FID/KID on the same sampler."""
+def load_for_sampling(args):
+    """(checkpoint, data set, EMA GaussianDiffusion) for infer and the sweep, with --dataset, --digits and
+    --guidance_scale checked against what the checkpoint is (usage errors, exit code 2)."""
     state = load_checkpoint(args.checkpoint, CHECKPOINT_FORMAT)
-    diffusion = ema_sampler_from_checkpoint(state, args.device, precision=args.precision)
-    steps = diffusion.num_timesteps if args.sampler == "ddpm" else args.sampling_steps
-    sampler = sampler_name(args.sampler, steps, args.eta)
-    evaluator = make_evaluator(args) if args.fid_samples else None
-    n = max(args.num_samples, evaluator.num_samples if evaluator else 0)
-    print(f"Sampling {n} digits with {sampler.upper()} from {args.checkpoint} ({checkpoint_position(state)})")
-    start = time.perf_counter()
-    samples = diffusion.sample(n, args.sampler, args.sampling_steps, args.eta, seed=args.seed, progress=True)
-    sample_seconds = time.perf_counter() - start
-    shown = to_unit_range(samples[:args.num_samples])
-    save_grid(shown, args.results_dir / "final_samples.png")
-    save_individual(shown, args.results_dir / "samples")
-    print(f"Saved {args.results_dir / 'final_samples.png'} and {len(shown)} PNGs in {args.results_dir / 'samples'} "
-          f"({sample_seconds:.1f}s for {n} samples)")
+    dataset = checkpoint_dataset(state, args)
+    if not state["model_config"]["num_classes"]:
+        for flag, value in (("--digits", args.classes), ("--guidance_scale", args.guidance_scale)):
+            if value is not None:
+                usage_error(f"{flag} needs a class-conditional checkpoint; {args.checkpoint} is unconditional "
+                            f"(train one with --conditioning class, the default)")
+    return state, dataset, ema_sampler_from_checkpoint(state, args.device, precision=args.precision)
 
-    record = {"checkpoint": str(args.checkpoint), "epochs_completed": state["epochs_completed"],
+
+def infer(args):
+    """Sample with --sampler from the EMA weights (no optimizer is built): one grid row per asked class,
+    or an unconditional grid; FID/KID (and class accuracy) on the same sampler."""
+    state, dataset, diffusion = load_for_sampling(args)
+    conditional = diffusion.num_classes > 0
+    classes = args.classes or (list(range(diffusion.num_classes)) if conditional else [None])
+    guided = conditional and classes != [None]
+    guidance = args.guidance_scale if args.guidance_scale is not None else DEFAULT_GUIDANCE_SCALE
+    steps = diffusion.num_timesteps if args.sampler == "ddpm" else args.sampling_steps
+    sampler = sampler_name(args.sampler, steps, args.eta, guidance if guided else None)
+    evaluator = make_evaluator(args, dataset, guided) if args.fid_samples else None
+    names = ["unconditional" if c is None else class_names(dataset)[c] for c in classes]
+    print(f"Sampling {args.num_samples} per row ({', '.join(names)}) with {sampler.upper()} from {args.checkpoint} "
+          f"({checkpoint_position(state)})")
+    start = time.perf_counter()
+    if conditional:
+        samples = diffusion.sample_classes(classes, args.num_samples, args.sampler, args.sampling_steps, args.eta,
+                                           seed=args.seed, guidance_scale=guidance, progress=True)
+        shown = to_unit_range(samples)
+        save_class_grid(shown, names, args.results_dir / "final_samples.png",
+                        title=f"{DATASETS[dataset][2]}, {sampler}, seed {args.seed}")
+        files = [f"{'unconditional' if c is None else class_slug(dataset, c)}_{i:03d}"
+                 for c in classes for i in range(args.num_samples)]
+    else:  # one batch serves the grid and FID, as before class conditioning
+        n = max(args.num_samples, evaluator.num_samples if evaluator else 0)
+        samples = diffusion.sample(n, args.sampler, args.sampling_steps, args.eta, seed=args.seed, progress=True)
+        shown = to_unit_range(samples[:args.num_samples])
+        save_grid(shown, args.results_dir / "final_samples.png")
+        files = [f"sample_{i:03d}" for i in range(args.num_samples)]
+    sample_seconds = time.perf_counter() - start
+    save_individual(shown, args.results_dir / "samples", files)
+    print(f"Saved {args.results_dir / 'final_samples.png'} and {len(shown)} PNGs in {args.results_dir / 'samples'} "
+          f"({sample_seconds:.1f}s for {len(samples)} samples)")
+
+    record = {"checkpoint": str(args.checkpoint), "dataset": dataset, "epochs_completed": state["epochs_completed"],
               "step": state["step"], "sampler": args.sampler, "steps": steps, "num_samples": args.num_samples,
-              "sample_seconds": sample_seconds}
+              "classes": ["none" if c is None else c for c in classes] if conditional else None,
+              "guidance_scale": guidance if guided else None, "sample_seconds": sample_seconds}
     if evaluator is not None:
         start = time.perf_counter()
-        scores = evaluator(to_uint8(samples[:evaluator.num_samples]))
-        record.update(**scores, **evaluator.summary(), fid_sampler=sampler, fid_seconds=time.perf_counter() - start)
+        if conditional:
+            what = "class-balanced, guided" if guided else "unconditional (null class)"
+            scores = evaluator.evaluate(diffusion, args.sampler, args.sampling_steps, args.eta, seed=args.seed + 1,
+                                        guidance_scale=guidance, unconditional=not guided, progress=True)
+        else:
+            what = "unconditional model"
+            scores = evaluator(to_uint8(samples[:evaluator.num_samples]))
+        record.update(**scores, **evaluator.summary(), fid_sampler=sampler, fid_samples_drawn=what,
+                      fid_seconds=time.perf_counter() - start)
         floor = evaluator.floor
-        print(f"FID {scores['fid']:.2f}  KID {scores['kid']:.4f} +- {scores['kid_std']:.4f}  ({evaluator.describe()}, "
-              f"{sampler}; real-vs-real floor FID {floor['fid']:.2f} KID {floor['kid']:.4f}; lower is better)")
+        accuracy = f"  class accuracy {scores['accuracy']:.2%}" if "accuracy" in scores else ""
+        print(f"FID {scores['fid']:.2f}  KID {scores['kid']:.4f} +- {scores['kid_std']:.4f}{accuracy}  "
+              f"({evaluator.describe()}, {what}, {sampler}; real-vs-real floor FID {floor['fid']:.2f} "
+              f"KID {floor['kid']:.4f}; lower is better)")
     metrics = read_json(args.results_dir / "metrics.json")
     metrics["infer"] = record
     write_json_atomic(metrics, args.results_dir / "metrics.json")
     return record
+
+
+def choose_guidance(rows, min_accuracy=0.99):
+    """The sweep row with the lowest FID among those at >= `min_accuracy` class accuracy, or None."""
+    good = [r for r in rows if r["accuracy"] >= min_accuracy]
+    return min(good, key=lambda r: r["fid"]) if good else None
+
+
+def guidance_sweep(args):
+    """FID/KID on N class-balanced samples and class accuracy for each guidance scale in --guidance_scales:
+    results/guidance_sweep.png and metrics.json["guidance_sweep"]."""
+    state, dataset, diffusion = load_for_sampling(args)
+    if not diffusion.num_classes:
+        usage_error(f"--mode guidance_sweep needs a class-conditional checkpoint; {args.checkpoint} is unconditional")
+    evaluator = make_evaluator(args, dataset, conditional=True)
+    steps = diffusion.num_timesteps if args.sampler == "ddpm" else args.sampling_steps
+    sampler = sampler_name(args.sampler, steps, args.eta)
+    rows = []
+    for w in args.guidance_scales:
+        start = time.perf_counter()
+        scores = evaluator.evaluate(diffusion, args.sampler, args.sampling_steps, args.eta, seed=args.seed + 1,
+                                    guidance_scale=w, progress=True)
+        rows.append({"guidance_scale": w, **scores, "seconds": time.perf_counter() - start})
+        print(f"w = {w:<4g} FID {scores['fid']:8.2f}  KID {scores['kid']:.4f}  class accuracy {scores['accuracy']:7.2%}"
+              f"  ({rows[-1]['seconds']:.0f}s)", flush=True)
+    best = choose_guidance(rows)
+    description = f"{evaluator.describe()} class-balanced, {sampler}"
+    if best is None:
+        verdict = (f"no w reached 99% class accuracy (best {max(r['accuracy'] for r in rows):.2%}); "
+                   f"the lowest FID is at w = {min(rows, key=lambda r: r['fid'])['guidance_scale']:g}")
+    else:
+        verdict = f"best FID at >= 99% class accuracy: w = {best['guidance_scale']:g} (FID {best['fid']:.2f})"
+    print(f"{verdict}  [{description}; floor FID {evaluator.floor['fid']:.2f}]")
+    plot_guidance_sweep(rows, evaluator.floor, description, args.results_dir / "guidance_sweep.png")
+    metrics = read_json(args.results_dir / "metrics.json")
+    metrics["guidance_sweep"] = {"checkpoint": str(args.checkpoint), "dataset": dataset, "sampler": sampler,
+                                 **evaluator.summary(), "rows": rows, "verdict": verdict,
+                                 "best_guidance_scale": best["guidance_scale"] if best else None}
+    write_json_atomic(metrics, args.results_dir / "metrics.json")
+    return rows
 
 
 # ============================================================================================
@@ -1319,6 +1681,13 @@ def benchmark(args):
             n = 16 if cpu and sampler == "ddpm" else sampling_batch_size(device)  # CPU DDPM-1000: under a minute
             seconds = _timed(lambda: diffusion.sample(n, sampler, steps, seed=0), device, 1)
             print(f"[{device}] sampling {label:9s} batch {n}: {n / seconds:8.1f} img/s")
+        conditional = DiffusionModel(args.base_channels, num_classes=10).to(device).eval()
+        guided = GaussianDiffusion(conditional, precision=args.precision, num_classes=10)
+        n = sampling_batch_size(device)
+        for w in (0.0, DEFAULT_GUIDANCE_SCALE):
+            seconds = _timed(lambda: guided.sample(n, "ddim", 50, seed=0, label=7, guidance_scale=w), device, 1)
+            kind = f"guided w={w:g} (2 evaluations per step, one stacked pass)" if w else "conditional, unguided"
+            print(f"[{device}] sampling DDIM-50   {n} images, {kind}: {n / seconds:8.1f} img/s")
         try:
             extractor = inception_extractor(inception_weights(args.cache_dir, args.fid_weights), device)
         except InceptionUnavailable as err:
@@ -1341,6 +1710,8 @@ def main(argv=None):
         train(args)
     elif args.mode == "infer":
         infer(args)
+    elif args.mode == "guidance_sweep":
+        guidance_sweep(args)
     else:
         benchmark(args)
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Generate digits from a trained checkpoint. Works from any folder; extra arguments go to image_gen.py.
-#   NUM_SAMPLES=64 SAMPLER=ddim ./infer.sh
+#   DIGITS=7 GUIDANCE_SCALE=2 SAMPLER=ddim ./infer.sh
 # Variables: CHECKPOINT NUM_SAMPLES DEVICE SEED SAMPLER SAMPLING_STEPS ETA DATA_DIR RESULTS_DIR
-#            FID_SAMPLES FID_BACKBONE FID_WEIGHTS CACHE_DIR PRECISION
+#            FID_SAMPLES FID_BACKBONE FID_WEIGHTS CACHE_DIR PRECISION DIGITS GUIDANCE_SCALE DATASET
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
@@ -10,6 +10,9 @@ source "$here/../scripts/wrapper.sh"
 args=(--mode infer)
 flag --checkpoint CHECKPOINT
 flag --num_samples NUM_SAMPLES
+flag --digits DIGITS
+flag --guidance_scale GUIDANCE_SCALE
+flag --dataset DATASET
 flag --device DEVICE
 flag --seed SEED
 flag --sampler SAMPLER

@@ -3,12 +3,18 @@
 #   EPOCHS=5 BATCH_SIZE=128 DEVICE=cpu ./train.sh --seed 1
 # Variables: EPOCHS BATCH_SIZE LEARNING_RATE DEVICE CHECKPOINT NUM_SAMPLES SEED DATA_DIR RESULTS_DIR
 #            SAMPLING_STEPS ETA EMA_DECAY FID_SAMPLES FID_BACKBONE FID_WEIGHTS CACHE_DIR PRECISION RESUME=1 COMPILE=1
+#            DATASET CONDITIONING COND_DROP_PROB GUIDANCE_SCALE BASE_CHANNELS
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
 
 args=(--mode train)
 flag --epochs EPOCHS
+flag --dataset DATASET
+flag --conditioning CONDITIONING
+flag --cond_drop_prob COND_DROP_PROB
+flag --guidance_scale GUIDANCE_SCALE
+flag --base_channels BASE_CHANNELS
 flag --batch_size BATCH_SIZE
 flag --learning_rate LEARNING_RATE
 flag --device DEVICE

@@ -43,10 +43,11 @@ def load(path):
 
 @pytest.fixture(scope="module")
 def trained(ig, mnist_dir, tmp_path_factory):
-    """Two epochs with FID/KID on the classifier backbone (chosen here), then infer: the outputs the tests
-    below read."""
+    """Two epochs of an unconditional model (the class-conditional default has its own tests) with FID/KID
+    on the classifier backbone (chosen here), then infer: the outputs the tests below read."""
     tmp = tmp_path_factory.mktemp("run")
-    ig.main(["--epochs", "2", "--fid_samples", "48", *TINY, *CLASSIFIER, *paths(tmp, mnist_dir)])
+    ig.main(["--epochs", "2", "--fid_samples", "48", "--conditioning", "none", *TINY, *CLASSIFIER,
+             *paths(tmp, mnist_dir)])
     ig.main(["--mode", "infer", "--fid_samples", "16", *TINY, *CLASSIFIER, *paths(tmp, mnist_dir)])
     return tmp
 
@@ -76,7 +77,8 @@ def test_checkpoint_describes_itself(trained, ig):
     assert state["format"] == ig.CHECKPOINT_FORMAT and state["version"] == ig.CHECKPOINT_VERSION
     assert state["epochs_completed"] == 2 and state["step_in_epoch"] == 0 and state["steps_per_epoch"] == 6
     assert state["interrupted"] is False and state["epoch_progress"] is None
-    assert state["model_config"] == {"base_channels": 8, "image_channels": 1}
+    assert state["model_config"] == {"base_channels": 8, "image_channels": 1, "num_classes": 0}
+    assert state["dataset"] == "mnist" and state["cond_drop_prob"] == 0.0
     assert state["diffusion_config"] == {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
     assert {"model", "ema", "optimizer", "lr_plan", "generator", "history", "args", "step"} <= set(state)
     assert state["step"] == 2 * (192 // 32) and state["lr_plan"]["total_steps"] == 12
@@ -84,7 +86,7 @@ def test_checkpoint_describes_itself(trained, ig):
     assert state["args"]["batch_size"] == 32
     # the fallback classifier and the real features are cached in --cache_dir
     assert (trained / "cache" / "mnist_classifier.pt").is_file()
-    assert len(list((trained / "cache").glob("fid-real-mnist-classifier-n48-*.pt"))) == 1
+    assert len(list((trained / "cache").glob("fid-real-mnist-mnist-classifier-n48-*.pt"))) == 1
 
 
 def test_infer_outputs(trained):
@@ -108,9 +110,10 @@ def test_real_features_are_cached(ig, trained, mnist_dir, monkeypatch):
     real_features = ig.FidEvaluator.features
     monkeypatch.setattr(ig.FidEvaluator, "features", lambda self, x, **kw: calls.append(len(x)) or real_features(self, x))
     args = ig.parse_args(["--fid_samples", "48", *TINY, *CLASSIFIER, *paths(trained, mnist_dir)])
-    evaluator = ig.make_evaluator(args)
+    evaluator = ig.make_evaluator(args, "mnist", conditional=False)
     assert calls == [] and evaluator.num_samples == 48
-    ig.make_evaluator(ig.parse_args(["--fid_samples", "40", *TINY, *CLASSIFIER, *paths(trained, mnist_dir)]))
+    ig.make_evaluator(ig.parse_args(["--fid_samples", "40", *TINY, *CLASSIFIER, *paths(trained, mnist_dir)]),
+                      "mnist", conditional=False)
     assert calls == [40, 40]  # another N: test and training digits, once
 
 
@@ -235,9 +238,9 @@ def test_nonfinite_loss_stops_with_epoch_and_step(ig, mnist_dir, tmp_path, monke
     real_loss = ig.GaussianDiffusion.loss
     calls = {"n": 0}
 
-    def loss_goes_nan_at_step_3(self, x0, generator=None):
+    def loss_goes_nan_at_step_3(self, *args, **kwargs):
         calls["n"] += 1
-        value = real_loss(self, x0, generator)
+        value = real_loss(self, *args, **kwargs)
         return value * float("nan") if calls["n"] == 3 else value
 
     monkeypatch.setattr(ig.GaussianDiffusion, "loss", loss_goes_nan_at_step_3)
@@ -301,5 +304,5 @@ def test_wrappers_with_environment_overrides(mnist_dir, tmp_path):
     infer = subprocess.run([str(ROOT / "image_gen" / "infer.sh"), "--sampler", "ddim"], cwd=tmp_path,
                            env={**env, "NUM_SAMPLES": "5"}, capture_output=True, text=True, timeout=300)
     assert infer.returncode == 0, infer.stderr
-    assert len(list((tmp_path / "out" / "samples").glob("sample_*.png"))) == 5
+    assert len(list((tmp_path / "out" / "samples").glob("digit*_*.png"))) == 10 * 5  # 5 of each digit
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["infer"]["sampler"] == "ddim"

