@@ -478,8 +478,12 @@ class GaussianDiffusion:
             drop = torch.rand(labels.shape, device=labels.device, generator=generator) < cond_drop_prob
             labels = labels.masked_fill(drop, self.null_class)
         with self.autocast:
-            predicted = self.model(self.q_sample(x0, t, noise), t, labels)
+            predicted = self._network(self.q_sample(x0, t, noise), t, labels)
         return F.mse_loss(predicted.float(), noise)
+
+    def _network(self, x, t, labels):
+        """The model's prediction; an unconditional model is called without labels (its interface is (x, t))."""
+        return self.model(x, t) if labels is None else self.model(x, t, labels)
 
     # --- reverse process ------------------------------------------------------------------------
     def predict_eps(self, x, t, labels=None, guidance_scale=0.0):
@@ -491,7 +495,7 @@ class GaussianDiffusion:
         with the conditional and null halves stacked into one forward pass of 2n images."""
         with self.autocast:
             if labels is None or guidance_scale == 0:
-                return self.model(x, t, labels).float()
+                return self._network(x, t, labels).float()
             null = torch.full_like(labels, self.null_class)
             eps_cond, eps_null = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
         return (1.0 + guidance_scale) * eps_cond - guidance_scale * eps_null

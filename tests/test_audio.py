@@ -272,6 +272,45 @@ def test_autoencoder_shapes_and_compression(ag, time_downsample, latent_frames, 
         model.encode(torch.randn(1, 128, 250))
 
 
+def test_pca_path_starts_as_the_pca_of_the_training_patches(ag):
+    """After init_pca the model is exactly the PCA code: the deep paths add zero, and the linear path
+    projects each 2-frame patch onto the top latent_dim principal directions (computed here by SVD)."""
+    torch.manual_seed(0)
+    n_mels, latent, k = 16, 8, 2
+    sources = torch.randn(4, 6000)
+    sources = sources + torch.roll(sources, 1, dims=1)  # correlated neighbour frames
+    log_mels = torch.randn(n_mels, 4) @ sources + 0.1 * torch.randn(n_mels, 6000) + 2.0  # nearly rank 4 per frame
+    model = ag.AudioAutoencoder(n_mels=n_mels, latent_dim=latent, hidden=16, time_downsample=k)
+    model.set_normalization(*ag.compute_normalization(log_mels))
+    model.init_pca(log_mels)
+    x = model.normalize(log_mels)
+    patches = x.reshape(n_mels, -1, k).permute(1, 0, 2).reshape(-1, n_mels * k).double()
+    mean = patches.mean(0)
+    basis = torch.linalg.svd(patches - mean, full_matrices=False).Vh[:latent]  # (latent, n_mels * k)
+    expected = (patches - mean) @ basis.T @ basis + mean
+    clips = x[:, :256 * 20].reshape(n_mels, 20, 256).permute(1, 0, 2)  # 20 clips of 256 frames
+    with torch.no_grad():
+        out = model(clips)
+        assert torch.equal(model.encoder(clips), torch.zeros_like(model.encoder(clips)))
+    got = out.reshape(20, n_mels, 128, k).permute(0, 2, 1, 3).reshape(-1, n_mels * k).double()
+    # the decoder's bias is per mel bin, so both frames of a patch get their average mean: ~1e-3 here
+    torch.testing.assert_close(got, expected[:len(got)], atol=5e-3, rtol=0)
+    random_basis = torch.linalg.qr(torch.randn(n_mels * k, latent, dtype=torch.float64)).Q.T
+    centred = patches[:len(got)] - mean
+    random_code = centred @ random_basis.T @ random_basis + mean
+    assert ((got - patches[:len(got)]) ** 2).mean() < 0.1 * ((random_code - patches[:len(got)]) ** 2).mean()
+
+
+def test_checkpoints_without_the_pca_path_still_load(ag):
+    """Models saved before the PCA path existed (no 'pca_path' in their config) rebuild without it."""
+    old = ag.AudioAutoencoder(n_mels=16, latent_dim=8, hidden=16, pca_path=False)
+    config = {key: value for key, value in old.config.items() if key != "pca_path"}
+    model = ag.model_from_checkpoint({"model_config": config, "model": old.state_dict()}, torch.device("cpu"))
+    assert model.linear_encoder is None
+    x = torch.randn(1, 16, 64)
+    torch.testing.assert_close(model(x), old.eval()(x))
+
+
 def test_cosine_schedule_warms_up_decays_and_extends_without_a_jump(ag):
     schedule = ag.CosineSchedule(1e-3, total_steps=100, warmup_steps=10)
     assert schedule(0) == pytest.approx(1e-4) and schedule(9) == pytest.approx(1e-3)
@@ -311,6 +350,7 @@ def test_a_tiny_model_learns_music_it_never_heard(ag):
     train, unseen = clips(range(8)), clips(range(100, 103))
     model = ag.AudioAutoencoder(n_mels=32, latent_dim=32, hidden=48, time_downsample=4)
     model.set_normalization(*ag.compute_normalization(train.log_mels))
+    model.init_pca(train.log_mels)
     trainer = ag.AudioTrainer(model, torch.device("cpu"), ag.CosineSchedule(2e-3, 250, warmup_steps=20))
     generator = torch.Generator().manual_seed(0)
     for _ in range(250):
@@ -431,7 +471,8 @@ def test_checkpoint_describes_itself(ag, trained, music_split):
     state = torch.load(trained / "models" / "ae.pt", map_location="cpu", weights_only=True)
     assert state["format"] == ag.CHECKPOINT_FORMAT and state["epoch"] == 3 and not state["interrupted"]
     assert state["partial_epoch"] is None
-    assert state["model_config"] == {"n_mels": 128, "latent_dim": 32, "hidden": 16, "time_downsample": 2, "dropout": 0.0}
+    assert state["model_config"] == {"n_mels": 128, "latent_dim": 32, "hidden": 16, "time_downsample": 2, "dropout": 0.0,
+                                     "pca_path": True}
     assert state["transform_config"]["hop_length"] == 313 and state["model"]["mel_mean"].shape == (128,)
     assert state["data"]["audio_dir"] == str(music_split.resolve())
     assert {"model", "optimizer", "schedule", "step", "rng", "history", "args"} <= set(state)

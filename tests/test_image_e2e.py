@@ -64,7 +64,7 @@ def test_training_outputs(trained):
     assert train["fid_backbone"] == "mnist-classifier" and train["fid_samples"] == 48
     assert train["fid_sampler"] == "ddim-4"
     floor = train["real_vs_real_floor"]
-    assert floor["fid"] > 0 and "48 training digits" in floor["what"]
+    assert floor["fid"] > 0 and "48 training images" in floor["what"]
     assert [e["epoch"] for e in train["epochs"]] == [1, 2]
     for e in train["epochs"]:
         # the untrained-for-long model is much farther from the test digits than other real digits are
