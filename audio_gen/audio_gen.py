@@ -79,8 +79,15 @@ def _number(kind, low=None, high=None):
     return parse
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line and exits with code 2, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Residual Conv1d autoencoder over log-mel spectrograms of music (any folder, or MUSDB18 stems).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=["train", "infer", "benchmark"], default="train",

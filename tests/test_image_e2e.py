@@ -272,6 +272,7 @@ def test_no_data_offline(ig, tmp_path, monkeypatch, capsys):
 def test_bad_arguments(flags, expected):
     result = run_script(flags)
     assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no usage block
 
 
 def test_bad_checkpoints(tmp_path, trained):

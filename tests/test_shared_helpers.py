@@ -3,7 +3,7 @@ import inspect
 
 import pytest
 
-SHARED = ["resolve_path", "resolve_device", "atomic_torch_save", "write_json_atomic", "read_json", "_pyplot",
+SHARED = ["ArgumentParser", "resolve_path", "resolve_device", "atomic_torch_save", "write_json_atomic", "read_json", "_pyplot",
           "StopRequest"]
 
 
