@@ -1359,7 +1359,7 @@ def make_evaluator(args, dataset, conditional):
         if conditional:
             classifier, accuracy = load_or_train_classifier(classifier_cache, dataset, args.data_dir, args.device)
             classifier.test_accuracy = accuracy
-            print(f"Class accuracy is measured by a {DATASETS[dataset][2]} classifier trained on the training set "
+            print(f"Class accuracy is measured by the {DATASETS[dataset][2]} classifier, trained on the training set "
                   f"({accuracy:.2%} on the test set)")
         backbone = None
         if args.fid_backbone in ("auto", "inception"):
