@@ -2,8 +2,10 @@
 
     make demo                                                # prints http://127.0.0.1:8501
     make demo IMAGE_CKPT=runs/ddpm.pt AUDIO_CKPT=runs/ae.pt  # other checkpoints
-    python -m streamlit run demo/app.py --server.address 127.0.0.1 --server.headless true \
-        -- --image_checkpoint runs/ddpm.pt --audio_checkpoint runs/ae.pt --device cpu
+    python -m streamlit run demo/app.py -- --image_checkpoint runs/ddpm.pt --audio_checkpoint runs/ae.pt --device cpu
+
+Run from the repository root, Streamlit reads .streamlit/config.toml: address 127.0.0.1, no browser opened,
+uploads up to 50 MB.
 
 Streamlit runs this file from the top on every click. The checkpoints are read once per server process
 (st.cache_resource, keyed by path and modification time, so a checkpoint retrained meanwhile is read
@@ -240,33 +242,46 @@ def image_tab(args):
         st.warning(problem)
         return
     about, diffusion = loaded
-    dataset = about["dataset"]
     describe_image_checkpoint(about, args.image_checkpoint, args.image_results)
-    classes, per_class, sampler, steps, seed, guidance = image_controls(diffusion, dataset)
-    if st.button("Generate", type="primary", key="generate"):
-        count = per_class * (len(classes) if classes is not None else 1)
-        if classes == []:
-            st.error("Choose at least one class.")
-        elif count > MAX_IMAGES:
-            st.error(f"{count} images asked ({per_class} x {len(classes)} classes): the limit is {MAX_IMAGES} per "
-                     f"click. Choose fewer classes or fewer images per class.")
-        else:
-            guided = classes is not None and classes != [None]
-            name = ig.sampler_name(sampler, diffusion.num_timesteps if sampler == "ddpm" else steps, 0.0,
-                                   guidance if guided else None)
-            with st.spinner(f"Sampling {count} images with {name.upper()} ..."):
-                images, seconds = draw_images(diffusion, classes, per_class, sampler, steps, seed, guidance)
-                grid, singles = image_files(images, dataset, classes, per_class,
-                                            f"{ig.DATASETS[dataset][2]}, {name}, seed {seed}")
-            st.session_state["images"] = Images(grid, singles, count, seconds, name)
-    shown = st.session_state.get("images")
-    if shown:
-        st.image(shown.grid_png, caption=f"{shown.count} images, {shown.sampler}: sampled in {shown.seconds:.2f} s")
-        left, right = st.columns(2)
-        left.download_button("Download the grid (PNG)", shown.grid_png, "grid.png", "image/png", key="download_grid",
-                             on_click="ignore")
-        right.download_button(f"Download the {shown.count} single PNGs (ZIP)", shown.singles_zip, "samples.zip",
-                              "application/zip", key="download_singles", on_click="ignore")
+    controls, output = st.columns([2, 3], gap="large")
+    with controls:
+        settings = image_controls(diffusion, about["dataset"])
+        clicked = st.button("Generate", type="primary", key="generate")
+    with output:
+        if clicked:
+            generate(diffusion, about["dataset"], *settings)
+        show_images(st.session_state.get("images"))
+
+
+def generate(diffusion, dataset, classes, per_class, sampler, steps, seed, guidance):
+    """Check the count, then draw, save and keep the images in the session; a message when they are too many."""
+    count = per_class * (len(classes) if classes is not None else 1)
+    if classes == []:
+        st.error("Choose at least one class.")
+        return
+    if count > MAX_IMAGES:
+        st.error(f"{count} images asked ({per_class} x {len(classes)} classes): the limit is {MAX_IMAGES} per "
+                 f"click. Choose fewer classes or fewer images per class.")
+        return
+    guided = classes is not None and classes != [None]
+    name = ig.sampler_name(sampler, diffusion.num_timesteps if sampler == "ddpm" else steps, 0.0,
+                           guidance if guided else None)
+    with st.spinner(f"Sampling {count} images with {name.upper()} ..."):
+        images, seconds = draw_images(diffusion, classes, per_class, sampler, steps, seed, guidance)
+        grid, singles = image_files(images, dataset, classes, per_class,
+                                    f"{ig.DATASETS[dataset][2]}, {name}, seed {seed}")
+    st.session_state["images"] = Images(grid, singles, count, seconds, name)
+
+
+def show_images(shown):
+    if not shown:
+        return
+    st.image(shown.grid_png, caption=f"{shown.count} images, {shown.sampler}: sampled in {shown.seconds:.2f} s")
+    left, right = st.columns(2)
+    left.download_button("Download the grid (PNG)", shown.grid_png, "grid.png", "image/png", key="download_grid",
+                         on_click="ignore")
+    right.download_button(f"Download the {shown.count} single PNGs (ZIP)", shown.singles_zip, "samples.zip",
+                          "application/zip", key="download_singles", on_click="ignore")
 
 
 # ============================================================================================
@@ -429,9 +444,31 @@ def audio_tab(args):
         return
     about, model, transform = loaded
     describe_audio_checkpoint(about, model, args.audio_checkpoint, args.audio_results)
-    name, wave = choose_recording(about, transform.sample_rate)
-    if wave is None:
-        return
+    controls, output = st.columns([2, 3], gap="large")
+    with controls:
+        name, wave = choose_recording(about, transform.sample_rate)
+        if wave is None:
+            return
+        clip, start = choose_window(wave, transform)
+        clicked = st.button("Reconstruct", type="primary", key="reconstruct")
+    key = (name, len(wave), int(start * transform.sample_rate))
+    with output:
+        if clicked:
+            if float(clip.pow(2).mean().sqrt()) < ag.SILENCE_RMS:
+                st.error(f"The {len(clip) / transform.sample_rate:g} s from {start:.1f} s are silent: move the window.")
+            else:
+                with st.spinner("Reconstructing ..."):
+                    result = reconstruct_clip(model, transform, clip, f"{name} @ {start:.1f}s")
+                st.session_state["audio"] = Reconstruction(clip=key, **result)
+        shown = st.session_state.get("audio")
+        if shown is None or shown.clip != key:  # a result of another file or window would be misleading
+            return
+        show_reconstruction(shown)
+    st.image(shown.spectrograms, caption="Original, reconstruction and their difference (audio_gen's plot)")
+
+
+def choose_window(wave, transform):
+    """(the 5-s clip, its start in seconds): a slider over a longer recording, zero padding for a shorter one."""
     rate, clip_seconds = transform.sample_rate, transform.clip_samples // transform.sample_rate
     seconds = len(wave) / rate
     start = 0.0
@@ -440,27 +477,14 @@ def audio_tab(args):
                           round(seconds - clip_seconds, 1), 0.0, 0.1, key="start")
     else:
         st.caption(f"{seconds:.1f} s of audio: the {clip_seconds}-s clip is padded with silence.")
-    clip = transform.cut(torch.from_numpy(wave), int(start * rate))
-    key = (name, len(wave), int(start * rate))
-    if st.button("Reconstruct", type="primary", key="reconstruct"):
-        if float(clip.pow(2).mean().sqrt()) < ag.SILENCE_RMS:
-            st.error(f"The {clip_seconds} s from {start:.1f} s are silent: move the window.")
-        else:
-            with st.spinner("Reconstructing ..."):
-                result = reconstruct_clip(model, transform, clip, f"{name} @ {start:.1f}s")
-            st.session_state["audio"] = Reconstruction(clip=key, **result)
-    shown = st.session_state.get("audio")
-    if shown and shown.clip == key:
-        show_reconstruction(shown)
+    return transform.cut(torch.from_numpy(wave), int(start * rate)), start
 
 
 def show_reconstruction(result):
-    columns = st.columns(3)
-    for column, label, audio in zip(columns, ("Original", "Autoencoder + Griffin-Lim", "Griffin-Lim oracle (true mel)"),
-                                    (result.original, result.reconstruction, result.oracle)):
-        column.markdown(f"**{label}**")
-        column.audio(audio, format="audio/wav")
-    st.image(result.spectrograms, caption="Original, reconstruction and their difference (audio_gen's plot)")
+    for label, audio in (("Original", result.original), ("Autoencoder + Griffin-Lim", result.reconstruction),
+                         ("Griffin-Lim oracle (the true mel, inverted the same way)", result.oracle)):
+        st.markdown(f"**{label}**")
+        st.audio(audio, format="audio/wav")
     s, mel = result.scores, result.mel
     fmt = lambda value, spec: "undefined" if value is None else format(value, spec)  # noqa: E731
     st.table({"audio": ["autoencoder + Griffin-Lim", "Griffin-Lim oracle"],
