@@ -31,7 +31,7 @@ import streamlit as st
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_IMAGES = 64         # per click: 64 guided DDIM-50 digits stay within a few seconds on a 2-core CPU
+MAX_IMAGES = 64         # per click: 4x the time of 16 digits (README), under half a minute of one CPU core
 MAX_UPLOAD_MB = 50      # about an hour of compressed music, several minutes of WAV
 GRIFFIN_LIM_ITERS = 64  # audio_gen's default: most of the quality of 128 iterations for half the time
 
@@ -57,13 +57,16 @@ ag = load_script("audio_gen", "audio_gen/audio_gen.py")
 # ============================================================================================
 
 class UsageError(Exception):
-    """A bad command-line argument. argparse would raise SystemExit, which ends the page's run; this is
-    shown in the page instead."""
+    """A bad command-line argument, or --help: (message, usage text), shown in the page. argparse would
+    raise SystemExit, which ends the page's run without a word."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
-        raise UsageError(message)
+        raise UsageError(message, self.format_usage())
+
+    def print_help(self, file=None):
+        raise UsageError("the command-line options (after `--`) are:", self.format_help())
 
 
 def script_default(module, name):
@@ -145,7 +148,7 @@ def same_checkpoint(recorded, path):
 
 @dataclass
 class Images:
-    """One click's images, kept in the session: a download click reruns the page and still shows them."""
+    """One click's images, kept in the session: any later click reruns the page, which still shows them."""
     grid_png: bytes
     singles_zip: bytes
     count: int
@@ -225,13 +228,13 @@ def image_controls(diffusion, dataset):
         classes = [labels[name] for name in chosen]
         guidance = st.slider("Classifier-free guidance w (0: the plain conditional model)", 0.0, 5.0,
                              ig.DEFAULT_GUIDANCE_SCALE, 0.5, key="guidance")
+    sampler = st.radio("Sampler", ["ddim", "ddpm"], key="sampler", horizontal=True,
+                       format_func=lambda s: {"ddim": "DDIM", "ddpm": "DDPM (all 1000 steps: slow)"}[s])
     left, middle, right = st.columns(3)
-    sampler = left.radio("Sampler", ["ddim", "ddpm"], key="sampler", horizontal=True,
-                         format_func=lambda s: {"ddim": "DDIM", "ddpm": "DDPM (1000 steps, slow)"}[s])
-    steps = middle.number_input("DDIM steps", 1, diffusion.num_timesteps, 50, key="steps", disabled=sampler == "ddpm")
-    seed = right.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
-    per_class = st.number_input("Images per class" if diffusion.num_classes else "Images", 1, MAX_IMAGES,
-                                2 if diffusion.num_classes else 16, key="count")
+    steps = left.number_input("DDIM steps", 1, diffusion.num_timesteps, 50, key="steps", disabled=sampler == "ddpm")
+    seed = middle.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
+    per_class = right.number_input("Images per class" if diffusion.num_classes else "Images", 1, MAX_IMAGES,
+                                   2 if diffusion.num_classes else 16, key="count")
     return classes, int(per_class), sampler, int(steps), int(seed), guidance
 
 
@@ -505,7 +508,9 @@ def main():
     try:
         args = parse_args(sys.argv[1:])
     except UsageError as err:
-        st.error(f"demo/app.py: {err}")
+        message, usage = err.args
+        st.error(f"demo/app.py: {message}")
+        st.code(usage, language=None)
         return
     st.caption(f"Limits: at most {MAX_IMAGES} images per click; uploads up to {MAX_UPLOAD_MB} MB; audio is "
                f"reconstructed one 5-s window at a time. Device: {args.device}.")

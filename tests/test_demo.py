@@ -115,8 +115,11 @@ def test_checkpoints_of_the_wrong_kind_or_garbage_are_messages(monkeypatch, demo
 def test_a_bad_command_line_is_a_message(monkeypatch, demo_checkpoints):
     at = page(monkeypatch, "--image_checkpint", demo_checkpoints["image"])
     assert "demo/app.py: unrecognized arguments: --image_checkpint" in texts(at.error)
+    assert "usage: demo/app.py [-h] [--image_checkpoint IMAGE_CHECKPOINT]" in at.code[0].value
     at = page(monkeypatch, "--device", "cuda:7" if torch.cuda.is_available() else "cuda")
     assert "demo/app.py: --device" in texts(at.error)
+    at = page(monkeypatch, "--help")
+    assert "--audio_results AUDIO_RESULTS" in at.code[0].value and not at.get("tab")
 
 
 def test_the_page_names_each_checkpoint_and_its_measured_scores(monkeypatch, demo_checkpoints, tmp_path):
