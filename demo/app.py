@@ -166,7 +166,7 @@ def image_scores(about, path, results_dir):
         accuracy = f", class accuracy {h['accuracy']:.1%}" if h.get("accuracy") is not None else ""
         lines.append(f"FID {h['fid']:.2f}, KID {h['kid']:.4f}{accuracy} after epoch {h['epoch']} (training's "
                      f"evaluation: DDIM-{args.get('sampling_steps')}, N = {args.get('fid_samples')}, "
-                     f"{args.get('fid_backbone')} features)")
+                     f"--fid_backbone {args.get('fid_backbone')})")
     infer = ig.read_json(results_dir / "metrics.json").get("infer", {})
     if infer.get("fid") is not None and same_checkpoint(infer.get("checkpoint"), path) \
             and infer.get("step") == about["step"]:
@@ -294,7 +294,7 @@ def show_images(shown):
 @dataclass
 class Reconstruction:
     """One clip's result, kept in the session with the clip it belongs to."""
-    clip: tuple              # (source, start sample): the result is shown while that clip is selected
+    clip: tuple              # (file name, its length, start sample): shown only while that clip is chosen
     original: bytes          # WAV files, 16 kHz mono
     reconstruction: bytes
     oracle: bytes
