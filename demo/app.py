@@ -1,0 +1,526 @@
+"""Local web demo of both models: draw digits with the DDPM, reconstruct music with the mel autoencoder.
+
+    make demo                                                # prints http://127.0.0.1:8501
+    make demo IMAGE_CKPT=runs/ddpm.pt AUDIO_CKPT=runs/ae.pt  # other checkpoints
+    python -m streamlit run demo/app.py -- --image_checkpoint runs/ddpm.pt --audio_checkpoint runs/ae.pt --device cpu
+
+Run from the repository root, Streamlit reads .streamlit/config.toml: address 127.0.0.1, no browser opened,
+uploads up to 50 MB.
+
+Streamlit runs this file from the top on every click. The checkpoints are read once per server process
+(st.cache_resource, keyed by path and modification time, so a checkpoint retrained meanwhile is read
+again), and every step of the work is a function of image_gen/image_gen.py or audio_gen/audio_gen.py,
+imported from their folders: this file lays out controls and results and checks the user's input.
+Without a checkpoint a tab says how to train one; bad input (a file that is not audio, an empty or silent
+file, a file or count over the limits, a checkpoint of the wrong kind) gives a message in the page.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import sys
+import tempfile
+import time
+import traceback
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_IMAGES = 64         # per click: 4x the time of 16 digits (README), under half a minute of one CPU core
+MAX_UPLOAD_MB = 50      # about an hour of compressed music, several minutes of WAV
+GRIFFIN_LIM_ITERS = 64  # audio_gen's default: most of the quality of 128 iterations for half the time
+
+
+def load_script(name, relative_path):
+    """Import image_gen.py or audio_gen.py from its folder (they are scripts, not an installed package),
+    once per process: Streamlit re-executes this file on every click, the scripts need not be."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ig = load_script("image_gen", "image_gen/image_gen.py")
+ag = load_script("audio_gen", "audio_gen/audio_gen.py")
+
+
+# ============================================================================================
+# Config / CLI
+# ============================================================================================
+
+class UsageError(Exception):
+    """A bad command-line argument, or --help: (message, usage text), shown in the page. argparse would
+    raise SystemExit, which ends the page's run without a word."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message, self.format_usage())
+
+    def print_help(self, file=None):
+        raise UsageError("the command-line options (after `--`) are:", self.format_help())
+
+
+def script_default(module, name):
+    """A script's default path for argument `name`, resolved next to the script as the script does."""
+    default = module.build_parser().get_default(name)
+    return module.resolve_path(default, default)
+
+
+def parse_args(argv):
+    """The demo's options: `streamlit run demo/app.py -- --image_checkpoint PATH ...`."""
+    p = ArgumentParser(prog="demo/app.py", description="Local web demo of image_gen and audio_gen.")
+    p.add_argument("--image_checkpoint", type=Path, default=script_default(ig, "checkpoint"),
+                   help="image_gen checkpoint (default: image_gen's own default path)")
+    p.add_argument("--audio_checkpoint", type=Path, default=script_default(ag, "checkpoint"),
+                   help="audio_gen checkpoint (default: audio_gen's own default path)")
+    p.add_argument("--image_results", type=Path, default=script_default(ig, "results_dir"),
+                   help="image_gen results folder whose metrics.json holds infer's FID for the checkpoint")
+    p.add_argument("--audio_results", type=Path, default=script_default(ag, "results_dir"),
+                   help="audio_gen results folder whose metrics.json holds infer's scores for the checkpoint")
+    p.add_argument("--device", default=None, help="torch device, cpu or cuda (default: cuda if available)")
+    args = p.parse_args(argv)
+    args.device = ig.resolve_device(args.device, p)
+    return args
+
+
+# ============================================================================================
+# Checkpoints: loaded once per server
+# ============================================================================================
+
+def file_stamp(path):
+    """(size, modification time): part of the cache key, so a checkpoint rewritten by training is read again."""
+    stat = Path(path).stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@st.cache_resource(show_spinner="Loading the image checkpoint ...", max_entries=2)
+def load_image_checkpoint(path, stamp, device):
+    """(what the page says about the checkpoint, its EMA sampler): read once per server and file version."""
+    state = ig.load_checkpoint(path, ig.CHECKPOINT_FORMAT)
+    sampler = ig.ema_sampler_from_checkpoint(state, torch.device(device))
+    about = {"dataset": state["dataset"], "position": ig.checkpoint_position(state), "step": state["step"],
+             "history": state["history"], "args": state.get("args", {}), "model_config": state["model_config"]}
+    return about, sampler
+
+
+@st.cache_resource(show_spinner="Loading the audio checkpoint ...", max_entries=2)
+def load_audio_checkpoint(path, stamp, device):
+    """(what the page says about the checkpoint, the autoencoder, its log-mel transform): read once per
+    server and file version."""
+    state = ag.load_checkpoint(path)
+    model = ag.model_from_checkpoint(state, torch.device(device))
+    transform = ag.LogMelTransform.from_config(state["transform_config"], GRIFFIN_LIM_ITERS, torch.device(device))
+    about = {"epoch": state["epoch"], "history": state["history"], "data": state["data"]}
+    return about, model, transform
+
+
+def open_checkpoint(loader, path, device, train_hint):
+    """(what `loader` returns, None), or (None, a message): a missing checkpoint says how to train one;
+    an unreadable one, or one of the wrong kind, says what is wrong with it."""
+    if not path.is_file():
+        return None, (f"No checkpoint at `{path}`. Train one with `{train_hint}` (or `make run` for both models), "
+                      f"or pass another: `make demo IMAGE_CKPT=... AUDIO_CKPT=...`.")
+    try:
+        return loader(str(path), file_stamp(path), str(device)), None
+    except SystemExit as err:  # the scripts' load_checkpoint ends a command-line run with one line
+        return None, str(err).removeprefix("error: ")
+    except (KeyError, RuntimeError) as err:  # the right format, but weights that do not fit its own config
+        return None, f"{path} cannot be used: {type(err).__name__}: {err}"
+
+
+def same_checkpoint(recorded, path):
+    """Whether a path written into a metrics.json names the checkpoint the page shows."""
+    return bool(recorded) and Path(recorded).resolve() == path.resolve()
+
+
+# ============================================================================================
+# Digits
+# ============================================================================================
+
+@dataclass
+class Images:
+    """One click's images, kept in the session: any later click reruns the page, which still shows them."""
+    grid_png: bytes
+    singles_zip: bytes
+    count: int
+    seconds: float
+    sampler: str
+
+
+def image_scores(about, path, results_dir):
+    """Lines about the checkpoint's measured FID: its last per-epoch evaluation, and infer's record for it
+    in `results_dir`/metrics.json."""
+    lines = []
+    evaluated = [h for h in about["history"] if h.get("fid") is not None]
+    if evaluated:
+        h, args = evaluated[-1], about["args"]
+        accuracy = f", class accuracy {h['accuracy']:.1%}" if h.get("accuracy") is not None else ""
+        lines.append(f"FID {h['fid']:.2f}, KID {h['kid']:.4f}{accuracy} after epoch {h['epoch']} (training's "
+                     f"evaluation: DDIM-{args.get('sampling_steps')}, N = {args.get('fid_samples')}, "
+                     f"--fid_backbone {args.get('fid_backbone')})")
+    infer = ig.read_json(results_dir / "metrics.json").get("infer", {})
+    if infer.get("fid") is not None and same_checkpoint(infer.get("checkpoint"), path) \
+            and infer.get("step") == about["step"]:
+        accuracy = f", class accuracy {infer['accuracy']:.1%}" if infer.get("accuracy") is not None else ""
+        lines.append(f"FID {infer['fid']:.2f}, KID {infer['kid']:.4f}{accuracy} in infer ({infer['fid_sampler']}, "
+                     f"N = {infer['fid_samples']}, {infer['fid_backbone']} features)")
+    return lines or ["No FID measured for this checkpoint yet (train with --fid_samples > 0, or run image_gen/infer.sh)."]
+
+
+def describe_image_checkpoint(about, path, results_dir):
+    config = about["model_config"]
+    kind = f"class-conditional ({config['num_classes']} classes)" if config["num_classes"] else "unconditional"
+    lines = [f"Checkpoint `{path}`: {ig.DATASETS[about['dataset']][2]}, {kind}, base channels "
+             f"{config['base_channels']}, {about['position']}."] + image_scores(about, path, results_dir)
+    st.markdown("\n".join(f"- {line}" for line in lines))
+
+
+def draw_images(diffusion, classes, per_class, sampler, steps, seed, guidance):
+    """(images in [0, 1], seconds of sampling): `per_class` of each class in `classes` (None = the null
+    class) for a conditional model, `per_class` images in all for an unconditional one."""
+    start = time.perf_counter()
+    if diffusion.num_classes:
+        samples = diffusion.sample_classes(classes, per_class, sampler, steps, seed=seed, guidance_scale=guidance)
+    else:
+        samples = diffusion.sample(per_class, sampler, steps, seed=seed)
+    return ig.to_unit_range(samples), time.perf_counter() - start
+
+
+def image_files(images, dataset, classes, per_class, title):
+    """(grid PNG, ZIP of one PNG per image) as image_gen's infer writes them: a grid with one labelled row
+    per class (a plain grid for an unconditional model) and files named like infer's samples/."""
+    if classes is None:
+        names = [f"sample_{i:03d}" for i in range(len(images))]
+    else:
+        names = [f"{'unconditional' if c is None else ig.class_slug(dataset, c)}_{i:03d}"
+                 for c in classes for i in range(per_class)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if classes is None:
+            ig.save_grid(images, tmp / "grid.png")
+        else:
+            row_names = ["unconditional" if c is None else ig.class_names(dataset)[c] for c in classes]
+            ig.save_class_grid(images, row_names, tmp / "grid.png", title=title)
+        ig.save_individual(images, tmp / "samples", names)
+        singles = io.BytesIO()
+        with zipfile.ZipFile(singles, "w") as archive:
+            for name in names:
+                archive.write(tmp / "samples" / f"{name}.png", f"{name}.png")
+        return (tmp / "grid.png").read_bytes(), singles.getvalue()
+
+
+def image_controls(diffusion, dataset):
+    """The sampling settings chosen in the page: (classes or None, per_class, sampler, steps, seed, guidance)."""
+    classes, guidance = None, 0.0
+    if diffusion.num_classes:
+        labels = {name: c for c, name in enumerate(ig.class_names(dataset))}
+        labels["unconditional (no class)"] = None
+        chosen = st.multiselect("Classes, one grid row each", list(labels), default=list(labels)[:-1], key="classes")
+        classes = [labels[name] for name in chosen]
+        guidance = st.slider("Classifier-free guidance w (0: the plain conditional model)", 0.0, 5.0,
+                             ig.DEFAULT_GUIDANCE_SCALE, 0.5, key="guidance")
+    sampler = st.radio("Sampler", ["ddim", "ddpm"], key="sampler", horizontal=True,
+                       format_func=lambda s: {"ddim": "DDIM", "ddpm": "DDPM (all 1000 steps: slow)"}[s])
+    left, middle, right = st.columns(3)
+    steps = left.number_input("DDIM steps", 1, diffusion.num_timesteps, 50, key="steps", disabled=sampler == "ddpm")
+    seed = middle.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
+    per_class = right.number_input("Images per class" if diffusion.num_classes else "Images", 1, MAX_IMAGES,
+                                   2 if diffusion.num_classes else 16, key="count")
+    return classes, int(per_class), sampler, int(steps), int(seed), guidance
+
+
+def image_tab(args):
+    loaded, problem = open_checkpoint(load_image_checkpoint, args.image_checkpoint, args.device,
+                                      "image_gen/train.sh")
+    if problem:
+        st.warning(problem)
+        return
+    about, diffusion = loaded
+    describe_image_checkpoint(about, args.image_checkpoint, args.image_results)
+    controls, output = st.columns([2, 3], gap="large")
+    with controls:
+        settings = image_controls(diffusion, about["dataset"])
+        clicked = st.button("Generate", type="primary", key="generate")
+    with output:
+        if clicked:
+            generate(diffusion, about["dataset"], *settings)
+        show_images(st.session_state.get("images"))
+
+
+def generate(diffusion, dataset, classes, per_class, sampler, steps, seed, guidance):
+    """Check the count, then draw, save and keep the images in the session; a message when they are too many."""
+    count = per_class * (len(classes) if classes is not None else 1)
+    if classes == []:
+        st.error("Choose at least one class.")
+        return
+    if count > MAX_IMAGES:
+        st.error(f"{count} images asked ({per_class} x {len(classes)} classes): the limit is {MAX_IMAGES} per "
+                 f"click. Choose fewer classes or fewer images per class.")
+        return
+    guided = classes is not None and classes != [None]
+    name = ig.sampler_name(sampler, diffusion.num_timesteps if sampler == "ddpm" else steps, 0.0,
+                           guidance if guided else None)
+    with st.spinner(f"Sampling {count} images with {name.upper()} ..."):
+        images, seconds = draw_images(diffusion, classes, per_class, sampler, steps, seed, guidance)
+        grid, singles = image_files(images, dataset, classes, per_class,
+                                    f"{ig.DATASETS[dataset][2]}, {name}, seed {seed}")
+    st.session_state["images"] = Images(grid, singles, count, seconds, name)
+
+
+def show_images(shown):
+    if not shown:
+        return
+    st.image(shown.grid_png, caption=f"{shown.count} images, {shown.sampler}: sampled in {shown.seconds:.2f} s")
+    left, right = st.columns(2)
+    left.download_button("Download the grid (PNG)", shown.grid_png, "grid.png", "image/png", key="download_grid",
+                         on_click="ignore")
+    right.download_button(f"Download the {shown.count} single PNGs (ZIP)", shown.singles_zip, "samples.zip",
+                          "application/zip", key="download_singles", on_click="ignore")
+
+
+# ============================================================================================
+# Audio
+# ============================================================================================
+
+@dataclass
+class Reconstruction:
+    """One clip's result, kept in the session with the clip it belongs to."""
+    clip: tuple              # (file name, its length, start sample): shown only while that clip is chosen
+    original: bytes          # WAV files, 16 kHz mono
+    reconstruction: bytes
+    oracle: bytes
+    spectrograms: bytes      # PNG
+    scores: dict             # PESQ / STOI of reconstruction and oracle
+    mel: dict                # audio_gen's mel metrics
+    seconds: float
+
+
+class OneClip:
+    """A one-clip stand-in for audio_gen's MelClips: AudioEvaluator reads its reference audio through
+    waveforms(positions)."""
+
+    def __init__(self, clip):
+        self.clip = clip
+
+    def waveforms(self, positions):
+        return self.clip[None]
+
+
+def decode(path, kind, sample_rate):
+    """(mono float32 waveform at `sample_rate`, None), or (None, why the file cannot be used)."""
+    try:
+        wave = ag.decode_recordings(path, kind, sample_rate)["mixture"]
+    except Exception as err:  # FFmpeg's errors for data it cannot parse have many types (as in audio_gen)
+        return None, f"This file cannot be read as audio ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
+    if len(wave) == 0:
+        return None, "This file holds no audio samples."
+    if float((wave.astype("float64") ** 2).mean() ** 0.5) < ag.SILENCE_RMS:
+        return None, "This file is silent (below -60 dBFS): there is nothing to reconstruct."
+    return wave, None
+
+
+@st.cache_resource(max_entries=2, show_spinner="Decoding the upload ...")
+def decode_upload(file_id, name, _data, sample_rate):
+    """decode() of an uploaded file, once per upload (the slider reruns the page); `_data` is not hashed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload{Path(name).suffix[:12]}"  # the suffix helps FFmpeg guess the format
+        path.write_bytes(_data)
+        return decode(path, "file", sample_rate)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Decoding the test file ...")
+def decode_test_file(path, kind, sample_rate):
+    return decode(path, kind, sample_rate)
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def test_files(audio_dir, musdb_root):
+    """(name, path, kind) of the test split of the data the checkpoint was trained on, when that data is
+    on this machine: music the model never heard."""
+    if audio_dir and Path(audio_dir).is_dir():
+        root = Path(audio_dir)
+        return [(str(p.relative_to(root)), str(p), "file") for p in ag.folder_splits(root)["test"]]
+    layout = ag.detect_layout(musdb_root) if musdb_root else None
+    if layout:
+        return [(name, str(path), layout) for name, path in ag.musdb_splits(musdb_root, layout)["test"]]
+    return []
+
+
+def wav_bytes(audio, sample_rate):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.wav"
+        ag.write_wav(path, audio, sample_rate)
+        return path.read_bytes()
+
+
+def reconstruct_clip(model, transform, clip, title):
+    """Original, autoencoder and Griffin-Lim-oracle audio of one (clip_samples,) clip, its spectrogram
+    plot and scores: audio_gen's AudioEvaluator (mel, oracle, reconstruction, Griffin-Lim, PESQ/STOI),
+    its mel metrics and its plot, on a one-clip data set."""
+    start = time.perf_counter()
+    evaluator = ag.AudioEvaluator(OneClip(clip), [0], transform)
+    scores, audio, reconstruction = evaluator(model)
+    seconds = time.perf_counter() - start
+    mel = ag.mel_metrics(reconstruction, evaluator.log_mels, model)
+    plot = io.BytesIO()
+    ag.plot_spectrograms(evaluator.log_mels, reconstruction, [title], plot, "log-mel spectrograms")
+    rate = transform.sample_rate
+    return dict(original=wav_bytes(evaluator.reference[0], rate), reconstruction=wav_bytes(audio[0], rate),
+                oracle=wav_bytes(evaluator.oracle_audio[0], rate), spectrograms=plot.getvalue(), scores=scores,
+                mel=mel, seconds=seconds)
+
+
+def audio_scores(about, path, results_dir):
+    """Lines about the checkpoint's measured scores: its last PESQ/STOI milestone on unseen validation
+    clips, and infer's record for it in `results_dir`/metrics.json."""
+    lines = []
+    scored = [h for h in about["history"] if h.get("audio_valid", {}).get("stoi") is not None]
+    if scored:
+        h = scored[-1]
+        lines.append(f"After epoch {h['epoch']}, {speech_line(h['audio_valid'])} on {h['audio_valid']['clips']} "
+                     f"unseen validation clips; mel MSE {h['valid']['mse']:.4f}, "
+                     f"{ag.versus_baseline(h['valid'])} than the time-average baseline")
+    infer = ag.read_json(results_dir / "metrics.json").get("infer", {})
+    test = infer.get("test", {})
+    if test and same_checkpoint(infer.get("checkpoint"), path) and infer.get("epoch") == about["epoch"]:
+        audio = f"{speech_line(test['audio'])}, " if test.get("audio", {}).get("stoi") is not None else ""
+        lines.append(f"In infer: {audio}mel MSE {test['mse']:.4f} on {test['clips']} clips of {test['scored_on']}")
+    return lines or ["No PESQ/STOI measured for this checkpoint yet (run audio_gen/infer.sh)."]
+
+
+def speech_line(audio):
+    pesq = (f"PESQ {audio['pesq']:.2f} (Griffin-Lim oracle {audio['oracle_pesq']:.2f}), "
+            if audio.get("pesq") is not None else "PESQ undefined, ")
+    return pesq + f"STOI {audio['stoi']:.3f} (oracle {audio['oracle_stoi']:.3f})"
+
+
+def describe_audio_checkpoint(about, model, path, results_dir):
+    data = about["data"]
+    origin = data.get("audio_dir") or f"MUSDB18 {data.get('musdb_root')}"
+    lines = [f"Checkpoint `{path}`: epoch {about['epoch']}, {model.compression:g}x compression, trained on "
+             f"`{origin}`."] + audio_scores(about, path, results_dir)
+    st.markdown("\n".join(f"- {line}" for line in lines))
+
+
+def choose_recording(about, sample_rate):
+    """(source name, waveform) of the uploaded or chosen test file, or (None, None) with a message shown."""
+    tests = test_files(about["data"].get("audio_dir"), about["data"].get("musdb_root"))
+    options = ["Upload a file"] + (["A test clip (music the model never heard)"] if tests else [])
+    source = st.radio("Audio", options, key="audio_source", horizontal=True)
+    if source == options[0]:
+        upload = st.file_uploader(f"Any audio file FFmpeg reads (wav, flac, ogg/opus, mp3, m4a, ...), at most "
+                                  f"{MAX_UPLOAD_MB} MB", key="upload", max_upload_size=MAX_UPLOAD_MB)
+        if upload is None:
+            return None, None
+        if upload.size > MAX_UPLOAD_MB * 2**20:
+            st.error(f"{upload.name} is {upload.size / 2**20:.1f} MB: the limit is {MAX_UPLOAD_MB} MB.")
+            return None, None
+        if upload.size == 0:
+            st.error(f"{upload.name} is empty.")
+            return None, None
+        wave, problem = decode_upload(upload.file_id, upload.name, upload.getvalue(), sample_rate)
+        name = upload.name
+    else:
+        names = {name: (path, kind) for name, path, kind in tests}
+        name = st.selectbox("Test file", list(names), key="test_clip")
+        wave, problem = decode_test_file(*names[name], sample_rate)
+    if problem:
+        st.error(f"{name}: {problem}")
+        return None, None
+    return name, wave
+
+
+def audio_tab(args):
+    loaded, problem = open_checkpoint(load_audio_checkpoint, args.audio_checkpoint, args.device,
+                                      "AUDIO_DIR=~/Music audio_gen/train.sh")
+    if problem:
+        st.warning(problem)
+        return
+    about, model, transform = loaded
+    describe_audio_checkpoint(about, model, args.audio_checkpoint, args.audio_results)
+    controls, output = st.columns([2, 3], gap="large")
+    with controls:
+        name, wave = choose_recording(about, transform.sample_rate)
+        if wave is None:
+            return
+        clip, start = choose_window(wave, transform)
+        clicked = st.button("Reconstruct", type="primary", key="reconstruct")
+    key = (name, len(wave), int(start * transform.sample_rate))
+    with output:
+        if clicked:
+            if float(clip.pow(2).mean().sqrt()) < ag.SILENCE_RMS:
+                st.error(f"The {len(clip) / transform.sample_rate:g} s from {start:.1f} s are silent: move the window.")
+            else:
+                with st.spinner("Reconstructing ..."):
+                    result = reconstruct_clip(model, transform, clip, f"{name} @ {start:.1f}s")
+                st.session_state["audio"] = Reconstruction(clip=key, **result)
+        shown = st.session_state.get("audio")
+        if shown is None or shown.clip != key:  # a result of another file or window would be misleading
+            return
+        show_reconstruction(shown)
+    st.image(shown.spectrograms, caption="Original, reconstruction and their difference (audio_gen's plot)")
+
+
+def choose_window(wave, transform):
+    """(the 5-s clip, its start in seconds): a slider over a longer recording, zero padding for a shorter one."""
+    rate, clip_seconds = transform.sample_rate, transform.clip_samples // transform.sample_rate
+    seconds = len(wave) / rate
+    start = 0.0
+    if seconds > clip_seconds:
+        start = st.slider(f"Start of the {clip_seconds}-s window (s) in {seconds:.1f} s of audio", 0.0,
+                          round(seconds - clip_seconds, 1), 0.0, 0.1, key="start")
+    else:
+        st.caption(f"{seconds:.1f} s of audio: the {clip_seconds}-s clip is padded with silence.")
+    return transform.cut(torch.from_numpy(wave), int(start * rate)), start
+
+
+def show_reconstruction(result):
+    for label, audio in (("Original", result.original), ("Autoencoder + Griffin-Lim", result.reconstruction),
+                         ("Griffin-Lim oracle (the true mel, inverted the same way)", result.oracle)):
+        st.markdown(f"**{label}**")
+        st.audio(audio, format="audio/wav")
+    s, mel = result.scores, result.mel
+    fmt = lambda value, spec: "undefined" if value is None else format(value, spec)  # noqa: E731
+    st.table({"audio": ["autoencoder + Griffin-Lim", "Griffin-Lim oracle"],
+              "PESQ (wide-band)": [fmt(s["pesq"], ".2f"), fmt(s["oracle_pesq"], ".2f")],
+              "STOI": [fmt(s["stoi"], ".3f"), fmt(s["oracle_stoi"], ".3f")]})
+    st.caption(f"Mel: MSE {mel['mse']:.4f} ({ag.versus_baseline(mel)} than the clip's time-average), cosine "
+               f"{mel['cosine']:.3f}, 1 - spectral convergence {mel['mel_sc_score']:.3f}. Reconstructed, inverted "
+               f"({GRIFFIN_LIM_ITERS} Griffin-Lim iterations, twice) and scored in {result.seconds:.2f} s.")
+
+
+# ============================================================================================
+# main
+# ============================================================================================
+
+def main():
+    st.set_page_config(page_title="ImageAudioGen demo", layout="wide")
+    st.title("ImageAudioGen demo")
+    try:
+        args = parse_args(sys.argv[1:])
+    except UsageError as err:
+        message, usage = err.args
+        st.error(f"demo/app.py: {message}")
+        st.code(usage, language=None)
+        return
+    st.caption(f"Limits: at most {MAX_IMAGES} images per click; uploads up to {MAX_UPLOAD_MB} MB; audio is "
+               f"reconstructed one 5-s window at a time. Device: {args.device}.")
+    for tab, render in zip(st.tabs(["Digits", "Audio"]), (image_tab, audio_tab)):
+        with tab:
+            try:
+                render(args)
+            except Exception as err:  # a bug must not turn the page into a traceback: one line here, the rest in the log
+                traceback.print_exc()
+                st.error(f"Something went wrong: {type(err).__name__}: {err}. The details are in the server's log.")
+
+
+main()

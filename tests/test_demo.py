@@ -1,0 +1,302 @@
+"""demo/app.py through Streamlit's own headless test API (AppTest): every control of both tabs on tiny
+checkpoints trained by the tests (conftest's demo_checkpoints), the checkpoint and its scores on the page,
+models loaded once per server, and a message in the page, never a traceback, for every bad input."""
+import io
+import json
+import os
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+import streamlit as st
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT, write_music_file
+
+APP = str(ROOT / "demo" / "app.py")
+CLIP = 80_000
+
+
+def page(monkeypatch, *argv):
+    """The page after its first run, with `argv` as its command line (what follows `streamlit run demo/app.py --`)."""
+    monkeypatch.setattr(sys, "argv", ["demo/app.py", *map(str, argv)])
+    at = AppTest.from_file(APP, default_timeout=120)
+    return run(at)
+
+
+def run(at):
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements):
+    return " | ".join(e.value for e in elements)
+
+
+def demo_args(ckpt, **override):
+    paths = {"image_checkpoint": ckpt["image"], "audio_checkpoint": ckpt["audio"],
+             "image_results": ckpt["image_results"], "audio_results": ckpt["audio_results"], **override}
+    return [word for name, value in paths.items() for word in (f"--{name}", value)] + ["--device", "cpu"]
+
+
+@pytest.fixture
+def app(monkeypatch, demo_checkpoints):
+    return page(monkeypatch, *demo_args(demo_checkpoints))
+
+
+def generate(at, **settings):
+    """Set the digit controls named by key (classes, guidance, sampler, steps, seed, count), click Generate."""
+    for key, value in settings.items():
+        widget = {"classes": at.multiselect, "guidance": at.slider, "sampler": at.radio}.get(key, at.number_input)
+        widget(key=key).set_value(value)
+    at.button(key="generate").click()
+    return run(at)
+
+
+def singles(at):
+    """{file name: (28, 28) uint8 grey image} from the ZIP of single PNGs the page offers."""
+    with zipfile.ZipFile(io.BytesIO(at.session_state["images"].singles_zip)) as archive:
+        return {name: np.asarray(Image.open(io.BytesIO(archive.read(name))))[..., 0] for name in archive.namelist()}
+
+
+def wav(audio, rate=44_100):
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="WAV")
+    return buffer.getvalue()
+
+
+def music_bytes(tmp_path, name, seconds, seed=7):
+    write_music_file(tmp_path / name, seconds, seed)
+    return (tmp_path / name).read_bytes()
+
+
+def upload(at, name, data):
+    at.file_uploader(key="upload").set_value((name, data, "application/octet-stream"))
+    return run(at)
+
+
+def reconstruct(at):
+    at.button(key="reconstruct").click()
+    return run(at)
+
+
+def decoded(wav_bytes):
+    audio, rate = sf.read(io.BytesIO(wav_bytes))
+    return audio, rate
+
+
+# --- the page around the models ------------------------------------------------------------------
+
+def test_without_checkpoints_the_page_says_how_to_train(monkeypatch, tmp_path):
+    at = page(monkeypatch, "--image_checkpoint", tmp_path / "none.pt", "--audio_checkpoint", tmp_path / "none.pt")
+    warning = texts(at.warning)
+    assert "image_gen/train.sh" in warning and "audio_gen/train.sh" in warning and "make run" in warning
+    assert not at.button and not at.file_uploader and "Limits: at most 64 images" in texts(at.caption)
+
+
+def test_checkpoints_of_the_wrong_kind_or_garbage_are_messages(monkeypatch, demo_checkpoints, tmp_path):
+    swapped = demo_args(demo_checkpoints, image_checkpoint=demo_checkpoints["audio"],
+                        audio_checkpoint=demo_checkpoints["image"])
+    warning = texts(page(monkeypatch, *swapped).warning)
+    assert "is not an ImageAudioGen checkpoint of type 'imageaudiogen.ddpm'" in warning
+    assert "is not an ImageAudioGen checkpoint of type 'imageaudiogen.audio_autoencoder'" in warning
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(2048))
+    warning = texts(page(monkeypatch, *demo_args(demo_checkpoints, image_checkpoint=garbage,
+                                                 audio_checkpoint=garbage)).warning)
+    assert warning.count("truncated or not a PyTorch file") == 2
+
+
+def test_a_bad_command_line_is_a_message(monkeypatch, demo_checkpoints):
+    at = page(monkeypatch, "--image_checkpint", demo_checkpoints["image"])
+    assert "demo/app.py: unrecognized arguments: --image_checkpint" in texts(at.error)
+    assert "usage: demo/app.py [-h] [--image_checkpoint IMAGE_CHECKPOINT]" in at.code[0].value
+    at = page(monkeypatch, "--device", "cuda:7" if torch.cuda.is_available() else "cuda")
+    assert "demo/app.py: --device" in texts(at.error)
+    at = page(monkeypatch, "--help")
+    assert "--audio_results AUDIO_RESULTS" in at.code[0].value and not at.get("tab")
+
+
+def test_the_page_names_each_checkpoint_and_its_measured_scores(monkeypatch, demo_checkpoints, tmp_path):
+    state = torch.load(demo_checkpoints["image"], map_location="cpu", weights_only=True)
+    state["history"][-1].update(fid=123.45, kid=0.0789, accuracy=0.5)  # as a run with --fid_samples writes them
+    image = tmp_path / "ddpm_with_fid.pt"
+    torch.save(state, image)
+    results = tmp_path / "image_results"
+    results.mkdir()
+    (results / "metrics.json").write_text(json.dumps({"infer": {
+        "checkpoint": str(image), "step": state["step"], "fid": 98.76, "kid": 0.05, "accuracy": 0.9,
+        "fid_samples": 1000, "fid_backbone": "inception", "fid_sampler": "ddim-50, w=1"}}))
+    at = page(monkeypatch, *demo_args(demo_checkpoints, image_checkpoint=image, image_results=results))
+    described = texts(at.markdown)
+    assert f"Checkpoint `{image}`: MNIST, class-conditional (10 classes)" in described
+    assert "FID 123.45, KID 0.0789, class accuracy 50.0% after epoch 1" in described
+    assert "FID 98.76, KID 0.0500, class accuracy 90.0% in infer (ddim-50, w=1, N = 1000, inception" in described
+    # the audio checkpoint: PESQ/STOI of its last milestone, from its own history
+    assert f"Checkpoint `{demo_checkpoints['audio']}`: epoch 1, 8x compression" in described
+    assert "on 1 unseen validation clips" in described and "STOI" in described
+    # infer's record of another checkpoint (or an older state of this one) is not shown as this one's
+    state["step"] += 1
+    torch.save(state, image)
+    assert "in infer" not in texts(page(monkeypatch, *demo_args(demo_checkpoints, image_checkpoint=image,
+                                                                image_results=results)).markdown)
+
+
+def test_models_load_once_per_server_and_again_when_retrained(monkeypatch, demo_checkpoints, ig, ag, tmp_path):
+    st.cache_resource.clear()
+    loads = []
+    for module in (ig, ag):
+        original = module.load_checkpoint
+        monkeypatch.setattr(module, "load_checkpoint", lambda *a, _f=original: loads.append(a[0]) or _f(*a))
+    audio = tmp_path / "ae.pt"
+    audio.write_bytes(demo_checkpoints["audio"].read_bytes())
+    at = page(monkeypatch, *demo_args(demo_checkpoints, audio_checkpoint=audio))
+    generate(at, classes=["1"], steps=2, count=1)
+    upload(at, "clip.wav", music_bytes(tmp_path, "clip.wav", 6.0))
+    reconstruct(at)
+    generate(at)
+    assert sorted(loads) == sorted([str(demo_checkpoints["image"]), str(audio)])
+    os.utime(audio, ns=(audio.stat().st_atime_ns, audio.stat().st_mtime_ns + 10**9))  # as a new save would
+    run(at)
+    assert loads.count(str(audio)) == 2
+
+
+def test_a_failure_inside_a_tab_is_a_message_not_a_traceback(app, ig, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(ig.GaussianDiffusion, "sample_classes", broken)
+    generate(app, steps=2, count=1)
+    assert "Something went wrong: RuntimeError: out of memory" in texts(app.error)
+    assert app.radio(key="audio_source")  # the other tab still works
+
+
+# --- digits -----------------------------------------------------------------------------------
+
+def test_every_digit_control_reaches_the_sampler(app, demo_checkpoints, ig):
+    assert app.multiselect(key="classes").value == [str(c) for c in range(10)]  # all classes by default
+    assert app.slider(key="guidance").value == ig.DEFAULT_GUIDANCE_SCALE and app.number_input(key="steps").value == 50
+    generate(app, classes=["3", "7"], guidance=2.0, sampler="ddim", steps=3, seed=5, count=3)
+    assert not app.error
+    shown = app.session_state["images"]
+    assert shown.count == 6 and shown.sampler == "ddim-3, w=2" and shown.seconds > 0
+    assert len(app.image) == 1 and "6 images, ddim-3, w=2: sampled in" in app.image[0].captions[0]
+    assert Image.open(io.BytesIO(shown.grid_png)).format == "PNG"
+    assert [b.label for b in app.get("download_button")] == ["Download the grid (PNG)",
+                                                               "Download the 6 single PNGs (ZIP)"]
+    files = singles(app)
+    assert sorted(files) == [f"digit{c}_{i:03d}.png" for c in (3, 7) for i in range(3)]
+    # exactly what image_gen draws for these settings
+    state = ig.load_checkpoint(demo_checkpoints["image"], ig.CHECKPOINT_FORMAT)
+    expected = ig.ema_sampler_from_checkpoint(state, torch.device("cpu")).sample_classes(
+        [3, 7], 3, "ddim", 3, seed=5, guidance_scale=2.0)
+    expected = ig.to_unit_range(expected).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+    np.testing.assert_array_equal(np.stack([files[name] for name in sorted(files)]), expected)
+    # the result outlives the rerun a download click causes; another seed draws other digits
+    app.get("download_button")[0].click()
+    run(app)
+    assert app.session_state["images"] is shown
+    generate(app, seed=6)
+    assert not np.array_equal(singles(app)["digit3_000.png"], files["digit3_000.png"])
+
+
+def test_ddpm_and_unconditional_rows(app):
+    generate(app, classes=["4", "unconditional (no class)"], guidance=0.0, sampler="ddpm", count=1)
+    assert app.number_input(key="steps").disabled
+    assert app.session_state["images"].sampler == "ddpm-1000, w=0"
+    assert sorted(singles(app)) == ["digit4_000.png", "unconditional_000.png"]
+
+
+def test_an_unconditional_checkpoint_has_no_class_controls(monkeypatch, demo_checkpoints):
+    at = page(monkeypatch, *demo_args(demo_checkpoints, image_checkpoint=demo_checkpoints["image_unconditional"]))
+    assert "unconditional" in texts(at.markdown) and not at.multiselect and not at.slider
+    assert at.number_input(key="count").label == "Images" and at.number_input(key="count").value == 16
+    generate(at, steps=2, count=5)
+    assert sorted(singles(at)) == [f"sample_{i:03d}.png" for i in range(5)]
+    assert at.session_state["images"].sampler == "ddim-2"
+
+
+def test_a_count_over_the_limit_or_no_class_is_a_message(app):
+    generate(app, count=7)  # 10 classes x 7
+    assert "70 images asked (7 x 10 classes): the limit is 64" in texts(app.error)
+    assert "images" not in app.session_state
+    generate(app, classes=[])
+    assert "Choose at least one class." in texts(app.error)
+    assert app.number_input(key="count").max == 64
+
+
+# --- audio ------------------------------------------------------------------------------------
+
+def test_an_uploaded_file_gives_three_players_spectrograms_and_scores(app, tmp_path):
+    upload(app, "song.opus", music_bytes(tmp_path, "song.opus", 12.0))  # any format PyAV decodes
+    start = app.slider(key="start")
+    assert start.value == 0.0 and start.max == pytest.approx(7.0, abs=0.15)  # 12 s, less the 5-s window
+    start.set_value(4.0)
+    reconstruct(run(app))
+    assert not app.error
+    result = app.session_state["audio"]
+    assert result.clip[2] == 4 * 16_000
+    for data in (result.original, result.reconstruction, result.oracle):
+        audio, rate = decoded(data)
+        assert rate == 16_000 and audio.shape == (CLIP,) and np.abs(audio).max() > 0.01
+    assert len(app.get("audio")) == 3
+    assert Image.open(io.BytesIO(result.spectrograms)).size == (1400, 320)  # audio_gen's three panels
+    table = app.table[0].value
+    assert list(table["audio"]) == ["autoencoder + Griffin-Lim", "Griffin-Lim oracle"]
+    assert 0 < float(table["STOI"][0]) <= 1 and 0 < float(table["STOI"][1]) <= 1
+    assert "64 Griffin-Lim iterations" in texts(app.caption) and result.mel["clips"] == 1
+    # moving the window hides the old result until the next click
+    app.slider(key="start").set_value(1.0)
+    assert not run(app).get("audio")
+
+
+def test_a_test_clip_of_the_checkpoint_data(app):
+    source = app.radio(key="audio_source")
+    source.set_value(source.options[1])
+    run(app)
+    assert app.selectbox(key="test_clip").options == ["test/d.wav", "test/e.opus"]
+    app.selectbox(key="test_clip").set_value("test/e.opus")
+    reconstruct(run(app))
+    assert len(app.get("audio")) == 3 and not app.error
+
+
+def test_a_short_file_is_padded(app):
+    upload(app, "short.wav", wav(0.3 * np.sin(np.arange(32_000) / 16_000 * 2 * np.pi * 440), 16_000))
+    assert "start" not in [s.key for s in app.slider] and "2.0 s of audio: the 5-s clip is padded with silence" in texts(app.caption)
+    reconstruct(app)
+    audio, _ = decoded(app.session_state["audio"].original)
+    assert audio.shape == (CLIP,) and np.abs(audio[40_000:]).max() == 0
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("notes.wav", np.random.default_rng(1).bytes(50_000), "notes.wav: This file cannot be read as audio"),
+    ("notes.txt", b"not audio at all\n" * 100, "notes.txt: This file cannot be read as audio"),
+    ("empty.wav", b"", "empty.wav is empty."),
+    ("no_samples.wav", wav(np.zeros(0, np.float32)), "no_samples.wav: This file holds no audio samples."),
+    ("silent.flac", None, "silent.flac: This file is silent (below -60 dBFS)"),
+    ("huge.wav", bytes(50 * 2**20 + 1), "huge.wav is 50.0 MB: the limit is 50 MB."),
+])
+def test_bad_uploads_are_messages(app, name, data, message):
+    if data is None:
+        buffer = io.BytesIO()
+        sf.write(buffer, np.zeros(44_100 * 6, np.float32), 44_100, format="FLAC")
+        data = buffer.getvalue()
+    upload(app, name, data)
+    assert message in texts(app.error)
+    assert "reconstruct" not in [b.key for b in app.button]
+    assert "audio" not in app.session_state
+
+
+def test_a_silent_window_is_a_message(app):
+    rate = 44_100
+    music = np.concatenate([np.zeros(6 * rate), 0.3 * np.sin(np.arange(6 * rate) / rate * 2 * np.pi * 220)])
+    upload(app, "late_start.wav", wav(music.astype(np.float32)))
+    reconstruct(app)
+    assert "The 5 s from 0.0 s are silent: move the window." in texts(app.error)
+    app.slider(key="start").set_value(6.0)
+    reconstruct(run(app))
+    assert not app.error and len(app.get("audio")) == 3
