@@ -1123,22 +1123,25 @@ def plot_training_curves(history, path, valid_name):
     plt.close(fig)
 
 
-def plot_spectrograms(originals, reconstructions, titles, path, suptitle):
-    """One row per clip: original, reconstruction and their difference, as log-mel images on shared scales."""
+def plot_spectrograms(originals, reconstructions, titles, path, suptitle, oracles=None,
+                      names=("original", "reconstruction")):
+    """One row per clip: original, reconstruction and their difference, as log-mel images on shared
+    scales; with `oracles` (log-mels of the Griffin-Lim oracle) the third column is the oracle instead.
+    `names` label the first two columns."""
     plt = _pyplot()
     rows = len(originals)
     fig, axes = plt.subplots(rows, 3, figsize=(14, 3.2 * rows), dpi=100, squeeze=False)
     for r, (a, b, title) in enumerate(zip(originals, reconstructions, titles)):
         a, b = a.cpu().numpy(), b.cpu().numpy()
         low, high = float(a.min()), float(a.max())
-        for c, (image, name, kwargs) in enumerate((
-                (a, "original", {"vmin": low, "vmax": high, "cmap": "magma"}),
-                (b, "reconstruction", {"vmin": low, "vmax": high, "cmap": "magma"}),
-                (b - a, "reconstruction - original", {"vmin": -3, "vmax": 3, "cmap": "coolwarm"}))):
+        shared = {"vmin": low, "vmax": high, "cmap": "magma"}
+        third = ((b - a, f"{names[1]} - {names[0]}", {"vmin": -3, "vmax": 3, "cmap": "coolwarm"}) if oracles is None
+                 else (oracles[r].cpu().numpy(), "Griffin-Lim oracle (true mel inverted)", shared))
+        for c, (image, name, kwargs) in enumerate(((a, names[0], shared), (b, names[1], shared), third)):
             ax = axes[r, c]
             shown = ax.imshow(image, origin="lower", aspect="auto", extent=(0, 5, 0, image.shape[0]), **kwargs)
             ax.set(title=f"{title}\n{name}" if c == 0 else name, xlabel="time (s)", ylabel="mel bin")
-            fig.colorbar(shown, ax=ax, label="log magnitude" if c < 2 else "difference")
+            fig.colorbar(shown, ax=ax, label="difference" if c == 2 and oracles is None else "log magnitude")
     fig.suptitle(suptitle)
     fig.tight_layout()
     fig.savefig(path)

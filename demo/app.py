@@ -372,7 +372,9 @@ def reconstruct_clip(model, transform, clip, title):
     seconds = time.perf_counter() - start
     mel = ag.mel_metrics(reconstruction, evaluator.log_mels, model)
     plot = io.BytesIO()
-    ag.plot_spectrograms(evaluator.log_mels, reconstruction, [title], plot, "log-mel spectrograms")
+    heard = transform(torch.stack([audio[0], evaluator.oracle_audio[0]])).cpu()
+    ag.plot_spectrograms(evaluator.log_mels, heard[:1], [title], plot, "log-mel spectrograms of what you hear",
+                         oracles=heard[1:], names=("original", "autoencoder + Griffin-Lim"))
     rate = transform.sample_rate
     return dict(original=wav_bytes(evaluator.reference[0], rate), reconstruction=wav_bytes(audio[0], rate),
                 oracle=wav_bytes(evaluator.oracle_audio[0], rate), spectrograms=plot.getvalue(), scores=scores,
@@ -467,7 +469,7 @@ def audio_tab(args):
         if shown is None or shown.clip != key:  # a result of another file or window would be misleading
             return
         show_reconstruction(shown)
-    st.image(shown.spectrograms, caption="Original, reconstruction and their difference (audio_gen's plot)")
+    st.image(shown.spectrograms, caption="Original, reconstruction and Griffin-Lim oracle, each the log-mel of the audio played above")
 
 
 def choose_window(wave, transform):
