@@ -149,11 +149,11 @@ def ctrl_c_at_call(ig, monkeypatch, k, log=None):
     real_step = ig.TrainState.train_step
     calls = {"n": 0}
 
-    def step(self, x0):
+    def step(self, x0, labels=None):
         calls["n"] += 1
         if log is not None:
             log.append(self.learning_rate())
-        loss = real_step(self, x0)
+        loss = real_step(self, x0, labels)
         if calls["n"] == k:
             signal.raise_signal(signal.SIGINT)
         return loss
