@@ -581,7 +581,7 @@ class GaussianDiffusion:
         if self.num_classes == 0 and label is not None:
             raise ValueError("this model is unconditional: it draws no classes")
         guided = self.num_classes > 0 and label is not None and guidance_scale > 0
-        batch_size = batch_size or max(1, sampling_batch_size(self.device) // (2 if guided else 1))
+        batch_size = batch_size or self._batch_size(guided)
         generator = torch.Generator(device=self.device)
         if seed is None:
             generator.seed()
@@ -603,6 +603,10 @@ class GaussianDiffusion:
         self.model.train(was_training)
         return torch.cat(batches)
 
+    def _batch_size(self, guided):
+        """Images per sampling batch: half as many when guided, so each forward pass sees the same number."""
+        return max(1, sampling_batch_size(self.device) // (2 if guided else 1))
+
     def sample_classes(self, classes, per_class, sampler="ddim", steps=50, eta=0.0, seed=0, guidance_scale=0.0,
                        progress=False):
         """`per_class` images of each class in `classes` (a list; [None] = unconditional), class by class:
@@ -614,8 +618,7 @@ class GaussianDiffusion:
         draws exactly what `sample` would draw for it alone, so both ways give the same images."""
         labels = [self.null_class if label is None else label for label in classes]
         guided = self.num_classes > 0 and classes != [None] and guidance_scale > 0
-        batch_size = max(1, sampling_batch_size(self.device) // (2 if guided else 1))
-        if len(classes) * per_class > batch_size or len(classes) == 1:
+        if len(classes) * per_class > self._batch_size(guided) or len(classes) == 1:
             return torch.cat([self.sample(per_class, sampler, steps, eta, seed=class_seed(seed, index),
                                           progress=progress, label=label, guidance_scale=guidance_scale)
                               for label, index in zip(classes, labels)])
