@@ -45,6 +45,7 @@ CLASSIFIER_FORMAT = "imageaudiogen.mnist_classifier"
 REAL_STATS_FORMAT = "imageaudiogen.fid_real_features"
 LR_FLOOR = 0.1  # the cosine decays the peak learning rate to 10% of itself
 DEFAULT_GUIDANCE_SCALE = 1.0
+DEFAULT_COND_DROP_PROB = 0.1
 GUIDANCE_SWEEP = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 
@@ -123,7 +124,7 @@ def build_parser():
     p.add_argument("--conditioning", choices=["class", "none"], default="class",
                    help="train a class-conditional model (with label dropout for classifier-free guidance) "
                         "or an unconditional one")
-    p.add_argument("--cond_drop_prob", type=_number(float, 0.0, 1.0), default=0.1,
+    p.add_argument("--cond_drop_prob", type=_number(float, 0.0, 1.0), default=DEFAULT_COND_DROP_PROB,
                    help="training: probability that a label is replaced by the null class, so the one network "
                         "also learns eps(x_t, t, null)")
     p.add_argument("--digits", "--classes", dest="classes", type=parse_classes, default=None,
@@ -1699,15 +1700,18 @@ def _timed(fn, device, repeats):
 
 
 def benchmark_training(model, device, batch_size, repeats, precision="fp32", compile_model=False):
-    """(images/s, GFLOP/s) of full training steps (forward, backward, AdamW, EMA) on random data."""
+    """(images/s, GFLOP/s) of full training steps (forward, backward, AdamW, EMA) on random data, with
+    random labels and label dropout as `train` uses them when the model is class-conditional."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    conditional = model.num_classes > 0
     state = TrainState(model, device, lr_plan=new_lr_plan(10_000, 1e-3), precision=precision,
-                       compile_model=compile_model)
+                       compile_model=compile_model, cond_drop_prob=DEFAULT_COND_DROP_PROB if conditional else 0.0)
     x0 = torch.randn(batch_size, 1, 28, 28, device=device)
+    labels = torch.randint(0, model.num_classes, (batch_size,), device=device) if conditional else None
     with FlopCounterMode(display=False) as counter:
-        state.diffusion.loss(x0, state.generator).backward()
-    seconds = _timed(lambda: state.train_step(x0), device, repeats)
+        state.diffusion.loss(x0, labels, state.generator, state.cond_drop_prob).backward()
+    seconds = _timed(lambda: state.train_step(x0, labels), device, repeats)
     return batch_size / seconds, counter.get_total_flops() / seconds / 1e9
 
 
@@ -1716,7 +1720,7 @@ def benchmark(args):
     for device in devices:
         cpu = device.type == "cpu"
         torch.manual_seed(args.seed)
-        model = DiffusionModel(args.base_channels)
+        model = DiffusionModel(args.base_channels, num_classes=10)  # the default: class-conditional
         rate, gflops = benchmark_training(model, device, args.batch_size, 5 if cpu else 50, args.precision, args.compile)
         print(f"[{device}] training  batch {args.batch_size}: {rate:8.0f} img/s  {gflops:7.1f} GFLOP/s "
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.precision})")

@@ -269,3 +269,17 @@ def test_fashion_mnist(ig, tmp_path):
     assert names == [f"{c}_{i:03d}.png" for c in ("ankle-boot", "t-shirt-top") for i in range(4)]
     record = json.loads((tmp_path / "results" / "metrics.json").read_text())["infer"]
     assert record["dataset"] == "fashion_mnist"
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_benchmark_trains_the_model_it_is_given(ig, num_classes):
+    """`--mode benchmark` times real training steps of a conditional (the default) or unconditional model:
+    the weights move, and a conditional model's class embedding learns from the labels it is given."""
+    torch.manual_seed(0)
+    model = ig.DiffusionModel(base_channels=8, num_classes=num_classes)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    rate, gflops = ig.benchmark_training(model, torch.device("cpu"), batch_size=4, repeats=2)
+    assert rate > 0 and gflops > 0
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert "head.2.weight" in moved  # the zero-initialised output conv
+    assert any(name.startswith("class_embedding") for name in moved) == (num_classes > 0)
