@@ -87,9 +87,21 @@ def parse_args(argv):
     p.add_argument("--audio_results", type=Path, default=script_default(ag, "results_dir"),
                    help="audio_gen results folder whose metrics.json holds infer's scores for the checkpoint")
     p.add_argument("--device", default=None, help="torch device, cpu or cuda (default: cuda if available)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="the U-Net's arithmetic for digits. auto: bf16 on a CPU with bfloat16 instructions "
+                        "(avx512_bf16 or amx_bf16), else fp32; fp32 draws exactly infer's digits")
     args = p.parse_args(argv)
     args.device = ig.resolve_device(args.device, p)
+    args.precision = resolve_precision(args.precision, args.device)
     return args
+
+
+def resolve_precision(choice, device):
+    """fp32 or bf16 for `--precision auto|fp32|bf16`: auto is bf16 only on a CPU with bfloat16 instructions
+    (a GPU samples 16 digits in well under a second in fp32, so it keeps infer's exact arithmetic)."""
+    if choice != "auto":
+        return choice
+    return "bf16" if device.type == "cpu" and ig.cpu_has_bf16() else "fp32"
 
 
 # ============================================================================================
@@ -103,10 +115,11 @@ def file_stamp(path):
 
 
 @st.cache_resource(show_spinner="Loading the image checkpoint ...", max_entries=2)
-def load_image_checkpoint(path, stamp, device):
-    """(what the page says about the checkpoint, its EMA sampler): read once per server and file version."""
+def load_image_checkpoint(path, stamp, device, precision="fp32"):
+    """(what the page says about the checkpoint, its EMA sampler in `precision`): read once per server and
+    file version."""
     state = ig.load_checkpoint(path, ig.CHECKPOINT_FORMAT)
-    sampler = ig.ema_sampler_from_checkpoint(state, torch.device(device))
+    sampler = ig.ema_sampler_from_checkpoint(state, torch.device(device), precision)
     about = {"dataset": state["dataset"], "position": ig.checkpoint_position(state), "step": state["step"],
              "history": state["history"], "args": state.get("args", {}), "model_config": state["model_config"]}
     return about, sampler
@@ -123,14 +136,14 @@ def load_audio_checkpoint(path, stamp, device):
     return about, model, transform
 
 
-def open_checkpoint(loader, path, device, train_hint):
-    """(what `loader` returns, None), or (None, a message): a missing checkpoint says how to train one;
-    an unreadable one, or one of the wrong kind, says what is wrong with it."""
+def open_checkpoint(loader, path, device, train_hint, *options):
+    """(what `loader(path, stamp, device, *options)` returns, None), or (None, a message): a missing
+    checkpoint says how to train one; an unreadable one, or one of the wrong kind, says what is wrong with it."""
     if not path.is_file():
         return None, (f"No checkpoint at `{path}`. Train one with `{train_hint}` (or `make run` for both models), "
                       f"or pass another: `make demo IMAGE_CKPT=... AUDIO_CKPT=...`.")
     try:
-        return loader(str(path), file_stamp(path), str(device)), None
+        return loader(str(path), file_stamp(path), str(device), *options), None
     except SystemExit as err:  # the scripts' load_checkpoint ends a command-line run with one line
         return None, str(err).removeprefix("error: ")
     except (KeyError, RuntimeError) as err:  # the right format, but weights that do not fit its own config
@@ -240,12 +253,16 @@ def image_controls(diffusion, dataset):
 
 def image_tab(args):
     loaded, problem = open_checkpoint(load_image_checkpoint, args.image_checkpoint, args.device,
-                                      "image_gen/train.sh")
+                                      "image_gen/train.sh", args.precision)
     if problem:
         st.warning(problem)
         return
     about, diffusion = loaded
     describe_image_checkpoint(about, args.image_checkpoint, args.image_results)
+    if args.precision == "bf16":
+        st.caption("Sampling in bf16 (this CPU has bfloat16 instructions: about 1.7x faster). The digits differ "
+                   "from infer's fp32 ones by well under one grey level on average; `--precision fp32` draws "
+                   "exactly infer's.")
     controls, output = st.columns([2, 3], gap="large")
     with controls:
         settings = image_controls(diffusion, about["dataset"])

@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -174,7 +175,8 @@ def build_parser():
     p.add_argument("--base_channels", type=_number(int, 8, 512), default=32,
                    help="U-Net width at 28x28 (a multiple of 8; 14x14 and 7x7 use twice as many)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 autocast for the U-Net (fast on recent GPUs)")
+                   help="bf16 autocast for the U-Net: fast on recent GPUs and on CPUs with bfloat16 instructions "
+                        "(avx512_bf16, amx_bf16), much slower than fp32 on other CPUs")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net for training")
     return p
 
@@ -216,6 +218,17 @@ def resolve_device(name, parser):
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device {name}: only cpu and cuda are supported")
     return device
+
+
+def cpu_has_bf16(cpuinfo=Path("/proc/cpuinfo")):
+    """Whether the CPU computes bfloat16 in hardware (Linux flags avx512_bf16 or amx_bf16). Only there does
+    `--precision bf16` pay on a CPU: one 2-core machine with avx512_bf16 sampled 16 guided DDIM-50 digits
+    in 1.7 s instead of 2.8-3.0 s, one without it took 14x longer than in fp32 (64 s against 4.7 s)."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:  # not Linux: no way to tell, so fp32
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 def progress_bar(iterable, **kwargs):

@@ -41,7 +41,9 @@ def texts(elements):
 def demo_args(ckpt, **override):
     paths = {"image_checkpoint": ckpt["image"], "audio_checkpoint": ckpt["audio"],
              "image_results": ckpt["image_results"], "audio_results": ckpt["audio_results"], **override}
-    return [word for name, value in paths.items() for word in (f"--{name}", value)] + ["--device", "cpu"]
+    # fp32: the digits are compared with image_gen's own, whatever this CPU's bf16 support (auto would vary)
+    return [word for name, value in paths.items() for word in (f"--{name}", value)] + ["--device", "cpu",
+                                                                                      "--precision", "fp32"]
 
 
 @pytest.fixture
@@ -202,6 +204,26 @@ def test_every_digit_control_reaches_the_sampler(app, demo_checkpoints, ig):
     assert app.session_state["images"] is shown
     generate(app, seed=6)
     assert not np.array_equal(singles(app)["digit3_000.png"], files["digit3_000.png"])
+
+
+def test_bf16_digits_are_image_gens_bf16_digits(monkeypatch, demo_checkpoints, ig):
+    at = page(monkeypatch, *demo_args(demo_checkpoints), "--precision", "bf16")
+    assert "Sampling in bf16" in texts(at.caption)
+    generate(at, classes=["2"], guidance=1.0, steps=3, seed=1, count=2)
+    state = ig.load_checkpoint(demo_checkpoints["image"], ig.CHECKPOINT_FORMAT)
+    expected = ig.ema_sampler_from_checkpoint(state, torch.device("cpu"), "bf16").sample_classes(
+        [2], 2, "ddim", 3, seed=1, guidance_scale=1.0)
+    expected = ig.to_unit_range(expected).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+    files = singles(at)
+    np.testing.assert_array_equal(np.stack([files[name] for name in sorted(files)]), expected)
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16_instructions(monkeypatch, demo_checkpoints, ig, has_bf16):
+    monkeypatch.setattr(ig, "cpu_has_bf16", lambda: has_bf16)
+    args = [word for word in demo_args(demo_checkpoints) if word not in ("--precision", "fp32")]
+    at = page(monkeypatch, *args)
+    assert ("Sampling in bf16" in texts(at.caption)) == has_bf16
 
 
 def test_ddpm_and_unconditional_rows(app):

@@ -219,3 +219,12 @@ def test_training_reduces_loss(ig):
     for _ in range(40):
         last = state.train_step(x0).item()
     assert first > 0.8 and last < 0.5 * first
+
+
+def test_cpu_has_bf16_reads_the_cpu_flags(ig, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, expected in (("fpu avx2 avx512f avx512_bf16 avx512_vnni", True), ("fpu avx2 amx_bf16 amx_tile", True),
+                            ("fpu avx2 avx512f avx512bw avx512_vnni", False), ("fpu avx2 avx512_bf16x", False)):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert ig.cpu_has_bf16(cpuinfo) is expected, flags
+    assert ig.cpu_has_bf16(tmp_path / "missing") is False  # not Linux: fp32
