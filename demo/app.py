@@ -17,6 +17,7 @@ file, a file or count over the limits, a checkpoint of the wrong kind) gives a m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import io
 import sys
@@ -273,13 +274,26 @@ def image_tab(args):
         st.caption("Sampling in bf16 (this CPU has bfloat16 instructions: about 1.7x faster). The digits differ "
                    "from infer's fp32 ones by well under one grey level on average; `--precision fp32` draws "
                    "exactly infer's.")
+    digits_panel(diffusion, about["dataset"])
+
+
+@st.fragment
+def digits_panel(diffusion, dataset):
+    """Controls, Generate and the result. A fragment: a click here reruns only this panel, not the whole
+    page with its audio tab, so the grid reaches the screen sooner (main's guard does not run then, hence
+    its own)."""
+    with errors_as_messages():
+        digits_panel_contents(diffusion, dataset)
+
+
+def digits_panel_contents(diffusion, dataset):
     controls, output = st.columns([2, 3], gap="large")
     with controls:
-        settings = image_controls(diffusion, about["dataset"])
+        settings = image_controls(diffusion, dataset)
         clicked = st.button("Generate", type="primary", key="generate")
     with output:
         if clicked:
-            generate(diffusion, about["dataset"], *settings)
+            generate(diffusion, dataset, *settings)
         show_images(st.session_state.get("images"))
 
 
@@ -531,6 +545,17 @@ def show_reconstruction(result):
 # main
 # ============================================================================================
 
+@contextlib.contextmanager
+def errors_as_messages():
+    """A bug must not turn the page into a traceback: one line in the page, the details in the server's log.
+    (Streamlit's own rerun and stop signals are not Exceptions, so they pass.)"""
+    try:
+        yield
+    except Exception as err:
+        traceback.print_exc()
+        st.error(f"Something went wrong: {type(err).__name__}: {err}. The details are in the server's log.")
+
+
 def main():
     st.set_page_config(page_title="ImageAudioGen demo", layout="wide")
     st.title("ImageAudioGen demo")
@@ -544,12 +569,8 @@ def main():
     st.caption(f"Limits: at most {MAX_IMAGES} images per click; uploads up to {MAX_UPLOAD_MB} MB; audio is "
                f"reconstructed one 5-s window at a time. Device: {args.device}.")
     for tab, render in zip(st.tabs(["Digits", "Audio"]), (image_tab, audio_tab)):
-        with tab:
-            try:
-                render(args)
-            except Exception as err:  # a bug must not turn the page into a traceback: one line here, the rest in the log
-                traceback.print_exc()
-                st.error(f"Something went wrong: {type(err).__name__}: {err}. The details are in the server's log.")
+        with tab, errors_as_messages():
+            render(args)
 
 
 main()

@@ -1377,9 +1377,13 @@ class FidEvaluator:
         (and is scored for accuracy too), or from the null class when `unconditional`."""
         if diffusion.num_classes and not unconditional:
             counts = balanced_counts(self.num_samples, diffusion.num_classes)
-            images = torch.cat([diffusion.sample(k, sampler, steps, eta, seed=class_seed(seed, c), label=c,
-                                                 guidance_scale=guidance_scale, progress=progress)
-                                for c, k in enumerate(counts) if k])
+            if len(set(counts)) == 1:  # the same images, in one batch where they fit (a small N)
+                images = diffusion.sample_classes(list(range(diffusion.num_classes)), counts[0], sampler, steps, eta,
+                                                  seed, guidance_scale, progress)
+            else:
+                images = torch.cat([diffusion.sample(k, sampler, steps, eta, seed=class_seed(seed, c), label=c,
+                                                     guidance_scale=guidance_scale, progress=progress)
+                                    for c, k in enumerate(counts) if k])
             labels = torch.cat([torch.full((k,), c) for c, k in enumerate(counts)])
             return self(to_uint8(images), labels)
         return self(to_uint8(diffusion.sample(self.num_samples, sampler, steps, eta, seed=seed, progress=progress)))
