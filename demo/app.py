@@ -283,18 +283,14 @@ def digits_panel(diffusion, dataset):
     page with its audio tab, so the grid reaches the screen sooner (main's guard does not run then, hence
     its own)."""
     with errors_as_messages():
-        digits_panel_contents(diffusion, dataset)
-
-
-def digits_panel_contents(diffusion, dataset):
-    controls, output = st.columns([2, 3], gap="large")
-    with controls:
-        settings = image_controls(diffusion, dataset)
-        clicked = st.button("Generate", type="primary", key="generate")
-    with output:
-        if clicked:
-            generate(diffusion, dataset, *settings)
-        show_images(st.session_state.get("images"))
+        controls, output = st.columns([2, 3], gap="large")
+        with controls:
+            settings = image_controls(diffusion, dataset)
+            clicked = st.button("Generate", type="primary", key="generate")
+        with output:
+            if clicked:
+                generate(diffusion, dataset, *settings)
+            show_images(st.session_state.get("images"))
 
 
 def generate(diffusion, dataset, classes, per_class, sampler, steps, seed, guidance):

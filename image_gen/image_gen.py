@@ -601,21 +601,26 @@ class GaussianDiffusion:
             generator.seed()
         else:
             generator.manual_seed(seed)
-        was_training = self.model.training
-        self.model.eval()
         batches = []
         for start in range(0, n, batch_size):
             size = min(batch_size, n - start)
             labels = None
             if self.num_classes:
                 labels = torch.full((size,), self.null_class if label is None else label, device=self.device)
-            w = guidance_scale if guided else 0.0
-            if sampler == "ddpm":
-                batches.append(self.sample_ddpm(size, generator, progress, labels, w))
-            else:
-                batches.append(self.sample_ddim(size, steps, eta, generator, progress, labels, w))
-        self.model.train(was_training)
+            batches.append(self._draw(size, sampler, steps, eta, generator, progress, labels,
+                                      guidance_scale if guided else 0.0))
         return torch.cat(batches)
+
+    def _draw(self, n, sampler, steps, eta, generator, progress, labels, guidance_scale):
+        """One batch of n images with the chosen sampler, the network in eval mode meanwhile."""
+        was_training = self.model.training
+        self.model.eval()
+        if sampler == "ddpm":
+            out = self.sample_ddpm(n, generator, progress, labels, guidance_scale)
+        else:
+            out = self.sample_ddim(n, steps, eta, generator, progress, labels, guidance_scale)
+        self.model.train(was_training)
+        return out
 
     def _batch_size(self, guided):
         """Images per sampling batch: half as many when guided, so each forward pass sees the same number."""
@@ -639,16 +644,8 @@ class GaussianDiffusion:
         streams = NoiseStreams([torch.Generator(device=self.device).manual_seed(class_seed(seed, index))
                                 for index in labels], per_class)
         batch_labels = torch.tensor(labels, device=self.device).repeat_interleave(per_class)
-        w = guidance_scale if guided else 0.0
-        was_training = self.model.training
-        self.model.eval()
-        n = len(batch_labels)
-        if sampler == "ddpm":
-            out = self.sample_ddpm(n, streams, progress, batch_labels, w)
-        else:
-            out = self.sample_ddim(n, steps, eta, streams, progress, batch_labels, w)
-        self.model.train(was_training)
-        return out
+        return self._draw(len(batch_labels), sampler, steps, eta, streams, progress, batch_labels,
+                          guidance_scale if guided else 0.0)
 
 
 class NoiseStreams:
@@ -1741,16 +1738,14 @@ def benchmark(args):
         rate, gflops = benchmark_training(model, device, args.batch_size, 5 if cpu else 50, args.precision, args.compile)
         print(f"[{device}] training  batch {args.batch_size}: {rate:8.0f} img/s  {gflops:7.1f} GFLOP/s "
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.precision})")
-        diffusion = GaussianDiffusion(model.eval(), precision=args.precision)
+        diffusion = GaussianDiffusion(model.eval(), precision=args.precision, num_classes=model.num_classes)
         for label, sampler, steps in (("DDPM-1000", "ddpm", 1000), ("DDIM-50", "ddim", 50), ("DDIM-100", "ddim", 100)):
             n = 16 if cpu and sampler == "ddpm" else sampling_batch_size(device)  # CPU DDPM-1000: under a minute
             seconds = _timed(lambda: diffusion.sample(n, sampler, steps, seed=0), device, 1)
             print(f"[{device}] sampling {label:9s} batch {n}: {n / seconds:8.1f} img/s")
-        conditional = DiffusionModel(args.base_channels, num_classes=10).to(device).eval()
-        guided = GaussianDiffusion(conditional, precision=args.precision, num_classes=10)
         n = sampling_batch_size(device)
         for w in (0.0, DEFAULT_GUIDANCE_SCALE):
-            seconds = _timed(lambda: guided.sample(n, "ddim", 50, seed=0, label=7, guidance_scale=w), device, 1)
+            seconds = _timed(lambda: diffusion.sample(n, "ddim", 50, seed=0, label=7, guidance_scale=w), device, 1)
             kind = f"guided w={w:g} (2 evaluations per step, one stacked pass)" if w else "conditional, unguided"
             print(f"[{device}] sampling DDIM-50   {n} images, {kind}: {n / seconds:8.1f} img/s")
         try:
