@@ -177,7 +177,9 @@ def build_parser():
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16 autocast for the U-Net: fast on recent GPUs and on CPUs with bfloat16 instructions "
                         "(avx512_bf16, amx_bf16), much slower than fp32 on other CPUs")
-    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net for training")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the U-Net for training and for sampling (infer, the sweep, the benchmark): "
+                        "the first call compiles for about half a minute, then a 2-core CPU samples ~1.6x faster")
     return p
 
 
@@ -854,12 +856,23 @@ def checkpoint_position(state):
     return text
 
 
-def ema_sampler_from_checkpoint(state, device, precision="fp32"):
-    """The EMA network and its GaussianDiffusion, rebuilt from what the checkpoint says (no optimizer)."""
+def ema_sampler_from_checkpoint(state, device, precision="fp32", compile_model=False):
+    """The EMA network and its GaussianDiffusion, rebuilt from what the checkpoint says (no optimizer);
+    with `compile_model`, the network is compiled for sampling (see compiled_for_sampling)."""
     model = DiffusionModel(**state["model_config"]).to(device).requires_grad_(False).eval()
     model.load_state_dict(state["ema"])
-    return GaussianDiffusion(model, **state["diffusion_config"], precision=precision,
-                             image_channels=model.config["image_channels"], num_classes=model.num_classes)
+    return GaussianDiffusion(compiled_for_sampling(model) if compile_model else model, **state["diffusion_config"],
+                             precision=precision, image_channels=model.config["image_channels"],
+                             num_classes=model.num_classes)
+
+
+def compiled_for_sampling(model):
+    """torch.compile(model) with dynamic shapes, so that one compilation serves every sampling batch size
+    (static shapes would compile again, for tens of seconds, at each new count of images). The first call
+    compiles; later ones ran 1.6-1.7x faster than eager on a 2-core CPU (16 guided DDIM-50 digits: 0.9 s
+    against 1.5 s in bf16). Compiled kernels add in another order, so images differ from eager ones in the
+    last bits; a batch of one image is specialised by torch and compiles once more."""
+    return torch.compile(model, dynamic=True)
 
 
 class StopRequest:
@@ -1594,7 +1607,7 @@ def load_for_sampling(args):
             if value is not None:
                 usage_error(f"{flag} needs a class-conditional checkpoint; {args.checkpoint} is unconditional "
                             f"(train one with --conditioning class, the default)")
-    return state, dataset, ema_sampler_from_checkpoint(state, args.device, precision=args.precision)
+    return state, dataset, ema_sampler_from_checkpoint(state, args.device, args.precision, args.compile)
 
 
 def infer(args):
@@ -1738,7 +1751,9 @@ def benchmark(args):
         rate, gflops = benchmark_training(model, device, args.batch_size, 5 if cpu else 50, args.precision, args.compile)
         print(f"[{device}] training  batch {args.batch_size}: {rate:8.0f} img/s  {gflops:7.1f} GFLOP/s "
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.precision})")
-        diffusion = GaussianDiffusion(model.eval(), precision=args.precision, num_classes=model.num_classes)
+        model.eval()
+        diffusion = GaussianDiffusion(compiled_for_sampling(model) if args.compile else model, precision=args.precision,
+                                      num_classes=model.num_classes)
         for label, sampler, steps in (("DDPM-1000", "ddpm", 1000), ("DDIM-50", "ddim", 50), ("DDIM-100", "ddim", 100)):
             n = 16 if cpu and sampler == "ddpm" else sampling_batch_size(device)  # CPU DDPM-1000: under a minute
             seconds = _timed(lambda: diffusion.sample(n, sampler, steps, seed=0), device, 1)

@@ -2,7 +2,7 @@
 # Generate digits from a trained checkpoint. Works from any folder; extra arguments go to image_gen.py.
 #   DIGITS=7 GUIDANCE_SCALE=2 SAMPLER=ddim ./infer.sh
 # Variables: CHECKPOINT NUM_SAMPLES DEVICE SEED SAMPLER SAMPLING_STEPS ETA DATA_DIR RESULTS_DIR
-#            FID_SAMPLES FID_BACKBONE FID_WEIGHTS CACHE_DIR PRECISION DIGITS GUIDANCE_SCALE DATASET
+#            FID_SAMPLES FID_BACKBONE FID_WEIGHTS CACHE_DIR PRECISION DIGITS GUIDANCE_SCALE DATASET COMPILE=1
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
@@ -25,5 +25,6 @@ flag --fid_backbone FID_BACKBONE
 flag --fid_weights FID_WEIGHTS
 flag --cache_dir CACHE_DIR
 flag --precision PRECISION
+switch --compile COMPILE
 
 exec "$(python_bin)" "$here/image_gen.py" "${args[@]}" "$@"

@@ -41,9 +41,10 @@ def texts(elements):
 def demo_args(ckpt, **override):
     paths = {"image_checkpoint": ckpt["image"], "audio_checkpoint": ckpt["audio"],
              "image_results": ckpt["image_results"], "audio_results": ckpt["audio_results"], **override}
-    # fp32: the digits are compared with image_gen's own, whatever this CPU's bf16 support (auto would vary)
-    return [word for name, value in paths.items() for word in (f"--{name}", value)] + ["--device", "cpu",
-                                                                                      "--precision", "fp32"]
+    # fp32 and eager: the digits are compared with image_gen's own bit for bit, whatever this CPU's bf16
+    # support (auto would vary); compiling is tested on its own, it costs half a minute per page
+    return [word for name, value in paths.items() for word in (f"--{name}", value)] + [
+        "--device", "cpu", "--precision", "fp32", "--no-compile"]
 
 
 @pytest.fixture
@@ -64,6 +65,14 @@ def singles(at):
     """{file name: (28, 28) uint8 grey image} from the ZIP of single PNGs the page offers."""
     with zipfile.ZipFile(io.BytesIO(at.session_state["images"].singles_zip)) as archive:
         return {name: np.asarray(Image.open(io.BytesIO(archive.read(name))))[..., 0] for name in archive.namelist()}
+
+
+def eager_digits(ig, ckpt, classes, per_class, steps, seed, guidance, precision="fp32"):
+    """uint8 (n, 28, 28): what image_gen's own eager sampler draws for these settings, as the page's PNGs hold it."""
+    state = ig.load_checkpoint(ckpt, ig.CHECKPOINT_FORMAT)
+    images = ig.ema_sampler_from_checkpoint(state, torch.device("cpu"), precision).sample_classes(
+        classes, per_class, "ddim", steps, seed=seed, guidance_scale=guidance)
+    return ig.to_unit_range(images).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)[:, 0].numpy()
 
 
 def wav(audio, rate=44_100):
@@ -193,11 +202,8 @@ def test_every_digit_control_reaches_the_sampler(app, demo_checkpoints, ig):
     files = singles(app)
     assert sorted(files) == [f"digit{c}_{i:03d}.png" for c in (3, 7) for i in range(3)]
     # exactly what image_gen draws for these settings
-    state = ig.load_checkpoint(demo_checkpoints["image"], ig.CHECKPOINT_FORMAT)
-    expected = ig.ema_sampler_from_checkpoint(state, torch.device("cpu")).sample_classes(
-        [3, 7], 3, "ddim", 3, seed=5, guidance_scale=2.0)
-    expected = ig.to_unit_range(expected).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)[:, 0].numpy()
-    np.testing.assert_array_equal(np.stack([files[name] for name in sorted(files)]), expected)
+    np.testing.assert_array_equal(np.stack([files[name] for name in sorted(files)]),
+                                  eager_digits(ig, demo_checkpoints["image"], [3, 7], 3, 3, 5, 2.0))
     # the result outlives the rerun a download click causes; another seed draws other digits
     app.get("download_button")[0].click()
     run(app)
@@ -210,12 +216,42 @@ def test_bf16_digits_are_image_gens_bf16_digits(monkeypatch, demo_checkpoints, i
     at = page(monkeypatch, *demo_args(demo_checkpoints), "--precision", "bf16")
     assert "Sampling in bf16" in texts(at.caption)
     generate(at, classes=["2"], guidance=1.0, steps=3, seed=1, count=2)
-    state = ig.load_checkpoint(demo_checkpoints["image"], ig.CHECKPOINT_FORMAT)
-    expected = ig.ema_sampler_from_checkpoint(state, torch.device("cpu"), "bf16").sample_classes(
-        [2], 2, "ddim", 3, seed=1, guidance_scale=1.0)
-    expected = ig.to_unit_range(expected).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)[:, 0].numpy()
     files = singles(at)
-    np.testing.assert_array_equal(np.stack([files[name] for name in sorted(files)]), expected)
+    np.testing.assert_array_equal(np.stack([files[name] for name in sorted(files)]),
+                                  eager_digits(ig, demo_checkpoints["image"], [2], 2, 3, 1, 1.0, "bf16"))
+
+
+def test_compiled_digits_match_eager_ones_up_to_rounding(monkeypatch, demo_checkpoints, ig):
+    st.cache_resource.clear()
+    args = [word for word in demo_args(demo_checkpoints) if word != "--no-compile"]  # compiling is the default
+    at = page(monkeypatch, *args)
+    assert "The U-Net is compiled" in texts(at.caption)
+    generate(at, classes=["3", "8"], guidance=1.0, steps=3, seed=5, count=3)  # another batch size than warm-up's
+    files = singles(at)
+    shown = np.stack([files[name] for name in sorted(files)]).astype(int)
+    difference = np.abs(shown - eager_digits(ig, demo_checkpoints["image"], [3, 8], 3, 3, 5, 1.0))
+    assert difference.max() <= 2 and difference.mean() < 0.05, (difference.max(), difference.mean())
+
+
+def test_a_failed_compile_falls_back_to_eager_sampling(monkeypatch, demo_checkpoints, ig):
+    class Uncompilable(torch.nn.Module):  # torch.compile fails on the first call, e.g. without a C++ compiler
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    st.cache_resource.clear()
+    monkeypatch.setattr(ig, "compiled_for_sampling", Uncompilable)
+    at = page(monkeypatch, *[word for word in demo_args(demo_checkpoints) if word != "--no-compile"])
+    assert "torch.compile failed here (RuntimeError: InvalidCxxCompiler" in texts(at.caption)
+    assert not at.error and "The U-Net is compiled" not in texts(at.caption)
+    generate(at, classes=["2"], guidance=1.0, steps=3, seed=1, count=2)
+    files = singles(at)
+    np.testing.assert_array_equal(np.stack([files[name] for name in sorted(files)]),
+                                  eager_digits(ig, demo_checkpoints["image"], [2], 2, 3, 1, 1.0))
+    st.cache_resource.clear()
 
 
 @pytest.mark.parametrize("has_bf16", [True, False])
