@@ -200,8 +200,9 @@ def image_scores(about, path, results_dir):
     if infer.get("fid") is not None and same_checkpoint(infer.get("checkpoint"), path) \
             and infer.get("step") == about["step"]:
         accuracy = f", class accuracy {infer['accuracy']:.1%}" if infer.get("accuracy") is not None else ""
+        drawn = f"{infer['fid_samples_drawn']}, " if infer.get("fid_samples_drawn") else ""
         lines.append(f"FID {infer['fid']:.2f}, KID {infer['kid']:.4f}{accuracy} in infer ({infer['fid_sampler']}, "
-                     f"N = {infer['fid_samples']}, {infer['fid_backbone']} features)")
+                     f"{drawn}N = {infer['fid_samples']}, {infer['fid_backbone']} features)")
     return lines or ["No FID measured for this checkpoint yet (train with --fid_samples > 0, or run image_gen/infer.sh)."]
 
 
@@ -292,7 +293,8 @@ def image_tab(args):
                    "--no-compile` draws exactly infer's.")
     if about["compiled"]:
         st.caption("The U-Net is compiled (torch.compile, once when the checkpoint loaded): about 1.6x faster "
-                   "sampling; its digits differ from eager ones only in the last bits. `--no-compile` turns it off.")
+                   "sampling. In fp32 its digits differ from eager ones by at most one grey level; `--no-compile` "
+                   "turns it off.")
     elif about["compile_error"]:
         st.caption(f"torch.compile failed here ({about['compile_error']}), so the digits are sampled without it.")
     digits_panel(diffusion, about["dataset"])

@@ -21,10 +21,10 @@ APP = str(ROOT / "demo" / "app.py")
 CLIP = 80_000
 
 
-def page(monkeypatch, *argv):
+def page(monkeypatch, *argv, timeout=120):
     """The page after its first run, with `argv` as its command line (what follows `streamlit run demo/app.py --`)."""
     monkeypatch.setattr(sys, "argv", ["demo/app.py", *map(str, argv)])
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=timeout)
     return run(at)
 
 
@@ -142,12 +142,14 @@ def test_the_page_names_each_checkpoint_and_its_measured_scores(monkeypatch, dem
     results.mkdir()
     (results / "metrics.json").write_text(json.dumps({"infer": {
         "checkpoint": str(image), "step": state["step"], "fid": 98.76, "kid": 0.05, "accuracy": 0.9,
-        "fid_samples": 1000, "fid_backbone": "inception", "fid_sampler": "ddim-50, w=1"}}))
+        "fid_samples": 1000, "fid_backbone": "inception", "fid_sampler": "ddim-50, w=1",
+        "fid_samples_drawn": "class-balanced, guided"}}))
     at = page(monkeypatch, *demo_args(demo_checkpoints, image_checkpoint=image, image_results=results))
     described = texts(at.markdown)
     assert f"Checkpoint `{image}`: MNIST, class-conditional (10 classes)" in described
     assert "FID 123.45, KID 0.0789, class accuracy 50.0% after epoch 1" in described
-    assert "FID 98.76, KID 0.0500, class accuracy 90.0% in infer (ddim-50, w=1, N = 1000, inception" in described
+    assert "FID 98.76, KID 0.0500, class accuracy 90.0% in infer (ddim-50, w=1, class-balanced, guided, N = 1000, " \
+        "inception" in described
     # the audio checkpoint: PESQ/STOI of its last milestone, from its own history
     assert f"Checkpoint `{demo_checkpoints['audio']}`: epoch 1, 8x compression" in described
     assert "on 1 unseen validation clips" in described and "STOI" in described
@@ -224,7 +226,7 @@ def test_bf16_digits_are_image_gens_bf16_digits(monkeypatch, demo_checkpoints, i
 def test_compiled_digits_match_eager_ones_up_to_rounding(monkeypatch, demo_checkpoints, ig):
     st.cache_resource.clear()
     args = [word for word in demo_args(demo_checkpoints) if word != "--no-compile"]  # compiling is the default
-    at = page(monkeypatch, *args)
+    at = page(monkeypatch, *args, timeout=600)  # a cold compile cache: two graphs of half a minute or more each
     assert "The U-Net is compiled" in texts(at.caption)
     generate(at, classes=["3", "8"], guidance=1.0, steps=3, seed=5, count=3)  # another batch size than warm-up's
     files = singles(at)

@@ -26,6 +26,7 @@ from conftest import ROOT, synthetic_music
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 TIMEOUT = 120  # seconds for any one thing to appear: a loaded CI machine is slow, a broken page never shows it
+FIRST_LOAD_TIMEOUT = 600  # the page's first run compiles the U-Net (two graphs in fp32, each half a minute or more)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_digits_then_audio_in_a_real_browser(server, browser, tmp_path):
     button = lambda label: (By.XPATH, f"//button[.//p[text()='{label}']]")  # noqa: E731
     browser.get(server)
 
-    wait.until(EC.element_to_be_clickable(button("Generate"))).click()
+    WebDriverWait(browser, FIRST_LOAD_TIMEOUT).until(EC.element_to_be_clickable(button("Generate"))).click()
     clicked = time.perf_counter()
     grid = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid='stImage'] img")))
     wait.until(lambda _: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", grid))
