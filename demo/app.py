@@ -131,7 +131,7 @@ def load_image_checkpoint(path, stamp, device, precision="fp32", compile_model=F
             warm_up(sampler, state["dataset"])  # compiles: torch.compile does its work on the first call
             compiled = True
         except Exception as err:  # no C++ compiler, say: eager sampling still works
-            compile_error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            compile_error = ": ".join([type(err).__name__, *str(err).strip().splitlines()[:1]])
     if not compiled:
         sampler = ig.ema_sampler_from_checkpoint(state, torch.device(device), precision)
         warm_up(sampler, state["dataset"])

@@ -871,7 +871,8 @@ def compiled_for_sampling(model):
     (static shapes would compile again, for tens of seconds, at each new count of images). The first call
     compiles; later ones ran 1.6-1.7x faster than eager on a 2-core CPU (16 guided DDIM-50 digits: 0.9 s
     against 1.5 s in bf16). Compiled kernels add in another order, so images differ from eager ones in the
-    last bits; a batch of one image is specialised by torch and compiles once more."""
+    last bits. Some shapes still compile once more: a batch of one image, and in fp32 on a CPU the first
+    batch of 16 or more after smaller ones (torch's convolution guards split there)."""
     return torch.compile(model, dynamic=True)
 
 
