@@ -329,7 +329,7 @@ def generate(diffusion, dataset, classes, per_class, sampler, steps, seed, guida
     guided = classes is not None and classes != [None]
     name = ig.sampler_name(sampler, diffusion.num_timesteps if sampler == "ddpm" else steps, 0.0,
                            guidance if guided else None)
-    with st.spinner(f"Sampling {count} images with {name.upper()} ..."):
+    with st.spinner(f"Sampling {count} images with {name} ..."):
         images, seconds = draw_images(diffusion, classes, per_class, sampler, steps, seed, guidance)
         grid, singles = image_files(images, dataset, classes, per_class,
                                     f"{ig.DATASETS[dataset][2]}, {name}, seed {seed}")

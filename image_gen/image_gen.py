@@ -1556,21 +1556,23 @@ def plot_metrics_comparison(history, evaluator, sampler, path):
     plt.close(fig)
 
 
-def plot_guidance_sweep(rows, floor, description, path):
-    """FID (with the real-vs-real floor) and class accuracy against the guidance scale w."""
+def plot_guidance_sweep(rows, floor, description, path, chosen=None):
+    """FID (with the real-vs-real floor) and class accuracy against the guidance scale w; `chosen` (a w)
+    is marked on both."""
     plt = _pyplot()
     scales = [r["guidance_scale"] for r in rows]
     fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     ax_fid.plot(scales, [r["fid"] for r in rows], marker="o", color="tab:red", label="generated")
     ax_fid.axhline(floor["fid"], color="gray", ls="--", label="real vs real (floor)")
     ax_fid.set(xlabel="guidance scale w", ylabel="FID (lower is better)", title=f"FID, {description}")
-    ax_fid.legend(fontsize=8)
     ax_acc.plot(scales, [100 * r["accuracy"] for r in rows], marker="o", color="tab:green")
     ax_acc.axhline(99, color="gray", ls=":", label="99%")
     ax_acc.set(xlabel="guidance scale w", ylabel="samples recognised as the asked class (%)",
                title="Class accuracy (data set's own classifier)")
-    ax_acc.legend(fontsize=8)
     for ax in (ax_fid, ax_acc):
+        if chosen is not None:
+            ax.axvline(chosen, color="tab:blue", ls=":", label=f"chosen: best FID at >= 99%, w = {chosen:g}")
+        ax.legend(fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.title.set_fontsize(9)
     fig.tight_layout()
@@ -1623,7 +1625,7 @@ def infer(args):
     sampler = sampler_name(args.sampler, steps, args.eta, guidance if guided else None)
     evaluator = make_evaluator(args, dataset, guided) if args.fid_samples else None
     names = ["unconditional" if c is None else class_names(dataset)[c] for c in classes]
-    print(f"Sampling {args.num_samples} per row ({', '.join(names)}) with {sampler.upper()} from {args.checkpoint} "
+    print(f"Sampling {args.num_samples} per row ({', '.join(names)}) with {sampler} from {args.checkpoint} "
           f"({checkpoint_position(state)})")
     start = time.perf_counter()
     if conditional:
@@ -1702,7 +1704,8 @@ def guidance_sweep(args):
     else:
         verdict = f"best FID at >= 99% class accuracy: w = {best['guidance_scale']:g} (FID {best['fid']:.2f})"
     print(f"{verdict}  [{description}; floor FID {evaluator.floor['fid']:.2f}]")
-    plot_guidance_sweep(rows, evaluator.floor, description, args.results_dir / "guidance_sweep.png")
+    plot_guidance_sweep(rows, evaluator.floor, description, args.results_dir / "guidance_sweep.png",
+                        best["guidance_scale"] if best else None)
     metrics = read_json(args.results_dir / "metrics.json")
     metrics["guidance_sweep"] = {"checkpoint": str(args.checkpoint), "dataset": dataset, "sampler": sampler,
                                  **evaluator.summary(), "rows": rows, "verdict": verdict,
