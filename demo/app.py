@@ -124,17 +124,18 @@ def load_image_checkpoint(path, stamp, device, precision="fp32", compile_model=F
     """(what the page says about the checkpoint, its EMA sampler in `precision`, compiled if asked and
     possible): read, compiled and warmed up once per server and file version."""
     state = ig.load_checkpoint(path, ig.CHECKPOINT_FORMAT)
-    compiled, compile_error = False, None
-    if compile_model:
-        sampler = ig.ema_sampler_from_checkpoint(state, torch.device(device), precision, compile_model=True)
-        try:
-            warm_up(sampler, state["dataset"])  # compiles: torch.compile does its work on the first call
-            compiled = True
-        except Exception as err:  # no C++ compiler, say: eager sampling still works
-            compile_error = ": ".join([type(err).__name__, *str(err).strip().splitlines()[:1]])
-    if not compiled:
+    sampler = ig.ema_sampler_from_checkpoint(state, torch.device(device), precision, compile_model)
+    compile_error = None
+    try:
+        warm_up(sampler, state["dataset"])  # with compile_model this compiles: torch.compile works on the first call
+    except Exception as err:
+        if not compile_model:
+            raise
+        # no C++ compiler, say: eager sampling still works
+        compile_error = ": ".join([type(err).__name__, *str(err).strip().splitlines()[:1]])
         sampler = ig.ema_sampler_from_checkpoint(state, torch.device(device), precision)
         warm_up(sampler, state["dataset"])
+    compiled = compile_model and compile_error is None
     about = {"dataset": state["dataset"], "position": ig.checkpoint_position(state), "step": state["step"],
              "history": state["history"], "args": state.get("args", {}), "model_config": state["model_config"],
              "compiled": compiled, "compile_error": compile_error}
