@@ -146,7 +146,7 @@ def test_conditional_training_records_what_it_is(ig, conditional_run):
     assert state["dataset"] == "mnist" and state["class_names"] == [str(i) for i in range(10)]
     assert state["ema"]["class_embedding.weight"].shape[0] == 11  # ten digits and the null class
     train = json.loads((conditional_run / "results" / "metrics.json").read_text())["train"]
-    assert train["fid_sampler"] == "ddim-4, w=1" and train["classifier_test_accuracy"] > 0.5
+    assert train["fid_sampler"] == f"ddim-4, w={ig.DEFAULT_GUIDANCE_SCALE:g}" and train["classifier_test_accuracy"] > 0.5
     for epoch in train["epochs"]:
         assert 0.0 <= epoch["accuracy"] <= 1.0 and epoch["fid"] > 0
     assert_png(conditional_run / "results" / "epoch_comparisons" / "samples_epoch_002.png")
