@@ -118,7 +118,7 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=["train", "infer", "guidance_sweep", "benchmark"], default="train",
                    help="train a model, generate samples from a checkpoint, measure FID and class accuracy "
-                        "against the guidance scale, or measure throughput")
+                        "against the guidance scale, or measure throughput on --device")
     p.add_argument("--dataset", choices=list(DATASETS), default=None,
                    help="training data (default: mnist); infer and the sweep use the checkpoint's and refuse "
                         "another")
@@ -1358,11 +1358,15 @@ class FidEvaluator:
 
     @torch.no_grad()
     def features(self, images_uint8, batch_size=16):
-        """uint8 (n, 1, 28, 28) -> float32 (n, d) on the CPU. Batches of 16: fastest per image on CPU."""
+        """uint8 (n, 1, 28, 28) -> float32 (n, d) on the CPU. Batches of 16: fastest per image on CPU.
+
+        On a GPU the convolutions run in IEEE fp32, not in PyTorch's default TF32, so that a GPU's
+        features match the CPU's and FIDs from either machine can be compared."""
         if self.device.type == "cuda":
             batch_size = 500
-        out = [self.extractor(images_uint8[i:i + batch_size].to(self.device).expand(-1, 3, -1, -1)).float().cpu()
-               for i in progress_bar(range(0, len(images_uint8), batch_size), desc=f"{self.backbone} features")]
+        with ieee_fp32_convolutions():
+            out = [self.extractor(images_uint8[i:i + batch_size].to(self.device).expand(-1, 3, -1, -1)).float().cpu()
+                   for i in progress_bar(range(0, len(images_uint8), batch_size), desc=f"{self.backbone} features")]
         return torch.cat(out)
 
     def scores(self, features):
@@ -1384,20 +1388,10 @@ class FidEvaluator:
         return scores
 
     def evaluate(self, diffusion, sampler, steps, eta, seed, guidance_scale=0.0, unconditional=False, progress=False):
-        """Draw N images and score them. A conditional model draws them class-balanced with guidance
-        (and is scored for accuracy too), or from the null class when `unconditional`."""
-        if diffusion.num_classes and not unconditional:
-            counts = balanced_counts(self.num_samples, diffusion.num_classes)
-            if len(set(counts)) == 1:  # the same images, in one batch where they fit (a small N)
-                images = diffusion.sample_classes(list(range(diffusion.num_classes)), counts[0], sampler, steps, eta,
-                                                  seed, guidance_scale, progress)
-            else:
-                images = torch.cat([diffusion.sample(k, sampler, steps, eta, seed=class_seed(seed, c), label=c,
-                                                     guidance_scale=guidance_scale, progress=progress)
-                                    for c, k in enumerate(counts) if k])
-            labels = torch.cat([torch.full((k,), c) for c, k in enumerate(counts)])
-            return self(to_uint8(images), labels)
-        return self(to_uint8(diffusion.sample(self.num_samples, sampler, steps, eta, seed=seed, progress=progress)))
+        """Draw N images with draw_for_fid and score them (class accuracy too, for class-balanced draws)."""
+        images, labels = draw_for_fid(diffusion, self.num_samples, sampler, steps, eta, seed, guidance_scale,
+                                      unconditional, progress)
+        return self(images, labels)
 
     def describe(self):
         return f"{self.backbone}, N={self.num_samples}"
@@ -1407,6 +1401,38 @@ class FidEvaluator:
                 "real_vs_real_floor": {**self.floor, "what": f"first {self.num_samples} training images against "
                                                              f"the first {self.num_samples} test images"},
                 **({"classifier_test_accuracy": self.classifier.test_accuracy} if self.classifier else {})}
+
+
+def draw_for_fid(diffusion, n, sampler, steps, eta, seed, guidance_scale=0.0, unconditional=False, progress=False):
+    """The n images that FID/KID score: (uint8 (n, 1, 28, 28), asked labels (n,) or None).
+
+    A conditional model draws them class-balanced with guidance w, each class from its own noise stream
+    (class_seed), or from the null class when `unconditional`; an unconditional model draws n at once.
+    Any machine draws the same images for the same arguments, up to the last bits of its arithmetic, so
+    samples drawn on a GPU (scripts/fid_samples.py) score like the sweep's own."""
+    if not diffusion.num_classes or unconditional:
+        return to_uint8(diffusion.sample(n, sampler, steps, eta, seed=seed, progress=progress)), None
+    counts = balanced_counts(n, diffusion.num_classes)
+    if len(set(counts)) == 1:  # the same images, in one batch where they fit (a small N)
+        images = diffusion.sample_classes(list(range(diffusion.num_classes)), counts[0], sampler, steps, eta,
+                                          seed, guidance_scale, progress)
+    else:
+        images = torch.cat([diffusion.sample(k, sampler, steps, eta, seed=class_seed(seed, c), label=c,
+                                             guidance_scale=guidance_scale, progress=progress)
+                            for c, k in enumerate(counts) if k])
+    labels = torch.cat([torch.full((k,), c) for c, k in enumerate(counts)])
+    return to_uint8(images), labels
+
+
+@contextlib.contextmanager
+def ieee_fp32_convolutions():
+    """cuDNN convolutions in full fp32 meanwhile (PyTorch lets them use TF32, a 10-bit mantissa, by default)."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
 
 
 @contextlib.contextmanager
@@ -1747,36 +1773,36 @@ def benchmark_training(model, device, batch_size, repeats, precision="fp32", com
 
 
 def benchmark(args):
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for device in devices:
-        cpu = device.type == "cpu"
-        torch.manual_seed(args.seed)
-        model = DiffusionModel(args.base_channels, num_classes=10)  # the default: class-conditional
-        rate, gflops = benchmark_training(model, device, args.batch_size, 5 if cpu else 50, args.precision, args.compile)
-        print(f"[{device}] training  batch {args.batch_size}: {rate:8.0f} img/s  {gflops:7.1f} GFLOP/s "
-              f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.precision})")
-        model.eval()
-        diffusion = GaussianDiffusion(compiled_for_sampling(model) if args.compile else model, precision=args.precision,
-                                      num_classes=model.num_classes)
-        for label, sampler, steps in (("DDPM-1000", "ddpm", 1000), ("DDIM-50", "ddim", 50), ("DDIM-100", "ddim", 100)):
-            n = 16 if cpu and sampler == "ddpm" else sampling_batch_size(device)  # CPU DDPM-1000: under a minute
-            seconds = _timed(lambda: diffusion.sample(n, sampler, steps, seed=0), device, 1)
-            print(f"[{device}] sampling {label:9s} batch {n}: {n / seconds:8.1f} img/s")
-        n = sampling_batch_size(device)
-        for w in (0.0, DEFAULT_GUIDANCE_SCALE):
-            seconds = _timed(lambda: diffusion.sample(n, "ddim", 50, seed=0, label=7, guidance_scale=w), device, 1)
-            kind = f"guided w={w:g} (2 evaluations per step, one stacked pass)" if w else "conditional, unguided"
-            print(f"[{device}] sampling DDIM-50   {n} images, {kind}: {n / seconds:8.1f} img/s")
-        try:
-            extractor = inception_extractor(inception_weights(args.cache_dir, args.fid_weights), device)
-        except InceptionUnavailable as err:
-            print(f"[{device}] FID Inception features: not measured ({err})")
-            continue
-        n = 16 if cpu else 500
-        images = torch.randint(0, 256, (n, 3, 28, 28), dtype=torch.uint8, device=device)
-        with torch.no_grad():
-            seconds = _timed(lambda: extractor(images), device, 2)
-        print(f"[{device}] FID Inception-v3 features (28 -> 299 px) batch {n}: {n / seconds:8.1f} img/s")
+    """Throughput on --device (default: cuda if available, else cpu); run it once per device to compare."""
+    device = args.device
+    cpu = device.type == "cpu"
+    torch.manual_seed(args.seed)
+    model = DiffusionModel(args.base_channels, num_classes=10)  # the default: class-conditional
+    rate, gflops = benchmark_training(model, device, args.batch_size, 5 if cpu else 50, args.precision, args.compile)
+    print(f"[{device}] training  batch {args.batch_size}: {rate:8.0f} img/s  {gflops:7.1f} GFLOP/s "
+          f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.precision})")
+    model.eval()
+    diffusion = GaussianDiffusion(compiled_for_sampling(model) if args.compile else model, precision=args.precision,
+                                  num_classes=model.num_classes)
+    for label, sampler, steps in (("DDPM-1000", "ddpm", 1000), ("DDIM-50", "ddim", 50), ("DDIM-100", "ddim", 100)):
+        n = 16 if cpu and sampler == "ddpm" else sampling_batch_size(device)  # CPU DDPM-1000: under a minute
+        seconds = _timed(lambda: diffusion.sample(n, sampler, steps, seed=0), device, 1)
+        print(f"[{device}] sampling {label:9s} batch {n}: {n / seconds:8.1f} img/s")
+    n = sampling_batch_size(device)
+    for w in (0.0, DEFAULT_GUIDANCE_SCALE):
+        seconds = _timed(lambda: diffusion.sample(n, "ddim", 50, seed=0, label=7, guidance_scale=w), device, 1)
+        kind = f"guided w={w:g} (2 evaluations per step, one stacked pass)" if w else "conditional, unguided"
+        print(f"[{device}] sampling DDIM-50   {n} images, {kind}: {n / seconds:8.1f} img/s")
+    try:
+        extractor = inception_extractor(inception_weights(args.cache_dir, args.fid_weights), device)
+    except InceptionUnavailable as err:
+        print(f"[{device}] FID Inception features: not measured ({err})")
+        return
+    n = 16 if cpu else 500
+    images = torch.randint(0, 256, (n, 3, 28, 28), dtype=torch.uint8, device=device)
+    with torch.no_grad(), ieee_fp32_convolutions():  # as FidEvaluator.features runs it
+        seconds = _timed(lambda: extractor(images), device, 2)
+    print(f"[{device}] FID Inception-v3 features (28 -> 299 px) batch {n}: {n / seconds:8.1f} img/s")
 
 
 # ============================================================================================

@@ -76,3 +76,48 @@ def test_without_inception_weights_auto_falls_back_and_says_so(ig, mnist_dir, tm
         ig.make_evaluator(ig.parse_args(["--fid_samples", "10", "--fid_weights", str(tmp_path / "none.pth"),
                                          "--fid_backbone", "inception", *TINY, *paths(tmp_path, mnist_dir)]),
                           "mnist", conditional=False)
+
+
+def test_fid_samples_draws_and_scores_what_the_sweep_scores(ig, inception_cache, mnist_dir, tmp_path, capsys):
+    """scripts/fid_samples.py (draw on a GPU, score where the Inception weights are): `draw` saves exactly
+    the class-balanced and null-class images that image_gen.py scores, and `score` gives the sweep's FID,
+    KID and class accuracy for them."""
+    from conftest import load_script
+
+    fid_samples = load_script("fid_samples", "scripts/fid_samples.py")
+    ig.main(["--epochs", "1", "--fid_samples", "0", *TINY, *paths(tmp_path, mnist_dir)])
+    checkpoint, cache = str(tmp_path / "models" / "ddpm.pt"), str(inception_cache)
+    ig.main(["--mode", "guidance_sweep", "--guidance_scales", "0,1.5", "--sampler", "ddim", "--fid_samples", "10",
+             "--fid_backbone", "inception", *TINY, *paths(tmp_path, mnist_dir), "--cache_dir", cache])
+    fid_samples.main(["draw", "--checkpoint", checkpoint, "--out", str(tmp_path / "s.npz"), "--n", "10",
+                      "--guidance_scales", "0,1.5", "--null", "--sampling_steps", "4", "--device", "cpu"])
+    fid_samples.main(["score", str(tmp_path / "s.npz"), "--data_dir", str(mnist_dir), "--cache_dir", cache,
+                      "--results_dir", str(tmp_path / "scored"), "--device", "cpu"])
+    capsys.readouterr()
+
+    meta, sets = fid_samples.load_samples(tmp_path / "s.npz")
+    assert list(sets) == ["w0", "w1.5", "null"] and meta["sampler"] == "ddim-4" and meta["n"] == 10
+    images, labels = sets["w1.5"]
+    assert images.dtype == torch.uint8 and images.shape == (10, 1, 28, 28)
+    assert labels.tolist() == list(range(10)) and sets["null"][1] is None
+    state = ig.load_checkpoint(checkpoint, ig.CHECKPOINT_FORMAT)
+    diffusion = ig.ema_sampler_from_checkpoint(state, torch.device("cpu"))
+    expected, _ = ig.draw_for_fid(diffusion, 10, "ddim", 4, 0.0, seed=1, unconditional=True)
+    assert torch.equal(sets["null"][0], expected)
+
+    sweep = json.loads((tmp_path / "results" / "metrics.json").read_text())["guidance_sweep"]["rows"]
+    scored = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    rows = scored["guidance_sweep"]["rows"]
+    assert [r["guidance_scale"] for r in rows] == [0.0, 1.5]
+    for theirs, ours in zip(sweep, rows):
+        for key in ("fid", "kid", "accuracy"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), key
+    assert [r["set"] for r in scored["fid_samples"]["s.npz"]["rows"]] == ["w0", "w1.5", "null"]
+    assert (tmp_path / "scored" / "guidance_sweep.png").stat().st_size > 0
+
+
+def test_ieee_fp32_convolutions_restores_the_setting(ig):
+    before = torch.backends.cudnn.allow_tf32
+    with ig.ieee_fp32_convolutions():
+        assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 == before
