@@ -114,7 +114,7 @@ def score(args):
     device = default_device(args.device)
     for path in args.samples:
         meta, sets = load_samples(path)
-        n = {len(images) for images, _ in sets.values()}.pop()
+        n = meta["n"]
         options = argparse.Namespace(cache_dir=Path(args.cache_dir), data_dir=args.data_dir, device=device,
                                      fid_backbone="inception", fid_weights=args.fid_weights, fid_samples=n)
         evaluator = ig.make_evaluator(options, meta["dataset"], conditional=meta["conditional"])
