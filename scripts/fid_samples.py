@@ -8,7 +8,7 @@
 `--mode guidance_sweep` and `--mode infer --fid_samples N` would score (same sampler, seeds and class
 balance): for a class-conditional checkpoint N class-balanced images per guidance scale and, with
 --null, N from the null class; for an unconditional checkpoint N images. 10,000 digits take about
-2 MB compressed. `score` gives each array's Inception FID and KID against the first N test images of
+2.5 MB compressed. `score` gives each array's Inception FID and KID against the first N test images of
 the checkpoint's data set (and class accuracy where the classes were asked); with two or more guidance
 scales it also draws results_dir/guidance_sweep.png; --results_dir/metrics.json records the scores.
 """
