@@ -1360,8 +1360,8 @@ class FidEvaluator:
     def features(self, images_uint8, batch_size=16):
         """uint8 (n, 1, 28, 28) -> float32 (n, d) on the CPU. Batches of 16: fastest per image on CPU.
 
-        On a GPU the convolutions run in IEEE fp32, not in PyTorch's default TF32, so that a GPU's
-        features match the CPU's and FIDs from either machine can be compared."""
+        On a GPU the convolutions run in IEEE fp32, not in PyTorch's default TF32, so that a GPU computes
+        the features as the CPU does and FIDs from either machine can be compared."""
         if self.device.type == "cuda":
             batch_size = 500
         with ieee_fp32_convolutions():
@@ -1705,6 +1705,26 @@ def choose_guidance(rows, min_accuracy=0.99):
     return min(good, key=lambda r: r["fid"]) if good else None
 
 
+def report_guidance_sweep(rows, evaluator, sampler, results_dir, record):
+    """Name the w with the best FID at >= 99% accuracy (choose_guidance), print the verdict, draw
+    results_dir/guidance_sweep.png and store the sweep, with `record` (what was swept), in
+    results_dir/metrics.json["guidance_sweep"]. Shared by --mode guidance_sweep and scripts/fid_samples.py."""
+    best = choose_guidance(rows)
+    description = f"{evaluator.describe()} class-balanced, {sampler}"
+    if best is None:
+        verdict = (f"no w reached 99% class accuracy (best {max(r['accuracy'] for r in rows):.2%}); "
+                   f"the lowest FID is at w = {min(rows, key=lambda r: r['fid'])['guidance_scale']:g}")
+    else:
+        verdict = f"best FID at >= 99% class accuracy: w = {best['guidance_scale']:g} (FID {best['fid']:.2f})"
+    print(f"{verdict}  [{description}; floor FID {evaluator.floor['fid']:.2f}]")
+    plot_guidance_sweep(rows, evaluator.floor, description, results_dir / "guidance_sweep.png",
+                        best["guidance_scale"] if best else None)
+    metrics = read_json(results_dir / "metrics.json")
+    metrics["guidance_sweep"] = {**record, "sampler": sampler, **evaluator.summary(), "rows": rows, "verdict": verdict,
+                                 "best_guidance_scale": best["guidance_scale"] if best else None}
+    write_json_atomic(metrics, results_dir / "metrics.json")
+
+
 def guidance_sweep(args):
     """FID/KID on N class-balanced samples and class accuracy for each guidance scale in --guidance_scales:
     results/guidance_sweep.png and metrics.json["guidance_sweep"]."""
@@ -1722,21 +1742,8 @@ def guidance_sweep(args):
         rows.append({"guidance_scale": w, **scores, "seconds": time.perf_counter() - start})
         print(f"w = {w:<4g} FID {scores['fid']:8.2f}  KID {scores['kid']:.4f}  class accuracy {scores['accuracy']:7.2%}"
               f"  ({rows[-1]['seconds']:.0f}s)", flush=True)
-    best = choose_guidance(rows)
-    description = f"{evaluator.describe()} class-balanced, {sampler}"
-    if best is None:
-        verdict = (f"no w reached 99% class accuracy (best {max(r['accuracy'] for r in rows):.2%}); "
-                   f"the lowest FID is at w = {min(rows, key=lambda r: r['fid'])['guidance_scale']:g}")
-    else:
-        verdict = f"best FID at >= 99% class accuracy: w = {best['guidance_scale']:g} (FID {best['fid']:.2f})"
-    print(f"{verdict}  [{description}; floor FID {evaluator.floor['fid']:.2f}]")
-    plot_guidance_sweep(rows, evaluator.floor, description, args.results_dir / "guidance_sweep.png",
-                        best["guidance_scale"] if best else None)
-    metrics = read_json(args.results_dir / "metrics.json")
-    metrics["guidance_sweep"] = {"checkpoint": str(args.checkpoint), "dataset": dataset, "sampler": sampler,
-                                 **evaluator.summary(), "rows": rows, "verdict": verdict,
-                                 "best_guidance_scale": best["guidance_scale"] if best else None}
-    write_json_atomic(metrics, args.results_dir / "metrics.json")
+    report_guidance_sweep(rows, evaluator, sampler, args.results_dir,
+                          {"checkpoint": str(args.checkpoint), "dataset": dataset})
     return rows
 
 

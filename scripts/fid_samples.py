@@ -136,23 +136,17 @@ def score(args):
 
 def write_scores(rows, meta, evaluator, results_dir, path):
     """metrics.json["fid_samples"][file name], and with two or more guidance scales the sweep as
-    image_gen.py's --mode guidance_sweep writes it: guidance_sweep.png and metrics.json["guidance_sweep"]."""
+    image_gen.py's --mode guidance_sweep reports it (guidance_sweep.png, metrics.json["guidance_sweep"])."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    record = {"checkpoint": meta["checkpoint"], "dataset": meta["dataset"], "sampler": meta["sampler"],
-              "drawn_on": meta["device"], **evaluator.summary(), "rows": rows}
+    record = {"checkpoint": meta["checkpoint"], "dataset": meta["dataset"], "drawn_on": meta["device"],
+              "samples_file": str(path)}
     metrics = ig.read_json(results_dir / "metrics.json")
-    metrics.setdefault("fid_samples", {})[Path(path).name] = record
+    metrics.setdefault("fid_samples", {})[Path(path).name] = {**record, "sampler": meta["sampler"],
+                                                              **evaluator.summary(), "rows": rows}
+    ig.write_json_atomic(metrics, results_dir / "metrics.json")
     sweep = [r for r in rows if r["drawn"] == "class-balanced"]
     if len(sweep) >= 2:
-        best = ig.choose_guidance(sweep)
-        description = f"{evaluator.describe()} class-balanced, {meta['sampler']}"
-        ig.plot_guidance_sweep(sweep, evaluator.floor, description, results_dir / "guidance_sweep.png",
-                               best["guidance_scale"] if best else None)
-        metrics["guidance_sweep"] = {**record, "rows": sweep, "samples_file": str(path),
-                                     "best_guidance_scale": best["guidance_scale"] if best else None}
-        print(f"best FID at >= 99% class accuracy: w = {best['guidance_scale']:g}" if best else
-              "no w reached 99% class accuracy", f"-> {results_dir / 'guidance_sweep.png'}")
-    ig.write_json_atomic(metrics, results_dir / "metrics.json")
+        ig.report_guidance_sweep(sweep, evaluator, meta["sampler"], results_dir, record)
 
 
 def main(argv=None):
