@@ -1254,24 +1254,28 @@ def train_mnist_classifier(dataset, data_dir, device, max_steps=3000, max_epochs
     return model, accuracy
 
 
-def load_or_train_classifier(cache_path, dataset, data_dir, device):
-    """The data set's classifier, trained once on its training set and cached (keyed by the training-set size)."""
-    train_size = len(load_images(dataset, data_dir, train=True)[0])
-    if Path(cache_path).is_file():
+def load_or_train_classifier(cache_dir, dataset, data_dir, device):
+    """(classifier, its test accuracy, its cache file): the data set's classifier, trained once on its
+    training set and cached under a name keyed by that training set's content, so that runs on different
+    data (the 4k subset, the full set) each keep their own instead of retraining over each other."""
+    images, labels = load_images(dataset, data_dir, train=True)
+    key = _fingerprint(CLASSIFIER_FORMAT, images.numpy().tobytes(), labels.numpy().tobytes())
+    cache_path = Path(cache_dir) / f"{dataset}_classifier-{key}.pt"
+    if cache_path.is_file():
         try:
             state = torch.load(cache_path, map_location="cpu", weights_only=True)
-            if state.get("format") == CLASSIFIER_FORMAT and state.get("train_size") == train_size:
+            if state.get("format") == CLASSIFIER_FORMAT and state.get("key") == key:
                 model = MnistClassifier()
                 model.load_state_dict(state["state_dict"])
-                return model.to(device).eval(), state["test_accuracy"]
+                return model.to(device).eval(), state["test_accuracy"], cache_path
         except Exception:
-            pass  # a stale or broken cache is simply rebuilt
+            pass  # a broken cache is simply rebuilt
     print(f"Training the {DATASETS[dataset][2]} classifier (class accuracy, FID fallback; once, cached in "
           f"{cache_path}) ...", flush=True)
     model, accuracy = train_mnist_classifier(dataset, data_dir, device)
-    atomic_torch_save({"format": CLASSIFIER_FORMAT, "state_dict": model.state_dict(),
-                       "test_accuracy": accuracy, "train_size": train_size}, cache_path)
-    return model, accuracy
+    atomic_torch_save({"format": CLASSIFIER_FORMAT, "key": key, "state_dict": model.state_dict(),
+                       "test_accuracy": accuracy, "train_size": len(images)}, cache_path)
+    return model, accuracy, cache_path
 
 
 class _Features(nn.Module):
@@ -1448,11 +1452,10 @@ def make_evaluator(args, dataset, conditional):
     set's classifier for class accuracy. Built inside fork_rng: it draws nothing from the training RNG,
     whichever backbone, cache or download state it meets."""
     devices = [args.device] if args.device.type == "cuda" else []
-    classifier_cache = args.cache_dir / f"{dataset}_classifier.pt"
     with torch.random.fork_rng(devices=devices):
         classifier = None
         if conditional:
-            classifier, accuracy = load_or_train_classifier(classifier_cache, dataset, args.data_dir, args.device)
+            classifier, accuracy, _ = load_or_train_classifier(args.cache_dir, dataset, args.data_dir, args.device)
             classifier.test_accuracy = accuracy
             print(f"Class accuracy is measured by the {DATASETS[dataset][2]} classifier, trained on the training set "
                   f"({accuracy:.2%} on the test set)")
@@ -1468,8 +1471,8 @@ def make_evaluator(args, dataset, conditional):
                 print(f"note: {err}. FID/KID fall back to the features of a small {DATASETS[dataset][2]} "
                       f"classifier; such values are NOT comparable with Inception FID.")
         if backbone is None:
-            extractor, accuracy = load_or_train_classifier(classifier_cache, dataset, args.data_dir, args.device)
-            backbone, weights_id = "mnist-classifier", file_sha1(classifier_cache)
+            extractor, accuracy, path = load_or_train_classifier(args.cache_dir, dataset, args.data_dir, args.device)
+            backbone, weights_id = "mnist-classifier", file_sha1(path)
             print(f"FID/KID backbone: {DATASETS[dataset][2]} classifier (test accuracy {accuracy:.2%})")
         return FidEvaluator(backbone, extractor, weights_id, dataset, args.data_dir, args.fid_samples, args.cache_dir,
                             args.device, classifier)

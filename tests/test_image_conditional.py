@@ -263,7 +263,7 @@ def test_fashion_mnist(ig, tmp_path):
     ig.main(["--dataset", "fashion_mnist", "--epochs", "1", "--fid_samples", "12", *CLASSIFIER, *common])
     state = load(tmp_path / "f.pt")
     assert state["dataset"] == "fashion_mnist" and state["class_names"][9] == "Ankle boot"
-    assert (tmp_path / "cache" / "fashion_mnist_classifier.pt").is_file()
+    assert len(list((tmp_path / "cache").glob("fashion_mnist_classifier-*.pt"))) == 1
     ig.main(["--mode", "infer", "--digits", "0,9", "--sampler", "ddim", "--fid_samples", "0", *common])
     names = sorted(p.name for p in (tmp_path / "results" / "samples").glob("*.png"))
     assert names == [f"{c}_{i:03d}.png" for c in ("ankle-boot", "t-shirt-top") for i in range(4)]

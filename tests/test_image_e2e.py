@@ -5,13 +5,14 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, write_idx
 
 TINY = ["--base_channels", "8", "--batch_size", "32", "--sampling_steps", "4", "--num_samples", "4", "--device", "cpu"]
 CLASSIFIER = ["--fid_backbone", "mnist-classifier"]
@@ -85,7 +86,7 @@ def test_checkpoint_describes_itself(trained, ig):
     assert [h["epoch"] for h in state["history"]] == [1, 2]
     assert state["args"]["batch_size"] == 32
     # the fallback classifier and the real features are cached in --cache_dir
-    assert (trained / "cache" / "mnist_classifier.pt").is_file()
+    assert len(list((trained / "cache").glob("mnist_classifier-*.pt"))) == 1
     assert len(list((trained / "cache").glob("fid-real-mnist-mnist-classifier-n48-*.pt"))) == 1
 
 
@@ -115,6 +116,27 @@ def test_real_features_are_cached(ig, trained, mnist_dir, monkeypatch):
     ig.make_evaluator(ig.parse_args(["--fid_samples", "40", *TINY, *CLASSIFIER, *paths(trained, mnist_dir)]),
                       "mnist", conditional=False)
     assert calls == [40, 40]  # another N: test and training digits, once
+
+
+def test_classifier_cache_is_keyed_by_the_training_data(ig, tmp_path, monkeypatch):
+    """Each training set keeps its own cached classifier: switching between two data folders retrains
+    nothing after the first time, and a cache file that is broken is rebuilt."""
+    trained_on = []
+
+    def fake_training(dataset, data_dir, device):
+        trained_on.append(Path(data_dir).name)
+        return ig.MnistClassifier(), 0.5
+
+    monkeypatch.setattr(ig, "train_mnist_classifier", fake_training)
+    write_idx(tmp_path / "small" / "MNIST" / "raw", n_train=64, n_test=32)
+    write_idx(tmp_path / "large" / "MNIST" / "raw", n_train=96, n_test=32)
+    cache, cpu = tmp_path / "cache", torch.device("cpu")
+    files = [ig.load_or_train_classifier(cache, "mnist", tmp_path / name, cpu)[2] for name in ("small", "large", "small")]
+    assert trained_on == ["small", "large"] and files[0] == files[2] != files[1]
+    assert sorted(cache.glob("mnist_classifier-*.pt")) == sorted(files[:2])
+    files[1].write_bytes(b"not a checkpoint")
+    assert ig.load_or_train_classifier(cache, "mnist", tmp_path / "large", cpu)[2] == files[1]
+    assert trained_on == ["small", "large", "large"]
 
 
 def test_infer_builds_no_optimizer(ig, trained, mnist_dir, tmp_path, monkeypatch):
