@@ -1051,7 +1051,7 @@ def evaluate_epoch(state, evaluator, args, epoch, dataset, guidance_scale):
                         title=f"epoch {epoch}, {training_sampler_name(state, args, guidance_scale)}")
     else:
         grid = state.sampler.sample(args.num_samples, "ddim", args.sampling_steps, args.eta, seed=args.seed + 1)
-        save_grid(to_unit_range(grid), path)
+        save_titled_grid(to_unit_range(grid), path, title=f"epoch {epoch}, {training_sampler_name(state, args, None)}")
     scores = {"fid": None, "kid": None}
     if evaluator is not None:
         scores = evaluator.evaluate(state.sampler, "ddim", args.sampling_steps, args.eta, seed=args.seed + 2,
@@ -1492,14 +1492,20 @@ def save_grid(images, path, scale=4):
     save_image(big, path, nrow=nrow, padding=2 * scale, pad_value=0.5)
 
 
-def save_class_grid(images, row_names, path, title=None, scale=4):
+def save_titled_grid(images, path, title, scale=4):
+    """Save (n, 1, 28, 28) images in [0, 1] as one near-square grid under `title` (unconditional samples)."""
+    cols = math.ceil(math.sqrt(len(images)))
+    save_class_grid(images, [""] * math.ceil(len(images) / cols), path, title, scale, cols=cols)
+
+
+def save_class_grid(images, row_names, path, title=None, scale=4, cols=None):
     """Save (rows * cols, 1, 28, 28) images in [0, 1], class by class, as a grid with one row per class,
     each row labelled with its class name."""
     from torchvision.utils import make_grid
 
     plt = _pyplot()
     rows = len(row_names)
-    cols = len(images) // rows
+    cols = cols or len(images) // rows
     pad = 2
     grid = make_grid(images.float().cpu(), nrow=cols, padding=pad, pad_value=0.5)[0].numpy()
     cell = 28 + pad
@@ -1669,7 +1675,8 @@ def infer(args):
         n = max(args.num_samples, evaluator.num_samples if evaluator else 0)
         samples = diffusion.sample(n, args.sampler, args.sampling_steps, args.eta, seed=args.seed, progress=True)
         shown = to_unit_range(samples[:args.num_samples])
-        save_grid(shown, args.results_dir / "final_samples.png")
+        save_titled_grid(shown, args.results_dir / "final_samples.png",
+                         title=f"{DATASETS[dataset][2]}, unconditional model, {sampler}, seed {args.seed}")
         files = [f"sample_{i:03d}" for i in range(args.num_samples)]
     sample_seconds = time.perf_counter() - start
     save_individual(shown, args.results_dir / "samples", files)

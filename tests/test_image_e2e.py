@@ -58,8 +58,8 @@ def test_training_outputs(trained):
     assert_png(results / "training_loss.png")
     assert_png(results / "epoch_comparisons" / "metrics_comparison.png")
     for epoch in (1, 2):
-        # 4 samples -> 2x2 grid of 28 px images upscaled 4x with 8 px padding
-        assert_png(results / "epoch_comparisons" / f"samples_epoch_{epoch:03d}.png", (2 * 112 + 3 * 8,) * 2)
+        # 4 samples: a titled 2x2 grid from fixed noise
+        assert_png(results / "epoch_comparisons" / f"samples_epoch_{epoch:03d}.png")
     metrics = json.loads((results / "metrics.json").read_text())
     train = metrics["train"]
     assert train["fid_backbone"] == "mnist-classifier" and train["fid_samples"] == 48
