@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import hashlib
 import importlib.util
 import io
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -270,6 +272,7 @@ def load_images(dataset, data_dir, train):
 
     tv_class, folder, title, _ = DATASETS[dataset]
     loader = getattr(torchvision.datasets, tv_class)
+    gunzip_idx_files(Path(data_dir) / folder / "raw")
     try:
         data = loader(str(data_dir), train=train, download=False)
         return data.data, data.targets
@@ -286,6 +289,22 @@ def load_images(dataset, data_dir, train):
             f"error: {title} is not in {raw} and could not be downloaded ({str(err).splitlines()[0]}).\n"
             f"Put the four files {', '.join(IDX_FILES)} (or their .gz) in {raw}, "
             f"or point --data_dir at a folder that has {folder}/raw inside.")
+
+
+def gunzip_idx_files(raw):
+    """Decompress IDX files that `raw` holds only as .gz. torchvision unpacks a .gz itself only when its
+    md5 is that of the official archive, so a copy compressed anywhere else would send it downloading."""
+    for name in IDX_FILES:
+        packed, plain = raw / f"{name}.gz", raw / name
+        if packed.is_file() and not plain.is_file():
+            partial = raw / f"{name}.partial"
+            try:
+                with gzip.open(packed, "rb") as source, open(partial, "wb") as target:
+                    shutil.copyfileobj(source, target)
+            except (OSError, EOFError) as err:
+                partial.unlink(missing_ok=True)
+                raise SystemExit(f"error: {packed} is not a readable gzip file ({err}); replace or delete it")
+            partial.replace(plain)
 
 
 def to_model_range(images_uint8):

@@ -281,6 +281,31 @@ def test_no_data_offline(ig, tmp_path, monkeypatch, capsys):
     assert "train-images-idx3-ubyte" in message
 
 
+def test_gzipped_idx_files_load_offline(ig, tmp_path, monkeypatch):
+    """IDX files that the user gzipped (not the official archives, so torchvision's md5 check would
+    refuse them and go downloading) are decompressed and read without the network; a broken one is
+    named in a one-line error."""
+    import gzip
+    from torchvision.datasets import MNIST
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # nothing listens there: offline
+    plain, packed = tmp_path / "plain" / "MNIST" / "raw", tmp_path / "packed" / "MNIST" / "raw"
+    write_idx(plain, n_train=64, n_test=32)
+    packed.mkdir(parents=True)
+    for name in ig.IDX_FILES:
+        (packed / f"{name}.gz").write_bytes(gzip.compress((plain / name).read_bytes(), mtime=0))
+    for train in (True, False):
+        images, labels = ig.load_images("mnist", tmp_path / "packed", train)
+        expected_images, expected_labels = ig.load_images("mnist", tmp_path / "plain", train)
+        assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+    broken = tmp_path / "broken" / "MNIST" / "raw"
+    broken.mkdir(parents=True)
+    (broken / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(SystemExit) as exc:
+        ig.load_images("mnist", tmp_path / "broken", True)
+    assert "train-images-idx3-ubyte.gz is not a readable gzip file" in str(exc.value)
+    assert not list(broken.glob("*.partial"))
+
+
 @pytest.mark.parametrize("flags, expected", [
     (["--epochs", "-1"], "--epochs: must be >= 1"),
     (["--batch_size", "0"], "--batch_size: must be >= 1"),
