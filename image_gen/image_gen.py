@@ -1293,7 +1293,7 @@ def load_or_train_classifier(cache_dir, dataset, data_dir, device):
           f"{cache_path}) ...", flush=True)
     model, accuracy = train_mnist_classifier(dataset, data_dir, device)
     atomic_torch_save({"format": CLASSIFIER_FORMAT, "key": key, "state_dict": model.state_dict(),
-                       "test_accuracy": accuracy, "train_size": len(images)}, cache_path)
+                       "test_accuracy": accuracy}, cache_path)
     return model, accuracy, cache_path
 
 
@@ -1472,9 +1472,10 @@ def make_evaluator(args, dataset, conditional):
     whichever backbone, cache or download state it meets."""
     devices = [args.device] if args.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        classifier = None
+        classifier, loaded = None, None
         if conditional:
-            classifier, accuracy, _ = load_or_train_classifier(args.cache_dir, dataset, args.data_dir, args.device)
+            loaded = load_or_train_classifier(args.cache_dir, dataset, args.data_dir, args.device)
+            classifier, accuracy, _ = loaded
             classifier.test_accuracy = accuracy
             print(f"Class accuracy is measured by the {DATASETS[dataset][2]} classifier, trained on the training set "
                   f"({accuracy:.2%} on the test set)")
@@ -1490,7 +1491,8 @@ def make_evaluator(args, dataset, conditional):
                 print(f"note: {err}. FID/KID fall back to the features of a small {DATASETS[dataset][2]} "
                       f"classifier; such values are NOT comparable with Inception FID.")
         if backbone is None:
-            extractor, accuracy, path = load_or_train_classifier(args.cache_dir, dataset, args.data_dir, args.device)
+            extractor, accuracy, path = loaded or load_or_train_classifier(args.cache_dir, dataset, args.data_dir,
+                                                                           args.device)
             backbone, weights_id = "mnist-classifier", file_sha1(path)
             print(f"FID/KID backbone: {DATASETS[dataset][2]} classifier (test accuracy {accuracy:.2%})")
         return FidEvaluator(backbone, extractor, weights_id, dataset, args.data_dir, args.fid_samples, args.cache_dir,
