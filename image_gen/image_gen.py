@@ -1566,7 +1566,7 @@ def _pyplot():
 
 def _epoch_axis(ax):
     from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # also a lone first epoch
     ax.set_xlabel("epoch")
 
 
