@@ -21,8 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "image_gen"))
-import image_gen as ig  # noqa: E402
+IMAGE_GEN = Path(__file__).resolve().parents[1] / "image_gen"
+sys.path.insert(0, str(IMAGE_GEN))  # the image package, imported as image_gen.py imports it
+from image_gen import guidance_scales  # noqa: E402
+from imagegen.checkpoint import load_checkpoint  # noqa: E402
+from imagegen.common import number, read_json, write_json_atomic  # noqa: E402
+from imagegen.diffusion import SamplerSettings  # noqa: E402
+from imagegen.fid import FidSettings, make_evaluator  # noqa: E402
+from imagegen.guidance import GUIDANCE_SWEEP, report_guidance_sweep  # noqa: E402
+from imagegen.sampling import ema_sampler_from_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,21 +38,21 @@ def parse_args(argv=None):
     draw = sub.add_parser("draw", help="draw FID samples from a checkpoint into an .npz")
     draw.add_argument("--checkpoint", required=True, help="image_gen checkpoint (its EMA weights are used)")
     draw.add_argument("--out", required=True, help="the .npz to write")
-    draw.add_argument("--n", type=ig._number(int, 10), default=10_000, help="images per set")
-    draw.add_argument("--guidance_scales", type=ig._guidance_scales, default=list(ig.GUIDANCE_SWEEP),
+    draw.add_argument("--n", type=number(int, 10), default=10_000, help="images per set")
+    draw.add_argument("--guidance_scales", type=guidance_scales, default=list(GUIDANCE_SWEEP),
                       help="conditional checkpoints: one class-balanced set per w, comma-separated")
     draw.add_argument("--null", action="store_true", help="conditional checkpoints: also a null-class set")
     draw.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim", help="sampler")
-    draw.add_argument("--sampling_steps", type=ig._number(int, 1, 1000), default=50, help="DDIM steps")
-    draw.add_argument("--eta", type=ig._number(float, 0.0, 1.0), default=0.0, help="DDIM stochasticity")
-    draw.add_argument("--seed", type=ig._number(int, 0), default=1,
+    draw.add_argument("--sampling_steps", type=number(int, 1, 1000), default=50, help="DDIM steps")
+    draw.add_argument("--eta", type=number(float, 0.0, 1.0), default=0.0, help="DDIM stochasticity")
+    draw.add_argument("--seed", type=number(int, 0), default=1,
                       help="noise seed (1: what image_gen.py scores with its default --seed 0)")
     draw.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     draw.add_argument("--compile", action="store_true", help="torch.compile the U-Net for sampling")
     score = sub.add_parser("score", help="Inception FID/KID (and class accuracy) of the sets in .npz files")
     score.add_argument("samples", nargs="+", help=".npz files written by draw")
-    score.add_argument("--data_dir", default=str(ig.SCRIPT_DIR / "data"), help="image_gen's --data_dir")
-    score.add_argument("--cache_dir", default=str(ig.SCRIPT_DIR / "data" / "cache"), help="image_gen's --cache_dir")
+    score.add_argument("--data_dir", default=str(IMAGE_GEN / "data"), help="image_gen's --data_dir")
+    score.add_argument("--cache_dir", default=str(IMAGE_GEN / "data" / "cache"), help="image_gen's --cache_dir")
     score.add_argument("--results_dir", default=None,
                        help="where metrics.json (and, for a guidance sweep, guidance_sweep.png) go")
     score.add_argument("--fid_weights", default=None, help="image_gen's --fid_weights")
@@ -61,18 +68,17 @@ def default_device(name):
 
 def draw(args):
     device = default_device(args.device)
-    state = ig.load_checkpoint(args.checkpoint, ig.CHECKPOINT_FORMAT)
-    diffusion = ig.ema_sampler_from_checkpoint(state, device, compile_model=args.compile)
-    steps = diffusion.num_timesteps if args.sampler == "ddpm" else args.sampling_steps
-    if diffusion.num_classes:
+    state = load_checkpoint(args.checkpoint)
+    sampler = ema_sampler_from_checkpoint(state, device, compile_model=args.compile)
+    settings = SamplerSettings(args.sampler, args.sampling_steps, args.eta, 0.0, args.seed)
+    if sampler.num_classes:
         sets = [(f"w{w:g}", w, False) for w in args.guidance_scales] + ([("null", 0.0, True)] if args.null else [])
     else:
         sets = [("unconditional", 0.0, True)]
     arrays, seconds = {}, {}
     for name, w, unconditional in sets:
         start = time.perf_counter()
-        images, labels = ig.draw_for_fid(diffusion, args.n, args.sampler, args.sampling_steps, args.eta, args.seed,
-                                         w, unconditional, progress=True)
+        images, labels = sampler.draw_for_fid(args.n, settings.replace(guidance_scale=w), unconditional, progress=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds[name] = time.perf_counter() - start
@@ -81,11 +87,11 @@ def draw(args):
             arrays[f"labels_{name}"] = labels.numpy().astype(np.uint8)
         print(f"{name:14s} {args.n} images in {seconds[name]:6.1f}s ({args.n / seconds[name]:7.1f} img/s)", flush=True)
     meta = {"checkpoint": str(args.checkpoint), "dataset": state.get("dataset", "mnist"), "step": state["step"],
-            "epochs_completed": state["epochs_completed"], "conditional": bool(diffusion.num_classes),
+            "epochs_completed": state["epochs_completed"], "conditional": bool(sampler.num_classes),
             "sets": {name: {"guidance_scale": w if not unconditional else None,
                             "drawn": "unconditional" if unconditional else "class-balanced"}
                      for name, w, unconditional in sets},
-            "sampler": ig.sampler_name(args.sampler, steps, args.eta), "seed": args.seed, "n": args.n,
+            "sampler": settings.name(guided=False), "seed": args.seed, "n": args.n,
             "seconds": seconds, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "compiled": args.compile}
     out = Path(args.out)
@@ -115,9 +121,8 @@ def score(args):
     for path in args.samples:
         meta, sets = load_samples(path)
         n = meta["n"]
-        options = argparse.Namespace(cache_dir=Path(args.cache_dir), data_dir=args.data_dir, device=device,
-                                     fid_backbone="inception", fid_weights=args.fid_weights, fid_samples=n)
-        evaluator = ig.make_evaluator(options, meta["dataset"], conditional=meta["conditional"])
+        evaluator = make_evaluator(FidSettings(n, "inception", args.fid_weights), meta["dataset"], args.data_dir,
+                                   Path(args.cache_dir), device, conditional=meta["conditional"])
         if evaluator.num_samples != n:
             raise SystemExit(f"error: {path} holds {n} images per set, more than the {evaluator.num_samples} test images")
         print(f"{path}: {meta['checkpoint']} (step {meta['step']}), {meta['sampler']}, seed {meta['seed']}, "
@@ -140,13 +145,13 @@ def write_scores(rows, meta, evaluator, results_dir, path):
     results_dir.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": meta["checkpoint"], "dataset": meta["dataset"], "drawn_on": meta["device"],
               "samples_file": str(path)}
-    metrics = ig.read_json(results_dir / "metrics.json")
+    metrics = read_json(results_dir / "metrics.json")
     metrics.setdefault("fid_samples", {})[Path(path).name] = {**record, "sampler": meta["sampler"],
                                                               **evaluator.summary(), "rows": rows}
-    ig.write_json_atomic(metrics, results_dir / "metrics.json")
+    write_json_atomic(metrics, results_dir / "metrics.json")
     sweep = [r for r in rows if r["drawn"] == "class-balanced"]
     if len(sweep) >= 2:
-        ig.report_guidance_sweep(sweep, evaluator, meta["sampler"], results_dir, record)
+        report_guidance_sweep(sweep, evaluator, meta["sampler"], results_dir, record)
 
 
 def main(argv=None):

@@ -1,7 +1,5 @@
-"""Shared fixtures: tiny datasets written in their real on-disk formats, and script loading."""
-import importlib.util
+"""Shared fixtures: tiny datasets written in their real on-disk formats, and the two command-line scripts."""
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +8,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script(name, path):
-    """Import a standalone script (image_gen/image_gen.py, ...) as a module."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def ig():
-    return load_script("image_gen", "image_gen/image_gen.py")
+    """image_gen/image_gen.py, the image model's command line (pytest.ini puts its folder on the path)."""
+    import image_gen
+    return image_gen
 
 
 def synthetic_digits(n, seed):
@@ -71,7 +60,9 @@ MUSDB_SOURCES = ("mixture", "drums", "bass", "other", "vocals")
 
 @pytest.fixture(scope="session")
 def ag():
-    return load_script("audio_gen", "audio_gen/audio_gen.py")
+    """audio_gen/audio_gen.py, the audio model's command line."""
+    import audio_gen
+    return audio_gen
 
 
 def stem_signals(seconds, seed, silent_vocals=False, rate=44100):

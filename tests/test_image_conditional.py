@@ -6,16 +6,22 @@ import pytest
 import torch
 
 from conftest import write_idx
-from test_image_e2e import CLASSIFIER, TINY, assert_png, load, paths, run_script
+from test_image_e2e import CLASSIFIER, SAMPLE_TINY, TINY, assert_png, load, paths, run_script
+from imagegen.benchmark import benchmark_training
+from imagegen.checkpoint import CHECKPOINT_VERSION
+from imagegen.diffusion import GaussianDiffusion, SamplerSettings
+from imagegen.guidance import DEFAULT_GUIDANCE_SCALE, choose_guidance
+from imagegen.sampling import Sampler, balanced_counts
+from imagegen.unet import DiffusionModel
 
 
 @pytest.fixture(scope="module")
 def cond_diffusion(ig):
     """A conditional model with a non-zero head (the real one starts at zero), on a 50-step chain."""
     torch.manual_seed(0)
-    model = ig.DiffusionModel(base_channels=8, num_classes=10).eval()
+    model = DiffusionModel(base_channels=8, num_classes=10).eval()
     torch.nn.init.normal_(model.head[-1].weight, std=0.1)
-    return ig.GaussianDiffusion(model, num_timesteps=50, beta_start=1e-3, beta_end=0.2, num_classes=10)
+    return Sampler(model, GaussianDiffusion(num_timesteps=50, beta_start=1e-3, beta_end=0.2))
 
 
 def inputs(n=6):
@@ -30,7 +36,7 @@ def inputs(n=6):
 def test_guidance_zero_is_exactly_the_conditional_prediction(cond_diffusion):
     x, t, labels = inputs()
     expected = cond_diffusion.model(x, t, labels)
-    assert torch.equal(cond_diffusion.predict_eps(x, t, labels, guidance_scale=0.0), expected)
+    assert torch.equal(cond_diffusion.diffusion.predict_eps(cond_diffusion.denoiser, x, t, labels, guidance_scale=0.0), expected)
 
 
 @torch.no_grad()
@@ -39,8 +45,8 @@ def test_null_class_is_the_unconditional_prediction(cond_diffusion):
     x, t, _ = inputs()
     null = torch.full((len(x),), 10)
     unconditional = cond_diffusion.model(x, t)
-    assert torch.equal(cond_diffusion.predict_eps(x, t, null), unconditional)
-    torch.testing.assert_close(cond_diffusion.predict_eps(x, t, null, guidance_scale=3.0), unconditional,
+    assert torch.equal(cond_diffusion.diffusion.predict_eps(cond_diffusion.denoiser, x, t, null), unconditional)
+    torch.testing.assert_close(cond_diffusion.diffusion.predict_eps(cond_diffusion.denoiser, x, t, null, guidance_scale=3.0), unconditional,
                                rtol=1e-5, atol=1e-5)
     conditional = cond_diffusion.model(x, t, torch.zeros(len(x), dtype=torch.long))
     assert (conditional - unconditional).abs().mean() > 1e-3 * unconditional.abs().mean()  # labels matter
@@ -54,7 +60,7 @@ def test_stacked_guidance_equals_two_passes(cond_diffusion, w):
     eps_cond = cond_diffusion.model(x, t, labels)
     eps_null = cond_diffusion.model(x, t, torch.full_like(labels, 10))
     expected = (1 + w) * eps_cond - w * eps_null
-    torch.testing.assert_close(cond_diffusion.predict_eps(x, t, labels, w), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cond_diffusion.diffusion.predict_eps(cond_diffusion.denoiser, x, t, labels, w), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_label_dropout_draws_from_the_training_generator(ig, cond_diffusion):
@@ -73,8 +79,8 @@ def test_label_dropout_draws_from_the_training_generator(ig, cond_diffusion):
         torch.manual_seed(0)
         before = torch.get_rng_state()
         with torch.no_grad():
-            cond_diffusion.loss(x0, labels, torch.Generator().manual_seed(0), cond_drop_prob=0.25)
-            cond_diffusion.loss(x0, labels, torch.Generator().manual_seed(0), cond_drop_prob=0.0)
+            cond_diffusion.diffusion.loss(cond_diffusion.denoiser, x0, labels, torch.Generator().manual_seed(0), cond_drop_prob=0.25)
+            cond_diffusion.diffusion.loss(cond_diffusion.denoiser, x0, labels, torch.Generator().manual_seed(0), cond_drop_prob=0.0)
         assert torch.equal(torch.get_rng_state(), before)
     finally:
         del cond_diffusion.model.forward
@@ -85,14 +91,14 @@ def test_label_dropout_draws_from_the_training_generator(ig, cond_diffusion):
 
 
 def test_unconditional_model_refuses_labels(ig):
-    model = ig.DiffusionModel(base_channels=8)
+    model = DiffusionModel(base_channels=8)
     with pytest.raises(ValueError, match="unconditional"):
         model(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
 
 
 @pytest.mark.parametrize("classes", [[7], [3, 5, 8], list(range(10)), [None]])
 def test_sample_classes_shapes(cond_diffusion, classes):
-    out = cond_diffusion.sample_classes(classes, 3, "ddim", steps=4, seed=0)
+    out = cond_diffusion.sample_classes(classes, 3, SamplerSettings("ddim", steps=4, seed=0))
     assert out.shape == (3 * len(classes), 1, 28, 28)
     assert out.min() >= -1 and out.max() <= 1
 
@@ -100,23 +106,23 @@ def test_sample_classes_shapes(cond_diffusion, classes):
 @pytest.mark.parametrize("sampler, w", [("ddim", 2.0), ("ddpm", 1.0)])
 def test_seeded_samples_per_class(cond_diffusion, sampler, w):
     """The images of digit 7 depend on the seed and the class, not on which other classes are asked."""
-    alone = cond_diffusion.sample_classes([7], 3, sampler, steps=5, seed=4, guidance_scale=w)
-    among = cond_diffusion.sample_classes([2, 7, 9], 3, sampler, steps=5, seed=4, guidance_scale=w)  # one batch
+    alone = cond_diffusion.sample_classes([7], 3, SamplerSettings(sampler, steps=5, guidance_scale=w, seed=4))
+    among = cond_diffusion.sample_classes([2, 7, 9], 3, SamplerSettings(sampler, steps=5, guidance_scale=w, seed=4))  # one batch
     # the same numbers through a batch of 9 instead of 3: equal up to float rounding of the batched convs
     torch.testing.assert_close(among[3:6], alone, rtol=1e-4, atol=1e-4)
     assert (among[0:3] - alone).abs().max() > 0.1  # another class, another noise stream
-    many = cond_diffusion.sample_classes([*range(10), None], 3, sampler, steps=5, seed=4, guidance_scale=w)
+    many = cond_diffusion.sample_classes([*range(10), None], 3, SamplerSettings(sampler, steps=5, guidance_scale=w, seed=4))
     assert len(many) == 33  # more than one guided sampling batch (32): class by class
     torch.testing.assert_close(many[21:24], alone, rtol=1e-4, atol=1e-4)
-    again = cond_diffusion.sample_classes([7], 3, sampler, steps=5, seed=4, guidance_scale=w)
+    again = cond_diffusion.sample_classes([7], 3, SamplerSettings(sampler, steps=5, guidance_scale=w, seed=4))
     assert torch.equal(again, alone)
-    other_seed = cond_diffusion.sample_classes([7], 3, sampler, steps=5, seed=5, guidance_scale=w)
+    other_seed = cond_diffusion.sample_classes([7], 3, SamplerSettings(sampler, steps=5, guidance_scale=w, seed=5))
     assert not torch.equal(other_seed, alone)
 
 
 def test_balanced_counts(ig):
-    assert ig.balanced_counts(1000, 10) == [100] * 10
-    assert ig.balanced_counts(23, 10) == [3, 3, 3] + [2] * 7
+    assert balanced_counts(1000, 10) == [100] * 10
+    assert balanced_counts(23, 10) == [3, 3, 3] + [2] * 7
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -141,19 +147,19 @@ def conditional_run(ig, mnist_dir, tmp_path_factory):
 
 def test_conditional_training_records_what_it_is(ig, conditional_run):
     state = load(conditional_run / "models" / "ddpm.pt")
-    assert state["version"] == ig.CHECKPOINT_VERSION == 3
+    assert state["version"] == CHECKPOINT_VERSION == 3
     assert state["model_config"]["num_classes"] == 10 and state["cond_drop_prob"] == 0.1
     assert state["dataset"] == "mnist" and state["class_names"] == [str(i) for i in range(10)]
     assert state["ema"]["class_embedding.weight"].shape[0] == 11  # ten digits and the null class
     train = json.loads((conditional_run / "results" / "metrics.json").read_text())["train"]
-    assert train["fid_sampler"] == f"ddim-4, w={ig.DEFAULT_GUIDANCE_SCALE:g}" and train["classifier_test_accuracy"] > 0.5
+    assert train["fid_sampler"] == f"ddim-4, w={DEFAULT_GUIDANCE_SCALE:g}" and train["classifier_test_accuracy"] > 0.5
     for epoch in train["epochs"]:
         assert 0.0 <= epoch["accuracy"] <= 1.0 and epoch["fid"] > 0
     assert_png(conditional_run / "results" / "epoch_comparisons" / "samples_epoch_002.png")
 
 
 def infer(tmp, mnist_dir, *flags, results="infer"):
-    return run_script(["--mode", "infer", *TINY, *CLASSIFIER, *paths(tmp, mnist_dir),
+    return run_script(["--mode", "infer", *SAMPLE_TINY, *CLASSIFIER, *paths(tmp, mnist_dir),
                        "--results_dir", str(tmp / results), *flags])
 
 
@@ -186,7 +192,7 @@ def test_unconditional_samples_from_the_conditional_model(conditional_run, mnist
 
 def test_guidance_sweep(conditional_run, mnist_dir):
     result = run_script(["--mode", "guidance_sweep", "--guidance_scales", "0,2", "--sampler", "ddim",
-                         "--fid_samples", "20", *TINY, *CLASSIFIER, *paths(conditional_run, mnist_dir),
+                         "--fid_samples", "20", *SAMPLE_TINY, *CLASSIFIER, *paths(conditional_run, mnist_dir),
                          "--results_dir", str(conditional_run / "sweep")])
     assert result.returncode == 0, result.stderr
     assert_png(conditional_run / "sweep" / "guidance_sweep.png")
@@ -199,8 +205,8 @@ def test_guidance_sweep(conditional_run, mnist_dir):
 def test_choose_guidance(ig):
     rows = [{"guidance_scale": 0, "fid": 5, "accuracy": 0.95}, {"guidance_scale": 1, "fid": 7, "accuracy": 0.991},
             {"guidance_scale": 3, "fid": 9, "accuracy": 0.999}]
-    assert ig.choose_guidance(rows)["guidance_scale"] == 1
-    assert ig.choose_guidance(rows[:1]) is None
+    assert choose_guidance(rows)["guidance_scale"] == 1
+    assert choose_guidance(rows[:1]) is None
 
 
 def test_version_2_unconditional_checkpoint_still_samples(conditional_run, mnist_dir, ig, tmp_path):
@@ -212,7 +218,7 @@ def test_version_2_unconditional_checkpoint_still_samples(conditional_run, mnist
         del state[key]
     del state["model_config"]["num_classes"]
     torch.save(state, tmp_path / "v2.pt")
-    result = run_script(["--mode", "infer", "--sampler", "ddim", "--fid_samples", "0", *TINY,
+    result = run_script(["--mode", "infer", "--sampler", "ddim", "--fid_samples", "0", *SAMPLE_TINY,
                          "--checkpoint", str(tmp_path / "v2.pt"), "--results_dir", str(tmp_path / "out")])
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "out" / "samples").glob("sample_*.png"))) == 4
@@ -228,7 +234,7 @@ def test_version_2_unconditional_checkpoint_still_samples(conditional_run, mnist
     (["--guidance_scale", "-1"], "--guidance_scale: must be >= 0"),
     (["--guidance_scales", "0,x"], "comma-separated numbers"),
     (["--dataset", "cifar"], "invalid choice: 'cifar'"),
-    (["--cond_drop_prob", "1.5"], "--cond_drop_prob: must be <= 1.0"),
+    (["--cond_drop_prob", "1.5"], "--cond_drop_prob: must be in [0.0, 1.0]"),
     (["--mode", "guidance_sweep", "--fid_samples", "0"], "--fid_samples must be >= 10"),
 ])
 def test_bad_class_arguments_one_line_exit_2(flags, expected):
@@ -276,9 +282,9 @@ def test_benchmark_trains_the_model_it_is_given(ig, num_classes):
     """`--mode benchmark` times real training steps of a conditional (the default) or unconditional model:
     the weights move, and a conditional model's class embedding learns from the labels it is given."""
     torch.manual_seed(0)
-    model = ig.DiffusionModel(base_channels=8, num_classes=num_classes)
+    model = DiffusionModel(base_channels=8, num_classes=num_classes)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    rate, gflops = ig.benchmark_training(model, torch.device("cpu"), batch_size=4, repeats=2)
+    rate, gflops = benchmark_training(model, torch.device("cpu"), batch_size=4, repeats=2)
     assert rate > 0 and gflops > 0
     moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert "head.2.weight" in moved  # the zero-initialised output conv

@@ -13,8 +13,16 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, write_idx
+import imagegen.classifier as classifier_module
+from imagegen.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from imagegen.classifier import MnistClassifier, load_or_train_classifier
+from imagegen.data import IDX_FILES, load_images
+from imagegen.diffusion import GaussianDiffusion
+from imagegen.fid import FidEvaluator
+from imagegen.training import TrainState, evaluation_epochs, lr_schedule
 
-TINY = ["--base_channels", "8", "--batch_size", "32", "--sampling_steps", "4", "--num_samples", "4", "--device", "cpu"]
+SAMPLE_TINY = ["--sampling_steps", "4", "--num_samples", "4", "--device", "cpu"]  # infer rejects training flags
+TINY = ["--base_channels", "8", "--batch_size", "32", *SAMPLE_TINY]
 CLASSIFIER = ["--fid_backbone", "mnist-classifier"]
 
 
@@ -49,7 +57,7 @@ def trained(ig, mnist_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     ig.main(["--epochs", "2", "--fid_samples", "48", "--conditioning", "none", *TINY, *CLASSIFIER,
              *paths(tmp, mnist_dir)])
-    ig.main(["--mode", "infer", "--fid_samples", "16", *TINY, *CLASSIFIER, *paths(tmp, mnist_dir)])
+    ig.main(["--mode", "infer", "--sampler", "ddpm", "--fid_samples", "16", *SAMPLE_TINY, *CLASSIFIER, *paths(tmp, mnist_dir)])
     return tmp
 
 
@@ -75,7 +83,7 @@ def test_training_outputs(trained):
 
 def test_checkpoint_describes_itself(trained, ig):
     state = load(trained / "models" / "ddpm.pt")
-    assert state["format"] == ig.CHECKPOINT_FORMAT and state["version"] == ig.CHECKPOINT_VERSION
+    assert state["format"] == CHECKPOINT_FORMAT and state["version"] == CHECKPOINT_VERSION
     assert state["epochs_completed"] == 2 and state["step_in_epoch"] == 0 and state["steps_per_epoch"] == 6
     assert state["interrupted"] is False and state["epoch_progress"] is None
     assert state["model_config"] == {"base_channels": 8, "image_channels": 1, "num_classes": 0}
@@ -107,14 +115,14 @@ def test_infer_outputs(trained):
 
 def test_real_features_are_cached(ig, trained, mnist_dir, monkeypatch):
     """A second evaluator with the same backbone, data and N extracts no real features again."""
+    from test_image_fid import evaluator_from_command_line
+
     calls = []
-    real_features = ig.FidEvaluator.features
-    monkeypatch.setattr(ig.FidEvaluator, "features", lambda self, x, **kw: calls.append(len(x)) or real_features(self, x))
-    args = ig.parse_args(["--fid_samples", "48", *TINY, *CLASSIFIER, *paths(trained, mnist_dir)])
-    evaluator = ig.make_evaluator(args, "mnist", conditional=False)
+    real_features = FidEvaluator.features
+    monkeypatch.setattr(FidEvaluator, "features", lambda self, x, **kw: calls.append(len(x)) or real_features(self, x))
+    evaluator = evaluator_from_command_line(ig, ["--fid_samples", "48", *TINY, *CLASSIFIER, *paths(trained, mnist_dir)])
     assert calls == [] and evaluator.num_samples == 48
-    ig.make_evaluator(ig.parse_args(["--fid_samples", "40", *TINY, *CLASSIFIER, *paths(trained, mnist_dir)]),
-                      "mnist", conditional=False)
+    evaluator_from_command_line(ig, ["--fid_samples", "40", *TINY, *CLASSIFIER, *paths(trained, mnist_dir)])
     assert calls == [40, 40]  # another N: test and training digits, once
 
 
@@ -125,17 +133,17 @@ def test_classifier_cache_is_keyed_by_the_training_data(ig, tmp_path, monkeypatc
 
     def fake_training(dataset, data_dir, device):
         trained_on.append(Path(data_dir).name)
-        return ig.MnistClassifier(), 0.5
+        return MnistClassifier(), 0.5
 
-    monkeypatch.setattr(ig, "train_mnist_classifier", fake_training)
+    monkeypatch.setattr(classifier_module, "train_mnist_classifier", fake_training)
     write_idx(tmp_path / "small" / "MNIST" / "raw", n_train=64, n_test=32)
     write_idx(tmp_path / "large" / "MNIST" / "raw", n_train=96, n_test=32)
     cache, cpu = tmp_path / "cache", torch.device("cpu")
-    files = [ig.load_or_train_classifier(cache, "mnist", tmp_path / name, cpu)[2] for name in ("small", "large", "small")]
+    files = [load_or_train_classifier(cache, "mnist", tmp_path / name, cpu)[2] for name in ("small", "large", "small")]
     assert trained_on == ["small", "large"] and files[0] == files[2] != files[1]
     assert sorted(cache.glob("mnist_classifier-*.pt")) == sorted(files[:2])
     files[1].write_bytes(b"not a checkpoint")
-    assert ig.load_or_train_classifier(cache, "mnist", tmp_path / "large", cpu)[2] == files[1]
+    assert load_or_train_classifier(cache, "mnist", tmp_path / "large", cpu)[2] == files[1]
     assert trained_on == ["small", "large", "large"]
 
 
@@ -145,15 +153,15 @@ def test_infer_builds_no_optimizer(ig, trained, mnist_dir, tmp_path, monkeypatch
 
     monkeypatch.setattr(torch.optim, "AdamW", no_optimizer)
     monkeypatch.setattr(torch.optim, "Adam", no_optimizer)
-    ig.main(["--mode", "infer", "--sampler", "ddim", "--fid_samples", "0", *TINY,
+    ig.main(["--mode", "infer", "--sampler", "ddim", "--fid_samples", "0", *SAMPLE_TINY,
              "--checkpoint", str(trained / "models" / "ddpm.pt"), "--results_dir", str(tmp_path)])
     assert (tmp_path / "final_samples.png").is_file()
 
 
 def test_evaluation_epochs(ig):
-    assert ig.evaluation_epochs(20) == [1, 5, 10, 15, 20]
-    assert ig.evaluation_epochs(7) == [1, 5, 7]
-    assert ig.evaluation_epochs(1) == [1]
+    assert evaluation_epochs(20) == [1, 5, 10, 15, 20]
+    assert evaluation_epochs(7) == [1, 5, 7]
+    assert evaluation_epochs(1) == [1]
 
 
 def test_default_paths_resolve_next_to_script(ig):
@@ -168,7 +176,7 @@ def test_default_paths_resolve_next_to_script(ig):
 def ctrl_c_at_call(ig, monkeypatch, k, log=None):
     """Patch TrainState.train_step so that its k-th call (1-based) sends this process a real SIGINT, as
     Ctrl-C would; `log` collects the learning rate of every step."""
-    real_step = ig.TrainState.train_step
+    real_step = TrainState.train_step
     calls = {"n": 0}
 
     def step(self, x0, labels=None):
@@ -180,7 +188,7 @@ def ctrl_c_at_call(ig, monkeypatch, k, log=None):
             signal.raise_signal(signal.SIGINT)
         return loss
 
-    monkeypatch.setattr(ig.TrainState, "train_step", step)
+    monkeypatch.setattr(TrainState, "train_step", step)
 
 
 def assert_same_run(a, b):
@@ -233,14 +241,14 @@ def test_resume_with_more_epochs_continues_the_lr_without_a_jump(ig, mnist_dir, 
     state = load(tmp_path / "models" / "ddpm.pt")
     warmup = state["lr_plan"]["warmup_steps"]
     # step 9, the first after the resume, gets exactly the rate the 4-epoch plan had for it ...
-    assert rates[9] == pytest.approx(0.01 * ig.lr_schedule(9, 24, warmup), rel=1e-12)
+    assert rates[9] == pytest.approx(0.01 * lr_schedule(9, 24, warmup), rel=1e-12)
     # ... and from there the rate changes no faster than it did before (a longer decay is gentler)
     changes = [abs(a - b) for a, b in zip(rates[1:], rates)]
     assert max(changes[9:]) <= max(changes[warmup:9]), "the rate jumped after the resume"
     assert state["lr_plan"]["total_steps"] == 48 and state["lr_plan"]["anchor_step"] == 9
     assert state["lr_plan"]["peak_lr"] == 0.01  # a resumed run keeps its own peak rate
     plan = state["lr_plan"]
-    assert rates[-1] == pytest.approx(0.01 * ig.lr_schedule(47, 48, plan["warmup_steps"], 9, plan["anchor_factor"]))
+    assert rates[-1] == pytest.approx(0.01 * lr_schedule(47, 48, plan["warmup_steps"], 9, plan["anchor_factor"]))
 
 
 def test_same_seed_same_weights_whatever_the_evaluation(ig, mnist_dir, tmp_path):
@@ -257,7 +265,7 @@ def test_same_seed_same_weights_whatever_the_evaluation(ig, mnist_dir, tmp_path)
 
 
 def test_nonfinite_loss_stops_with_epoch_and_step(ig, mnist_dir, tmp_path, monkeypatch):
-    real_loss = ig.GaussianDiffusion.loss
+    real_loss = GaussianDiffusion.loss
     calls = {"n": 0}
 
     def loss_goes_nan_at_step_3(self, *args, **kwargs):
@@ -265,7 +273,7 @@ def test_nonfinite_loss_stops_with_epoch_and_step(ig, mnist_dir, tmp_path, monke
         value = real_loss(self, *args, **kwargs)
         return value * float("nan") if calls["n"] == 3 else value
 
-    monkeypatch.setattr(ig.GaussianDiffusion, "loss", loss_goes_nan_at_step_3)
+    monkeypatch.setattr(GaussianDiffusion, "loss", loss_goes_nan_at_step_3)
     with pytest.raises(SystemExit, match=r"loss became nan at epoch 1, step 3 of 6"):
         ig.main(["--epochs", "1", "--fid_samples", "0", *TINY, *paths(tmp_path, mnist_dir)])
 
@@ -291,17 +299,17 @@ def test_gzipped_idx_files_load_offline(ig, tmp_path, monkeypatch):
     plain, packed = tmp_path / "plain" / "MNIST" / "raw", tmp_path / "packed" / "MNIST" / "raw"
     write_idx(plain, n_train=64, n_test=32)
     packed.mkdir(parents=True)
-    for name in ig.IDX_FILES:
+    for name in IDX_FILES:
         (packed / f"{name}.gz").write_bytes(gzip.compress((plain / name).read_bytes(), mtime=0))
     for train in (True, False):
-        images, labels = ig.load_images("mnist", tmp_path / "packed", train)
-        expected_images, expected_labels = ig.load_images("mnist", tmp_path / "plain", train)
+        images, labels = load_images("mnist", tmp_path / "packed", train)
+        expected_images, expected_labels = load_images("mnist", tmp_path / "plain", train)
         assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
     broken = tmp_path / "broken" / "MNIST" / "raw"
     broken.mkdir(parents=True)
     (broken / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
     with pytest.raises(SystemExit) as exc:
-        ig.load_images("mnist", tmp_path / "broken", True)
+        load_images("mnist", tmp_path / "broken", True)
     assert "train-images-idx3-ubyte.gz is not a readable gzip file" in str(exc.value)
     assert not list(broken.glob("*.partial"))
 

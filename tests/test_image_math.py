@@ -1,23 +1,27 @@
-"""The diffusion math of image_gen.py against the DDPM / DDIM formulas, computed independently."""
+"""The diffusion math of imagegen against the DDPM / DDIM formulas, computed independently."""
 import math
 
 import pytest
 import torch
+from imagegen.data import to_model_range, to_uint8
+from imagegen.diffusion import GaussianDiffusion, SamplerSettings
+from imagegen.sampling import Sampler
+from imagegen.training import LR_FLOOR, TrainState, lr_schedule, new_lr_plan, replan_lr
+from imagegen.unet import DiffusionModel, PositionalEncoding, cpu_has_bf16
 
 
 @pytest.fixture(scope="module")
-def diffusion(ig):
-    torch.manual_seed(0)
-    return ig.GaussianDiffusion(ig.DiffusionModel(base_channels=8).eval())
+def diffusion():
+    return GaussianDiffusion()
 
 
 @pytest.fixture(scope="module")
-def short_diffusion(ig):
+def short_diffusion():
     """50 timesteps: sampling tests over the whole chain stay fast."""
     torch.manual_seed(0)
-    model = ig.DiffusionModel(base_channels=8).eval()
+    model = DiffusionModel(base_channels=8).eval()
     torch.nn.init.normal_(model.head[-1].weight, std=0.05)  # a non-zero head, so samples depend on the network
-    return ig.GaussianDiffusion(model, num_timesteps=50, beta_start=1e-3, beta_end=0.2)
+    return Sampler(model, GaussianDiffusion(num_timesteps=50, beta_start=1e-3, beta_end=0.2))
 
 
 def reference_schedule(T=1000, beta_start=1e-4, beta_end=0.02):
@@ -82,7 +86,7 @@ class FixedEps(torch.nn.Module):
         super().__init__()
         self.eps = torch.nn.Parameter(eps, requires_grad=False)
 
-    def forward(self, x, t):
+    def forward(self, x, t, labels=None):
         return self.eps.expand_as(x)
 
 
@@ -93,9 +97,10 @@ def test_single_ddim_step_is_eq12(ig, t, t_prev, eta):
     torch.manual_seed(2)
     x0 = torch.rand(2, 1, 28, 28) * 1.6 - 0.8           # inside [-1, 1]: the x0 clip does nothing
     eps = torch.randn(2, 1, 28, 28)
-    diffusion = ig.GaussianDiffusion(FixedEps(eps))
+    diffusion = GaussianDiffusion()
     x_t = diffusion.q_sample(x0, torch.full((2,), t), eps)
-    out = diffusion.ddim_step(x_t, t, t_prev, eta, generator=torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    out = diffusion.ddim_step(FixedEps(eps), x_t, t, t_prev, lambda shape: torch.randn(shape, generator=generator), eta)
 
     _, abar, _, _, _ = reference_schedule()
     a_t, a_prev = abar[t], (abar[t_prev] if t_prev >= 0 else 1.0)
@@ -109,14 +114,14 @@ def test_single_ddim_step_is_eq12(ig, t, t_prev, eta):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_model_shapes(ig, batch):
-    model = ig.DiffusionModel(base_channels=8)
+    model = DiffusionModel(base_channels=8)
     x = torch.randn(batch, 1, 28, 28)
     assert model(x, torch.randint(0, 1000, (batch,))).shape == (batch, 1, 28, 28)
 
 
 def test_positional_encoding_is_the_sinusoid(ig):
     """emb(t) = [sin(t w_i), cos(t w_i)], w_i = 10000^(-i / half) (Vaswani et al. 2017)."""
-    emb = ig.PositionalEncoding(16)(torch.tensor([0, 1, 999]))
+    emb = PositionalEncoding(16)(torch.tensor([0, 1, 999]))
     w = torch.tensor([10000 ** (-i / 8) for i in range(8)])
     for row, t in zip(emb, (0, 1, 999)):
         torch.testing.assert_close(row, torch.cat([torch.sin(t * w), torch.cos(t * w)]), rtol=1e-4, atol=1e-4)
@@ -125,7 +130,7 @@ def test_positional_encoding_is_the_sinusoid(ig):
 def test_network_output_depends_on_t(ig):
     """With the zero-initialised head perturbed, the same x_t at different t gives different predictions."""
     torch.manual_seed(0)
-    model = ig.DiffusionModel(base_channels=8).eval()
+    model = DiffusionModel(base_channels=8).eval()
     torch.nn.init.normal_(model.head[-1].weight, std=0.1)
     x = torch.randn(1, 1, 28, 28).expand(3, -1, -1, -1)
     with torch.no_grad():
@@ -138,33 +143,35 @@ def test_sampling_leaves_global_rng_alone(short_diffusion):
     """sample() draws from its own generator: seed=None must not reseed (or advance) the global RNG."""
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a = short_diffusion.sample(2, "ddim", steps=5, eta=1.0, seed=None)
-    b = short_diffusion.sample(2, "ddim", steps=5, eta=1.0, seed=None)
-    c = short_diffusion.sample(2, "ddim", steps=5, eta=1.0, seed=7)
+    a = short_diffusion.sample(2, SamplerSettings("ddim", steps=5, eta=1.0, seed=None))
+    b = short_diffusion.sample(2, SamplerSettings("ddim", steps=5, eta=1.0, seed=None))
+    c = short_diffusion.sample(2, SamplerSettings("ddim", steps=5, eta=1.0, seed=7))
     assert torch.equal(torch.get_rng_state(), before)
     assert not torch.allclose(a, b)  # seed=None: fresh noise each call
     torch.manual_seed(999)  # the global state does not matter with a seed
-    torch.testing.assert_close(short_diffusion.sample(2, "ddim", steps=5, eta=1.0, seed=7), c, rtol=0, atol=0)
+    torch.testing.assert_close(short_diffusion.sample(2, SamplerSettings("ddim", steps=5, eta=1.0, seed=7)), c,
+                               rtol=0, atol=0)
 
 
 def test_ddim_eta0_is_deterministic_given_x_T(short_diffusion):
     """eta = 0 uses no noise after x_T: the same seed gives the same images even as the step noise changes."""
-    a = short_diffusion.sample(3, "ddim", steps=10, eta=0.0, seed=3)
-    noisy = short_diffusion.sample(3, "ddim", steps=10, eta=1.0, seed=3)
+    a = short_diffusion.sample(3, SamplerSettings("ddim", steps=10, eta=0.0, seed=3))
+    noisy = short_diffusion.sample(3, SamplerSettings("ddim", steps=10, eta=1.0, seed=3))
     assert not torch.allclose(a, noisy)
-    x_T = short_diffusion._initial_noise(3, torch.Generator().manual_seed(3))
+    x_T = torch.randn((3, 1, 28, 28), generator=torch.Generator().manual_seed(3))
     manual = x_T
-    steps = short_diffusion.ddim_timesteps(10)
+    diffusion = short_diffusion.diffusion
+    steps = diffusion.ddim_timesteps(10)
     with torch.no_grad():
         for step, prev in zip(steps, steps[1:] + [-1]):
-            manual = short_diffusion.ddim_step(manual, step, prev, 0.0, generator=None)
+            manual = diffusion.ddim_step(short_diffusion.denoiser, manual, step, prev, None, 0.0)
     torch.testing.assert_close(manual, a, rtol=0, atol=0)
 
 
 def test_ddim_with_eta1_over_all_steps_is_ddpm(short_diffusion):
     """Song et al. 2021: eta = 1 over every timestep reproduces DDPM's ancestral sampler exactly."""
-    ddpm = short_diffusion.sample(4, "ddpm", seed=11)
-    ddim = short_diffusion.sample(4, "ddim", steps=50, eta=1.0, seed=11)
+    ddpm = short_diffusion.sample(4, SamplerSettings("ddpm", seed=11))
+    ddim = short_diffusion.sample(4, SamplerSettings("ddim", steps=50, eta=1.0, seed=11))
     torch.testing.assert_close(ddim, ddpm, rtol=1e-3, atol=1e-3)
 
 
@@ -177,31 +184,31 @@ def test_ddim_timesteps(diffusion):
 def test_uint8_round_trip_is_exact(ig):
     """Real grey levels survive model range -> uint8 unchanged (a truncating cast shifts most down by one)."""
     levels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16)
-    assert torch.equal(ig.to_uint8(ig.to_model_range(levels)), levels.unsqueeze(1))
+    assert torch.equal(to_uint8(to_model_range(levels)), levels.unsqueeze(1))
 
 
 def test_lr_schedule_and_replanning_are_continuous(ig):
-    plan = ig.new_lr_plan(1000, 1.0)
-    f = lambda p, s: ig.lr_schedule(s, p["total_steps"], p["warmup_steps"], p["anchor_step"], p["anchor_factor"])
+    plan = new_lr_plan(1000, 1.0)
+    f = lambda p, s: lr_schedule(s, p["total_steps"], p["warmup_steps"], p["anchor_step"], p["anchor_factor"])
     assert plan["warmup_steps"] == 100
-    decay = lambda s: ig.LR_FLOOR + (1 - ig.LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * s / 1000))
+    decay = lambda s: LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * s / 1000))
     assert f(plan, 0) == pytest.approx(0.01) and f(plan, 99) == pytest.approx(decay(99))  # warm-up ends
     assert f(plan, 500) == pytest.approx(decay(500))
-    assert f(plan, 1000) == pytest.approx(ig.LR_FLOOR) and f(plan, 5000) == pytest.approx(ig.LR_FLOOR)
+    assert f(plan, 1000) == pytest.approx(LR_FLOOR) and f(plan, 5000) == pytest.approx(LR_FLOOR)
     for resume_at, new_total in ((600, 3000), (50, 2000), (600, 800), (1000, 2000)):
-        new = ig.replan_lr(plan, resume_at, new_total)
+        new = replan_lr(plan, resume_at, new_total)
         assert f(new, resume_at) == pytest.approx(f(plan, resume_at), rel=1e-12)  # no jump
-        assert f(new, new_total) == pytest.approx(ig.LR_FLOOR)
+        assert f(new, new_total) == pytest.approx(LR_FLOOR)
         after = [f(new, s) for s in range(max(resume_at, 100), new_total + 1)]
         assert all(a >= b - 1e-12 for a, b in zip(after, after[1:]))  # decays monotonically to the new end
-    assert ig.replan_lr(plan, 600, 1000) is plan
+    assert replan_lr(plan, 600, 1000) is plan
 
 
 def test_ema_update_is_a_lerp_with_warmup(ig):
     """After step n the EMA moves (1 - decay) of the way to the live weights, decay = min(d, (1+n)/(10+n))."""
     torch.manual_seed(0)
-    state = ig.TrainState(ig.DiffusionModel(base_channels=8), torch.device("cpu"), ema_decay=0.9,
-                          lr_plan=ig.new_lr_plan(10, 1e-3))
+    state = TrainState(DiffusionModel(base_channels=8), torch.device("cpu"), ema_decay=0.9,
+                          lr_plan=new_lr_plan(10, 1e-3))
     x0 = torch.rand(8, 1, 28, 28) * 2 - 1
     state.train_step(x0)
     before = [p.clone() for p in state.ema_model.parameters()]
@@ -213,7 +220,7 @@ def test_ema_update_is_a_lerp_with_warmup(ig):
 def test_training_reduces_loss(ig):
     """A few dozen steps on a fixed batch drive the noise-prediction loss well below its start (1.0)."""
     torch.manual_seed(0)
-    state = ig.TrainState(ig.DiffusionModel(base_channels=8), torch.device("cpu"), lr_plan=ig.new_lr_plan(40, 3e-3))
+    state = TrainState(DiffusionModel(base_channels=8), torch.device("cpu"), lr_plan=new_lr_plan(40, 3e-3))
     x0 = torch.zeros(16, 1, 28, 28) - 1  # black images: the easiest possible target
     first = state.train_step(x0).item()
     for _ in range(40):
@@ -226,5 +233,5 @@ def test_cpu_has_bf16_reads_the_cpu_flags(ig, tmp_path):
     for flags, expected in (("fpu avx2 avx512f avx512_bf16 avx512_vnni", True), ("fpu avx2 amx_bf16 amx_tile", True),
                             ("fpu avx2 avx512f avx512bw avx512_vnni", False), ("fpu avx2 avx512_bf16x", False)):
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        assert ig.cpu_has_bf16(cpuinfo) is expected, flags
-    assert ig.cpu_has_bf16(tmp_path / "missing") is False  # not Linux: fp32
+        assert cpu_has_bf16(cpuinfo) is expected, flags
+    assert cpu_has_bf16(tmp_path / "missing") is False  # not Linux: fp32

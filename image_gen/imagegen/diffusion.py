@@ -1,0 +1,187 @@
+"""Gaussian diffusion: the math of DDPM (Ho et al. 2020) and DDIM (Song et al. 2021), with classifier-free
+guidance (Ho & Salimans 2022). No network, optimizer, batching or progress report lives here: every call
+takes the noise predictor `model` (a unet.Denoiser: model(x_t, t, labels) -> eps) as its first argument,
+as in openai/improved-diffusion, and the noise source `randn(shape) -> tensor` where noise is drawn.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def sampler_name(sampler, steps, eta, guidance_scale=None):
+    """'ddpm-1000', 'ddim-50', 'ddim-50 eta 0.5', with ', w=0.5' for guided class-conditional sampling."""
+    name = "ddpm-1000" if sampler == "ddpm" else f"ddim-{steps}" + (f" eta {eta:g}" if eta else "")
+    return name + (f", w={guidance_scale:g}" if guidance_scale is not None else "")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to run the reverse process, as one value: the sampler ('ddpm': ancestral sampling over all T
+    steps; 'ddim': `steps` DDIM steps with stochasticity `eta`), the classifier-free guidance scale w
+    (used for class-conditional draws only) and the noise seed (None: a fresh seed from the OS)."""
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    guidance_scale: float = 0.0
+    seed: int | None = 0
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+        if self.steps < 1 or not 0.0 <= self.eta <= 1.0 or self.guidance_scale < 0:
+            raise ValueError(f"bad sampler settings: steps {self.steps} (>= 1), eta {self.eta} (in [0, 1]), "
+                             f"guidance {self.guidance_scale} (>= 0)")
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def step_count(self, num_timesteps):
+        """Network evaluations per image (twice as many when guided): all T for DDPM, `steps` for DDIM."""
+        return num_timesteps if self.sampler == "ddpm" else self.steps
+
+    def name(self, guided):
+        """sampler_name of these settings; `guided`: name the guidance scale too."""
+        return sampler_name(self.sampler, self.steps, self.eta, self.guidance_scale if guided else None)
+
+
+class GaussianDiffusion:
+    """Gaussian diffusion over `num_timesteps` steps: noise schedule, forward process, training loss, one
+    DDPM or DDIM step, the sampling loops and classifier-free guidance. Images are (n, C, H, W) in [-1, 1].
+
+    A class-conditional model takes labels (n,) everywhere; label `model.null_class` is the null class.
+    Guidance scale w > 0 samples with classifier-free guidance (Ho & Salimans 2022, eq. 6):
+    eps~ = (1 + w) eps(x_t, t, c) - w eps(x_t, t, null).
+    """
+
+    def __init__(self, num_timesteps=1000, beta_start=1e-4, beta_end=0.02, device="cpu"):
+        self.device = torch.device(device)
+        self.config = {"num_timesteps": num_timesteps, "beta_start": beta_start, "beta_end": beta_end}
+        self.num_timesteps = num_timesteps
+        self._register_schedule(num_timesteps, beta_start, beta_end)
+
+    # --- schedule -------------------------------------------------------------------------
+    def _register_schedule(self, num_timesteps, beta_start, beta_end):
+        """The DDPM quantities, computed in float64 and stored as float32 (num_timesteps,) tensors."""
+        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)  # beta-tilde_t, eq. 7
+        schedule = {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+            "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),
+            "posterior_variance": posterior_variance,
+            # beta-tilde_0 is 0; log of it would be -inf, and it is never used as noise anyway.
+            "posterior_log_variance_clipped": torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]])),
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
+        }
+        for name, values in schedule.items():
+            setattr(self, name, values.to(device=self.device, dtype=torch.float32))
+
+    @staticmethod
+    def _gather(values, t):
+        """values[t] shaped (batch, 1, 1, 1) to broadcast over images."""
+        return values.gather(0, t).view(-1, 1, 1, 1)
+
+    def _timestep(self, step, n):
+        return torch.full((n,), step, device=self.device, dtype=torch.long)
+
+    # --- forward process and loss (Algorithm 1) -----------------------------------------------
+    def q_sample(self, x0, t, noise):
+        """Closed-form forward diffusion: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps  (eq. 4)."""
+        return self._gather(self.sqrt_alphas_cumprod, t) * x0 + self._gather(self.sqrt_one_minus_alphas_cumprod, t) * noise
+
+    def loss(self, model, x0, labels=None, generator=None, cond_drop_prob=0.0):
+        """Simplified DDPM objective (eq. 14): || eps - eps_theta(x_t, t, c) ||^2, t ~ U{0..T-1}, eps ~ N(0, I).
+
+        Each label becomes the null class with probability `cond_drop_prob` (Ho & Salimans 2022,
+        Algorithm 1), so the same network learns the unconditional eps(x_t, t, null) too. t, eps and the
+        dropout come from `generator` (the training generator), never from the global RNG."""
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        if labels is not None and cond_drop_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device, generator=generator) < cond_drop_prob
+            labels = labels.masked_fill(drop, model.null_class)
+        return F.mse_loss(model(self.q_sample(x0, t, noise), t, labels), noise)
+
+    # --- reverse process ------------------------------------------------------------------------
+    def predict_eps(self, model, x, t, labels=None, guidance_scale=0.0):
+        """eps_theta(x_t, t, c); for w = guidance_scale > 0 the classifier-free guided prediction
+        (Ho & Salimans 2022, eq. 6)
+
+            eps~ = (1 + w) eps(x_t, t, c) - w eps(x_t, t, null),
+
+        with the conditional and null halves stacked into one forward pass of 2n images."""
+        if labels is None or guidance_scale == 0:
+            return model(x, t, labels)
+        null = torch.full_like(labels, model.null_class)
+        eps_cond, eps_null = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+        return (1.0 + guidance_scale) * eps_cond - guidance_scale * eps_null
+
+    def predict_x0(self, x_t, t, eps):
+        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (eq. 4 solved for x_0), clipped to [-1, 1]."""
+        x0 = self._gather(self.sqrt_recip_alphas_cumprod, t) * x_t - self._gather(self.sqrt_recipm1_alphas_cumprod, t) * eps
+        return x0.clamp(-1.0, 1.0)
+
+    def ddpm_step(self, model, x, step, randn, labels=None, guidance_scale=0.0):
+        """x_t -> x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) = N(mu~_t, beta~_t I) (eq. 6-7, Algorithm 2); no noise at t = 0."""
+        t = self._timestep(step, x.shape[0])
+        x0 = self.predict_x0(x, t, self.predict_eps(model, x, t, labels, guidance_scale))
+        mean = self._gather(self.posterior_mean_coef1, t) * x0 + self._gather(self.posterior_mean_coef2, t) * x
+        if step == 0:
+            return mean
+        return mean + (0.5 * self._gather(self.posterior_log_variance_clipped, t)).exp() * randn(x.shape)
+
+    def ddim_step(self, model, x, step, prev_step, randn, eta=0.0, labels=None, guidance_scale=0.0):
+        """x_t -> x_{t_prev} by Song et al. 2021, eq. 12 (prev_step -1 means abar_prev = 1, the last step):
+
+            x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z,
+            sigma  = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)   (eq. 16).
+
+        x0_hat is clipped to [-1, 1] and eps_hat recomputed from it, so the two stay consistent."""
+        t = self._timestep(step, x.shape[0])
+        x0 = self.predict_x0(x, t, self.predict_eps(model, x, t, labels, guidance_scale))
+        eps = (self._gather(self.sqrt_recip_alphas_cumprod, t) * x - x0) / self._gather(self.sqrt_recipm1_alphas_cumprod, t)
+        abar = self.alphas_cumprod[step]
+        abar_prev = self.alphas_cumprod[prev_step] if prev_step >= 0 else torch.ones_like(abar)
+        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+        x_prev = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        if eta > 0 and prev_step >= 0:
+            x_prev = x_prev + sigma * randn(x.shape)
+        return x_prev
+
+    def ddim_timesteps(self, steps):
+        """`steps` evenly spaced timesteps from T-1 down to 0."""
+        return torch.linspace(self.num_timesteps - 1, 0, steps).round().long().unique_consecutive().tolist()
+
+    def reverse_steps(self, settings):
+        """(t, t_prev) pairs the sampler visits: every t for DDPM, the DDIM sub-sequence (ending at -1) for DDIM."""
+        if settings.sampler == "ddpm":
+            return [(step, step - 1) for step in range(self.num_timesteps - 1, -1, -1)]
+        timesteps = self.ddim_timesteps(settings.steps)
+        return list(zip(timesteps, timesteps[1:] + [-1]))
+
+    @torch.no_grad()
+    def sample_loop(self, model, x_T, settings, randn, labels=None, guidance_scale=0.0, wrap=iter):
+        """x_T (n, C, H, W) -> x_0 in [-1, 1] by ancestral DDPM (Algorithm 2) or DDIM (eq. 12; eta = 0 is a
+        deterministic map from noise to image, eta = 1 over all steps is DDPM). `wrap` may wrap the list of
+        steps, e.g. in a progress report."""
+        x = x_T
+        for step, prev in wrap(self.reverse_steps(settings)):
+            if settings.sampler == "ddpm":
+                x = self.ddpm_step(model, x, step, randn, labels, guidance_scale)
+            else:
+                x = self.ddim_step(model, x, step, prev, randn, settings.eta, labels, guidance_scale)
+        return x

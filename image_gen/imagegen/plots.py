@@ -1,0 +1,136 @@
+"""Pictures: sample grids with a labelled row per class, single PNGs, the training curves, FID/KID per
+epoch with the real-vs-real floor, and the guidance sweep."""
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+
+from .common import pyplot
+
+
+def save_grid(images, path, scale=4):
+    """Save (n, 1, 28, 28) images in [0, 1] as one near-square grid, upscaled for viewing."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrow = math.ceil(math.sqrt(len(images)))
+    big = F.interpolate(images.float().cpu(), scale_factor=scale, mode="nearest")
+    save_image(big, path, nrow=nrow, padding=2 * scale, pad_value=0.5)
+
+
+def save_titled_grid(images, path, title, scale=4):
+    """Save (n, 1, 28, 28) images in [0, 1] as one near-square grid under `title` (unconditional samples)."""
+    cols = math.ceil(math.sqrt(len(images)))
+    save_class_grid(images, [""] * math.ceil(len(images) / cols), path, title, scale, cols=cols)
+
+
+def save_class_grid(images, row_names, path, title=None, scale=4, cols=None):
+    """Save (rows * cols, 1, 28, 28) images in [0, 1], class by class, as a grid with one row per class,
+    each row labelled with its class name."""
+    from torchvision.utils import make_grid
+
+    plt = pyplot()
+    rows = len(row_names)
+    cols = cols or len(images) // rows
+    pad = 2
+    grid = make_grid(images.float().cpu(), nrow=cols, padding=pad, pad_value=0.5)[0].numpy()
+    cell = 28 + pad
+    fig, ax = plt.subplots(figsize=(1.2 + cols * 28 * scale / 120, 0.4 + rows * 28 * scale / 120), dpi=120)
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([pad + cell * r + 14 for r in range(rows)], labels=list(row_names))
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_individual(images, folder, names):
+    """One PNG per image, `folder`/<name>.png; earlier samples in the folder are removed first, so a
+    smaller run leaves nothing stale behind."""
+    from torchvision.utils import save_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    for image, name in zip(images.cpu(), names):
+        save_image(image, folder / f"{name}.png")
+
+
+def _epoch_axis(ax):
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # also a lone first epoch
+    ax.set_xlabel("epoch")
+
+
+def plot_training_loss(history, path, dataset_title):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["loss"] for h in history], marker="o", color="tab:blue")
+    ax.set(ylabel="noise-prediction MSE (mean over epoch)", yscale="log", title=f"DDPM training loss on {dataset_title}")
+    _epoch_axis(ax)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_metrics_comparison(history, evaluator, sampler, path):
+    """FID and KID per evaluated epoch with the real-vs-real floor; the titles name N, sampler, backbone."""
+    plt = pyplot()
+    fig, (ax_fid, ax_kid, ax_loss) = plt.subplots(1, 3, figsize=(15, 4), dpi=120)
+    evaluated = [h for h in history if h.get("fid") is not None]
+    for ax, key, label in ((ax_fid, "fid", "FID"), (ax_kid, "kid", "KID")):
+        if evaluated and evaluator is not None:
+            ax.plot([h["epoch"] for h in evaluated], [h[key] for h in evaluated], marker="o", color="tab:red",
+                    label="generated")
+            ax.axhline(evaluator.floor[key], color="gray", ls="--", label="real vs real (floor)")
+            if min([h[key] for h in evaluated] + [evaluator.floor[key]]) > 0:
+                ax.set_yscale("log")  # the scores fall by orders of magnitude
+            ax.legend(fontsize=8)
+            ax.set_title(f"{label}, {evaluator.backbone}, N={evaluator.num_samples}, {sampler}", fontsize=9)
+        else:
+            ax.text(0.5, 0.5, f"{label} not measured (--fid_samples 0)", ha="center", va="center",
+                    transform=ax.transAxes)
+        ax.set_ylabel(f"{label} (lower is better)")
+    ax_loss.plot([h["epoch"] for h in history], [h["loss"] for h in history], color="tab:blue",
+                 marker="o" if len(history) <= 60 else None)
+    ax_loss.set(ylabel="training loss (MSE)", yscale="log", title="Training loss")
+    for ax in (ax_fid, ax_kid, ax_loss):
+        ax.grid(True, alpha=0.3)
+        _epoch_axis(ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_guidance_sweep(rows, floor, description, path, chosen=None):
+    """FID (with the real-vs-real floor) and class accuracy against the guidance scale w; `chosen` (a w)
+    is marked on both."""
+    plt = pyplot()
+    scales = [r["guidance_scale"] for r in rows]
+    fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    ax_fid.plot(scales, [r["fid"] for r in rows], marker="o", color="tab:red", label="generated")
+    ax_fid.axhline(floor["fid"], color="gray", ls="--", label="real vs real (floor)")
+    ax_fid.set(xlabel="guidance scale w", ylabel="FID (lower is better)", title=f"FID, {description}")
+    ax_acc.plot(scales, [100 * r["accuracy"] for r in rows], marker="o", color="tab:green")
+    ax_acc.axhline(99, color="gray", ls=":", label="99%")
+    ax_acc.set(xlabel="guidance scale w", ylabel="samples recognised as the asked class (%)",
+               title="Class accuracy (data set's own classifier)")
+    for ax in (ax_fid, ax_acc):
+        if chosen is not None:
+            ax.axvline(chosen, color="tab:blue", ls=":", label=f"chosen: best FID at >= 99%, w = {chosen:g}")
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.title.set_fontsize(9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

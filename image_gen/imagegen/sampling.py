@@ -1,0 +1,160 @@
+"""Drawing images from a trained model: batches, noise streams per class, eval mode and progress reports
+around the diffusion's sampling loop (diffusion.GaussianDiffusion.sample_loop)."""
+from __future__ import annotations
+
+import torch
+
+from .common import progress_bar
+from .data import to_uint8
+from .diffusion import GaussianDiffusion
+from .unet import Denoiser, DiffusionModel
+
+
+def sampling_batch_size(device):
+    """Images per sampling batch: 64 on a CPU, where larger batches fall out of cache and run slower per
+    image (docs/image-results.md has the measurement); 1000 on a GPU, which wants wide batches."""
+    return 1000 if device.type == "cuda" else 64
+
+
+def class_seed(seed, label):
+    """The noise seed of one class's samples: distinct per class, fixed for a given --seed."""
+    return seed * 1_000_003 + 7919 * (label + 1)
+
+
+def balanced_counts(n, num_classes):
+    """n split over the classes as evenly as possible (the first n % num_classes get one more)."""
+    return [n // num_classes + (c < n % num_classes) for c in range(num_classes)]
+
+
+def seeded_generator(seed, device):
+    """A private torch.Generator: `seed`, or a fresh seed from the OS when None. The global RNG is untouched."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+class NoiseStreams:
+    """Noise for a batch made of equal groups of `per_group` images, group i drawn from `generators[i]`:
+    each group gets the numbers its generator would give it alone."""
+
+    def __init__(self, generators, per_group, device):
+        self.generators, self.per_group, self.device = generators, per_group, device
+
+    def __call__(self, shape):
+        return torch.cat([torch.randn((self.per_group, *shape[1:]), generator=g, device=self.device)
+                          for g in self.generators])
+
+
+def compiled_for_sampling(model):
+    """torch.compile(model) with dynamic shapes, so that one compilation serves every sampling batch size
+    (static shapes would compile again, for tens of seconds, at each new count of images). Compiled kernels
+    add in another order, so images differ from eager ones in the last bits. Some shapes still compile once
+    more: a batch of one image, and in fp32 on a CPU the first batch of 16 or more after smaller ones
+    (torch's convolution guards split there)."""
+    return torch.compile(model, dynamic=True)
+
+
+class Sampler:
+    """Draws images from a DiffusionModel (for sampling, its EMA weights) with the diffusion's reverse process.
+
+    `sample` draws n images of one class (or of the null class / an unconditional model); `sample_classes`
+    draws several classes, each from a noise stream of its own, so the images of digit 7 are the same
+    whichever other classes are asked for; `draw_for_fid` draws what FID/KID score."""
+
+    def __init__(self, model, diffusion=None, precision="fp32", compile_model=False):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.diffusion = diffusion or GaussianDiffusion(device=self.device)
+        self.denoiser = Denoiser(model, precision, compiled_for_sampling(model) if compile_model else None)
+        self.num_classes = model.num_classes
+        self.null_class = model.num_classes
+        self.image_shape = (model.config["image_channels"], 28, 28)
+
+    @property
+    def num_timesteps(self):
+        return self.diffusion.num_timesteps
+
+    def batch_size(self, guided):
+        """Images per sampling batch: half as many when guided, so each forward pass sees the same number."""
+        return max(1, sampling_batch_size(self.device) // (2 if guided else 1))
+
+    def _guided(self, label, settings):
+        return self.num_classes > 0 and label is not None and settings.guidance_scale > 0
+
+    def _draw(self, labels, n, settings, randn, guided, progress):
+        """One batch of n images from noise source `randn`, the network in eval mode meanwhile."""
+        was_training = self.model.training
+        self.model.eval()
+        x_T = randn((n, *self.image_shape))
+        wrap = lambda steps: progress_bar(steps, settings.name(False).upper(), unit="step", enabled=progress)  # noqa: E731
+        out = self.diffusion.sample_loop(self.denoiser, x_T, settings, randn, labels,
+                                         settings.guidance_scale if guided else 0.0, wrap)
+        self.model.train(was_training)
+        return out
+
+    def sample(self, n, settings, label=None, batch_size=None, progress=False):
+        """`n` images (n, C, 28, 28) in [-1, 1], in batches of `batch_size(guided)`.
+
+        `label`: the class of all n images for a conditional model (None: the null class, unconditional;
+        then no guidance). Noise comes from a private generator seeded with settings.seed."""
+        if self.num_classes == 0 and label is not None:
+            raise ValueError("this model is unconditional: it draws no classes")
+        guided = self._guided(label, settings)
+        batch_size = batch_size or self.batch_size(guided)
+        generator = seeded_generator(settings.seed, self.device)
+        randn = lambda shape: torch.randn(shape, generator=generator, device=self.device)  # noqa: E731
+        batches = []
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            labels = None
+            if self.num_classes:
+                labels = torch.full((size,), self.null_class if label is None else label, device=self.device)
+            batches.append(self._draw(labels, size, settings, randn, guided, progress))
+        return torch.cat(batches)
+
+    def sample_classes(self, classes, per_class, settings, progress=False):
+        """`per_class` images of each class in `classes` (a list; [None] = unconditional), class by class:
+        (len(classes) * per_class, C, 28, 28). Class c draws from seed class_seed(settings.seed, c).
+
+        When all of them fit in one sampling batch they run as one batch (faster on a CPU than class by
+        class), each class drawing from its own generator; a class then draws exactly what `sample` would
+        draw for it alone, so both ways give the same images."""
+        labels = [self.null_class if label is None else label for label in classes]
+        guided = self.num_classes > 0 and classes != [None] and settings.guidance_scale > 0
+        if len(classes) * per_class > self.batch_size(guided) or len(classes) == 1:
+            return torch.cat([self.sample(per_class, settings.replace(seed=class_seed(settings.seed, index)),
+                                          label=label, progress=progress)
+                              for label, index in zip(classes, labels)])
+        streams = NoiseStreams([seeded_generator(class_seed(settings.seed, index), self.device) for index in labels],
+                               per_class, self.device)
+        batch_labels = torch.tensor(labels, device=self.device).repeat_interleave(per_class)
+        return self._draw(batch_labels, len(batch_labels), settings, streams, guided, progress)
+
+    def draw_for_fid(self, n, settings, unconditional=False, progress=False):
+        """The n images that FID/KID score: (uint8 (n, 1, 28, 28), asked labels (n,) or None).
+
+        A conditional model draws them class-balanced with guidance, each class from its own noise stream
+        (class_seed), or from the null class when `unconditional`; an unconditional model draws n at once.
+        Any machine draws the same images for the same arguments, up to the last bits of its arithmetic."""
+        if not self.num_classes or unconditional:
+            return to_uint8(self.sample(n, settings, progress=progress)), None
+        counts = balanced_counts(n, self.num_classes)
+        if len(set(counts)) == 1:  # the same images, in one batch where they fit (a small N)
+            images = self.sample_classes(list(range(self.num_classes)), counts[0], settings, progress)
+        else:
+            images = torch.cat([self.sample(k, settings.replace(seed=class_seed(settings.seed, c)), label=c,
+                                            progress=progress)
+                                for c, k in enumerate(counts) if k])
+        labels = torch.cat([torch.full((k,), c) for c, k in enumerate(counts)])
+        return to_uint8(images), labels
+
+
+def ema_sampler_from_checkpoint(state, device, precision="fp32", compile_model=False):
+    """A Sampler over the checkpoint's EMA network, rebuilt from what the checkpoint says (no optimizer);
+    with `compile_model`, the network is compiled for sampling (see compiled_for_sampling)."""
+    model = DiffusionModel(**state["model_config"]).to(device).requires_grad_(False).eval()
+    model.load_state_dict(state["ema"])
+    return Sampler(model, GaussianDiffusion(**state["diffusion_config"], device=device), precision, compile_model)
