@@ -9,8 +9,9 @@ uploads up to 50 MB.
 
 Streamlit runs this file from the top on every click. The checkpoints are read once per server process
 (st.cache_resource, keyed by path and modification time, so a checkpoint retrained meanwhile is read
-again), and every step of the work is a function of image_gen/image_gen.py or audio_gen/audio_gen.py,
-imported from their folders: this file lays out controls and results and checks the user's input.
+again), and every step of the work is a function of the models' packages (image_gen/imagegen,
+audio_gen/audiogen), imported from their folders: this file lays out controls and results and checks the
+user's input.
 Without a checkpoint a tab says how to train one; bad input (a file that is not audio, an empty or silent
 file, a file or count over the limits, a checkpoint of the wrong kind) gives a message in the page.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import sys
 import tempfile
@@ -37,20 +37,28 @@ MAX_UPLOAD_MB = 50      # about an hour of compressed music, several minutes of 
 GRIFFIN_LIM_ITERS = 64  # audio_gen's default: most of the quality of 128 iterations for half the time
 
 
-def load_script(name, relative_path):
-    """Import image_gen.py or audio_gen.py from its folder (they are scripts, not an installed package),
-    once per process: Streamlit re-executes this file on every click, the scripts need not be."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative_path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+for folder in ("image_gen", "audio_gen"):  # each model's script and package live in its folder
+    if str(ROOT / folder) not in sys.path:
+        sys.path.insert(0, str(ROOT / folder))
 
-
-ig = load_script("image_gen", "image_gen/image_gen.py")
-ag = load_script("audio_gen", "audio_gen/audio_gen.py")
+import audio_gen as ag  # noqa: E402  the command lines: their defaults and folders
+import image_gen as ig  # noqa: E402
+from audiogen.audio_io import decode_recordings, write_wav  # noqa: E402
+from audiogen.checkpoint import load_checkpoint as load_audio_state  # noqa: E402
+from audiogen.checkpoint import model_from_checkpoint  # noqa: E402
+from audiogen.data import SILENCE_RMS, folder_splits  # noqa: E402
+from audiogen.metrics import AudioEvaluator, mel_metrics, versus_baseline  # noqa: E402
+from audiogen.musdb import detect_layout, musdb_splits  # noqa: E402
+from audiogen.plots import plot_spectrograms  # noqa: E402
+from audiogen.transform import LogMelTransform  # noqa: E402
+from imagegen.checkpoint import checkpoint_guidance, checkpoint_position, load_checkpoint  # noqa: E402
+from imagegen.common import read_json, resolve_device, resolve_path  # noqa: E402
+from imagegen.data import class_names, class_slug, dataset_title, to_unit_range  # noqa: E402
+from imagegen.diffusion import SamplerSettings  # noqa: E402
+from imagegen.guidance import DEFAULT_GUIDANCE_SCALE  # noqa: E402
+from imagegen.plots import save_class_grid, save_grid, save_individual  # noqa: E402
+from imagegen.sampling import ema_sampler_from_checkpoint  # noqa: E402
+from imagegen.unet import cpu_has_bf16  # noqa: E402
 
 
 # ============================================================================================
@@ -73,7 +81,7 @@ class ArgumentParser(argparse.ArgumentParser):
 def script_default(module, name):
     """A script's default path for argument `name`, resolved next to the script as the script does."""
     default = module.build_parser().get_default(name)
-    return module.resolve_path(default, default)
+    return resolve_path(default, default, module.SCRIPT_DIR)
 
 
 def parse_args(argv):
@@ -96,7 +104,7 @@ def parse_args(argv):
                         "time, less with torch's compile cache), so every click samples ~1.6x faster; falls back "
                         "to eager sampling, saying so, where compiling fails")
     args = p.parse_args(argv)
-    args.device = ig.resolve_device(args.device, p)
+    args.device = resolve_device(args.device, p)
     args.precision = resolve_precision(args.precision, args.device)
     return args
 
@@ -106,7 +114,7 @@ def resolve_precision(choice, device):
     (a GPU samples 16 digits in well under a second in fp32, so it keeps infer's exact arithmetic)."""
     if choice != "auto":
         return choice
-    return "bf16" if device.type == "cpu" and ig.cpu_has_bf16() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 
 # ============================================================================================
@@ -123,8 +131,8 @@ def file_stamp(path):
 def load_image_checkpoint(path, stamp, device, precision="fp32", compile_model=False):
     """(what the page says about the checkpoint, its EMA sampler in `precision`, compiled if asked and
     possible): read, compiled and warmed up once per server and file version."""
-    state = ig.load_checkpoint(path, ig.CHECKPOINT_FORMAT)
-    sampler = ig.ema_sampler_from_checkpoint(state, torch.device(device), precision, compile_model)
+    state = load_checkpoint(path)
+    sampler = ema_sampler_from_checkpoint(state, torch.device(device), precision, compile_model)
     compile_error = None
     try:
         warm_up(sampler, state["dataset"])  # with compile_model this compiles: torch.compile works on the first call
@@ -133,10 +141,11 @@ def load_image_checkpoint(path, stamp, device, precision="fp32", compile_model=F
             raise
         # no C++ compiler, say: eager sampling still works
         compile_error = ": ".join([type(err).__name__, *str(err).strip().splitlines()[:1]])
-        sampler = ig.ema_sampler_from_checkpoint(state, torch.device(device), precision)
+        sampler = ema_sampler_from_checkpoint(state, torch.device(device), precision)
         warm_up(sampler, state["dataset"])
     compiled = compile_model and compile_error is None
-    about = {"dataset": state["dataset"], "position": ig.checkpoint_position(state), "step": state["step"],
+    about = {"dataset": state["dataset"], "position": checkpoint_position(state),
+             "guidance": checkpoint_guidance(state, DEFAULT_GUIDANCE_SCALE), "step": state["step"],
              "history": state["history"], "args": state.get("args", {}), "model_config": state["model_config"],
              "compiled": compiled, "compile_error": compile_error}
     return about, sampler
@@ -146,9 +155,9 @@ def load_image_checkpoint(path, stamp, device, precision="fp32", compile_model=F
 def load_audio_checkpoint(path, stamp, device):
     """(what the page says about the checkpoint, the autoencoder, its log-mel transform): read once per
     server and file version."""
-    state = ag.load_checkpoint(path)
-    model = ag.model_from_checkpoint(state, torch.device(device))
-    transform = ag.LogMelTransform.from_config(state["transform_config"], GRIFFIN_LIM_ITERS, torch.device(device))
+    state = load_audio_state(path)
+    model = model_from_checkpoint(state, torch.device(device))
+    transform = LogMelTransform.from_config(state["transform_config"], GRIFFIN_LIM_ITERS, torch.device(device))
     about = {"epoch": state["epoch"], "history": state["history"], "data": state["data"]}
     return about, model, transform
 
@@ -197,7 +206,7 @@ def image_scores(about, path, results_dir):
         lines.append(f"FID {h['fid']:.2f}, KID {h['kid']:.4f}{accuracy} after epoch {h['epoch']} (training's "
                      f"evaluation: DDIM-{args.get('sampling_steps')}, N = {args.get('fid_samples')}, "
                      f"--fid_backbone {args.get('fid_backbone')})")
-    infer = ig.read_json(results_dir / "metrics.json").get("infer", {})
+    infer = read_json(results_dir / "metrics.json").get("infer", {})
     if infer.get("fid") is not None and same_checkpoint(infer.get("checkpoint"), path) \
             and infer.get("step") == about["step"]:
         accuracy = f", class accuracy {infer['accuracy']:.1%}" if infer.get("accuracy") is not None else ""
@@ -210,7 +219,7 @@ def image_scores(about, path, results_dir):
 def describe_image_checkpoint(about, path, results_dir):
     config = about["model_config"]
     kind = f"class-conditional ({config['num_classes']} classes)" if config["num_classes"] else "unconditional"
-    lines = [f"Checkpoint `{path}`: {ig.DATASETS[about['dataset']][2]}, {kind}, base channels "
+    lines = [f"Checkpoint `{path}`: {dataset_title(about['dataset'])}, {kind}, base channels "
              f"{config['base_channels']}, {about['position']}."] + image_scores(about, path, results_dir)
     st.markdown("\n".join(f"- {line}" for line in lines))
 
@@ -219,11 +228,12 @@ def draw_images(diffusion, classes, per_class, sampler, steps, seed, guidance):
     """(images in [0, 1], seconds of sampling): `per_class` of each class in `classes` (None = the null
     class) for a conditional model, `per_class` images in all for an unconditional one."""
     start = time.perf_counter()
+    settings = SamplerSettings(sampler, steps, 0.0, guidance, seed)
     if diffusion.num_classes:
-        samples = diffusion.sample_classes(classes, per_class, sampler, steps, seed=seed, guidance_scale=guidance)
+        samples = diffusion.sample_classes(classes, per_class, settings)
     else:
-        samples = diffusion.sample(per_class, sampler, steps, seed=seed)
-    return ig.to_unit_range(samples), time.perf_counter() - start
+        samples = diffusion.sample(per_class, settings)
+    return to_unit_range(samples), time.perf_counter() - start
 
 
 def warm_up(diffusion, dataset):
@@ -233,7 +243,7 @@ def warm_up(diffusion, dataset):
     --compile, for compiling: in fp32 torch compiles one graph for batches of 2-15 and one for 16 or more."""
     classes = [0] if diffusion.num_classes else None
     for count in (1, 8) if diffusion.num_classes else (2, 16):  # a guided pass doubles the batch
-        images, _ = draw_images(diffusion, classes, count, "ddim", 1, 0, ig.DEFAULT_GUIDANCE_SCALE)
+        images, _ = draw_images(diffusion, classes, count, "ddim", 1, 0, DEFAULT_GUIDANCE_SCALE)
     image_files(images, dataset, classes, count, "warm-up")
 
 
@@ -243,16 +253,16 @@ def image_files(images, dataset, classes, per_class, title):
     if classes is None:
         names = [f"sample_{i:03d}" for i in range(len(images))]
     else:
-        names = [f"{'unconditional' if c is None else ig.class_slug(dataset, c)}_{i:03d}"
+        names = [f"{'unconditional' if c is None else class_slug(dataset, c)}_{i:03d}"
                  for c in classes for i in range(per_class)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if classes is None:
-            ig.save_grid(images, tmp / "grid.png")
+            save_grid(images, tmp / "grid.png")
         else:
-            row_names = ["unconditional" if c is None else ig.class_names(dataset)[c] for c in classes]
-            ig.save_class_grid(images, row_names, tmp / "grid.png", title=title)
-        ig.save_individual(images, tmp / "samples", names)
+            row_names = ["unconditional" if c is None else class_names(dataset)[c] for c in classes]
+            save_class_grid(images, row_names, tmp / "grid.png", title=title)
+        save_individual(images, tmp / "samples", names)
         singles = io.BytesIO()
         with zipfile.ZipFile(singles, "w") as archive:
             for name in names:
@@ -260,16 +270,16 @@ def image_files(images, dataset, classes, per_class, title):
         return (tmp / "grid.png").read_bytes(), singles.getvalue()
 
 
-def image_controls(diffusion, dataset):
+def image_controls(diffusion, dataset, default_guidance):
     """The sampling settings chosen in the page: (classes or None, per_class, sampler, steps, seed, guidance)."""
     classes, guidance = None, 0.0
     if diffusion.num_classes:
-        labels = {name: c for c, name in enumerate(ig.class_names(dataset))}
+        labels = {name: c for c, name in enumerate(class_names(dataset))}
         labels["unconditional (no class)"] = None
         chosen = st.multiselect("Classes, one grid row each", list(labels), default=list(labels)[:-1], key="classes")
         classes = [labels[name] for name in chosen]
         guidance = st.slider("Classifier-free guidance w (0: the plain conditional model)", 0.0, 5.0,
-                             ig.DEFAULT_GUIDANCE_SCALE, 0.5, key="guidance")
+                             float(default_guidance), 0.5, key="guidance")
     sampler = st.radio("Sampler", ["ddim", "ddpm"], key="sampler", horizontal=True,
                        format_func=lambda s: {"ddim": "DDIM", "ddpm": "DDPM (all 1000 steps: slow)"}[s])
     left, middle, right = st.columns(3)
@@ -298,18 +308,18 @@ def image_tab(args):
                    "turns it off.")
     elif about["compile_error"]:
         st.caption(f"torch.compile failed here ({about['compile_error']}), so the digits are sampled without it.")
-    digits_panel(diffusion, about["dataset"])
+    digits_panel(diffusion, about["dataset"], about["guidance"])
 
 
 @st.fragment
-def digits_panel(diffusion, dataset):
+def digits_panel(diffusion, dataset, default_guidance):
     """Controls, Generate and the result. A fragment: a click here reruns only this panel, not the whole
     page with its audio tab, so the grid reaches the screen sooner (main's guard does not run then, hence
     its own)."""
     with errors_as_messages():
         controls, output = st.columns([2, 3], gap="large")
         with controls:
-            settings = image_controls(diffusion, dataset)
+            settings = image_controls(diffusion, dataset, default_guidance)
             clicked = st.button("Generate", type="primary", key="generate")
         with output:
             if clicked:
@@ -328,12 +338,11 @@ def generate(diffusion, dataset, classes, per_class, sampler, steps, seed, guida
                  f"click. Choose fewer classes or fewer images per class.")
         return
     guided = classes is not None and classes != [None]
-    name = ig.sampler_name(sampler, diffusion.num_timesteps if sampler == "ddpm" else steps, 0.0,
-                           guidance if guided else None)
+    name = SamplerSettings(sampler, steps, 0.0, guidance, seed).name(guided)
     with st.spinner(f"Sampling {count} images with {name} ..."):
         images, seconds = draw_images(diffusion, classes, per_class, sampler, steps, seed, guidance)
         grid, singles = image_files(images, dataset, classes, per_class,
-                                    f"{ig.DATASETS[dataset][2]}, {name}, seed {seed}")
+                                    f"{dataset_title(dataset)}, {name}, seed {seed}")
     st.session_state["images"] = Images(grid, singles, count, seconds, name)
 
 
@@ -365,26 +374,15 @@ class Reconstruction:
     seconds: float
 
 
-class OneClip:
-    """A one-clip stand-in for audio_gen's MelClips: AudioEvaluator reads its reference audio through
-    waveforms(positions)."""
-
-    def __init__(self, clip):
-        self.clip = clip
-
-    def waveforms(self, positions):
-        return self.clip[None]
-
-
 def decode(path, kind, sample_rate):
     """(mono float32 waveform at `sample_rate`, None), or (None, why the file cannot be used)."""
     try:
-        wave = ag.decode_recordings(path, kind, sample_rate)["mixture"]
+        wave = decode_recordings(path, kind, sample_rate)["mixture"]
     except Exception as err:  # FFmpeg's errors for data it cannot parse have many types (as in audio_gen)
         return None, f"This file cannot be read as audio ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
     if len(wave) == 0:
         return None, "This file holds no audio samples."
-    if float((wave.astype("float64") ** 2).mean() ** 0.5) < ag.SILENCE_RMS:
+    if float((wave.astype("float64") ** 2).mean() ** 0.5) < SILENCE_RMS:
         return None, "This file is silent (below -60 dBFS): there is nothing to reconstruct."
     return wave, None
 
@@ -409,32 +407,32 @@ def test_files(audio_dir, musdb_root):
     on this machine: music the model never heard."""
     if audio_dir and Path(audio_dir).is_dir():
         root = Path(audio_dir)
-        return [(str(p.relative_to(root)), str(p), "file") for p in ag.folder_splits(root)["test"]]
-    layout = ag.detect_layout(musdb_root) if musdb_root else None
+        return [(str(p.relative_to(root)), str(p), "file") for p in folder_splits(root)["test"]]
+    layout = detect_layout(musdb_root) if musdb_root else None
     if layout:
-        return [(name, str(path), layout) for name, path in ag.musdb_splits(musdb_root, layout)["test"]]
+        return [(name, str(path), layout) for name, path in musdb_splits(musdb_root, layout)["test"]]
     return []
 
 
 def wav_bytes(audio, sample_rate):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.wav"
-        ag.write_wav(path, audio, sample_rate)
+        write_wav(path, audio, sample_rate)
         return path.read_bytes()
 
 
 def reconstruct_clip(model, transform, clip, title):
     """Original, autoencoder and Griffin-Lim-oracle audio of one (clip_samples,) clip, its spectrogram
-    plot and scores: audio_gen's AudioEvaluator (mel, oracle, reconstruction, Griffin-Lim, PESQ/STOI),
-    its mel metrics and its plot, on a one-clip data set."""
+    plot and scores: audio_gen's AudioEvaluator (mel, oracle, reconstruction, Griffin-Lim, PESQ/STOI) on
+    this one waveform, its mel metrics and its plot."""
     start = time.perf_counter()
-    evaluator = ag.AudioEvaluator(OneClip(clip), [0], transform)
+    evaluator = AudioEvaluator(clip[None], transform)
     scores, audio, reconstruction = evaluator(model)
     seconds = time.perf_counter() - start
-    mel = ag.mel_metrics(reconstruction, evaluator.log_mels, model)
+    mel = mel_metrics(reconstruction, evaluator.log_mels, model)
     plot = io.BytesIO()
     heard = transform(torch.stack([audio[0], evaluator.oracle_audio[0]])).cpu()
-    ag.plot_spectrograms(evaluator.log_mels, heard[:1], [title], plot, "log-mel spectrograms of what you hear",
+    plot_spectrograms(evaluator.log_mels, heard[:1], [title], plot, "log-mel spectrograms of what you hear",
                          oracles=heard[1:], names=("original", "autoencoder + Griffin-Lim"))
     rate = transform.sample_rate
     return dict(original=wav_bytes(evaluator.reference[0], rate), reconstruction=wav_bytes(audio[0], rate),
@@ -451,8 +449,8 @@ def audio_scores(about, path, results_dir):
         h = scored[-1]
         lines.append(f"After epoch {h['epoch']}, {speech_line(h['audio_valid'])} on {h['audio_valid']['clips']} "
                      f"unseen validation clips; mel MSE {h['valid']['mse']:.4f}, "
-                     f"{ag.versus_baseline(h['valid'])} than the time-average baseline")
-    infer = ag.read_json(results_dir / "metrics.json").get("infer", {})
+                     f"{versus_baseline(h['valid'])} than the time-average baseline")
+    infer = read_json(results_dir / "metrics.json").get("infer", {})
     test = infer.get("test", {})
     if test and same_checkpoint(infer.get("checkpoint"), path) and infer.get("epoch") == about["epoch"]:
         audio = f"{speech_line(test['audio'])}, " if test.get("audio", {}).get("stoi") is not None else ""
@@ -520,7 +518,7 @@ def audio_tab(args):
     key = (name, len(wave), int(start * transform.sample_rate))
     with output:
         if clicked:
-            if float(clip.pow(2).mean().sqrt()) < ag.SILENCE_RMS:
+            if float(clip.pow(2).mean().sqrt()) < SILENCE_RMS:
                 st.error(f"The {len(clip) / transform.sample_rate:g} s from {start:.1f} s are silent: move the window.")
             else:
                 with st.spinner("Reconstructing ..."):
@@ -556,7 +554,7 @@ def show_reconstruction(result):
     st.table({"audio": ["autoencoder + Griffin-Lim", "Griffin-Lim oracle"],
               "PESQ (wide-band)": [fmt(s["pesq"], ".2f"), fmt(s["oracle_pesq"], ".2f")],
               "STOI": [fmt(s["stoi"], ".3f"), fmt(s["oracle_stoi"], ".3f")]})
-    st.caption(f"Mel: MSE {mel['mse']:.4f} ({ag.versus_baseline(mel)} than the clip's time-average), cosine "
+    st.caption(f"Mel: MSE {mel['mse']:.4f} ({versus_baseline(mel)} than the clip's time-average), cosine "
                f"{mel['cosine']:.3f}, 1 - spectral convergence {mel['mel_sc_score']:.3f}. Reconstructed, inverted "
                f"({GRIFFIN_LIM_ITERS} Griffin-Lim iterations, twice) and scored in {result.seconds:.2f} s.")
 

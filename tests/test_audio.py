@@ -1,5 +1,6 @@
-"""audio_gen.py: decoding (folders of music, MUSDB18 in both layouts), the transform, the model and its
+"""audio_gen.py and its package audiogen/: decoding (folders of music, MUSDB18 in both layouts), the transform, the model and its
 schedule, paired metrics, a real-learning check, download, exact resume and end-to-end runs."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -13,14 +14,25 @@ import pytest
 import soundfile as sf
 import torch
 
+import audiogen.data
+from audiogen.audio_io import decode_recordings
+from audiogen.checkpoint import CHECKPOINT_FORMAT, model_from_checkpoint
+from audiogen.clips import MelClips
+from audiogen.data import SPLITS, DataConfig, Recording, build_splits, folder_splits, hash_split, window_starts
+from audiogen.metrics import (AudioEvaluator, mel_metrics, paired_speech_scores, require_speech_metrics, score_split,
+                              spread_positions)
+from audiogen.model import AudioAutoencoder
+from audiogen.musdb import DATASETS, detect_layout, ensure_dataset
+from audiogen.trainer import AudioTrainer, CosineSchedule
+from audiogen.transform import LogMelTransform, compute_normalization
 from conftest import MUSDB_SOURCES, ROOT, synthetic_music, write_music_file
 
 CLIP = 80_000
 
 
 @pytest.fixture(scope="module")
-def tf(ag):
-    return ag.LogMelTransform(griffin_lim_iters=8)
+def tf():
+    return LogMelTransform(griffin_lim_iters=8)
 
 
 @pytest.fixture(scope="session")
@@ -48,14 +60,14 @@ def music_other(tmp_path_factory):
 
 # --- decoding and data -------------------------------------------------------------------------
 
-def test_layout_detection(ag, musdb_stems, musdb_wav, tmp_path):
-    assert ag.detect_layout(musdb_stems) == "stems"
-    assert ag.detect_layout(musdb_wav) == "wav"
-    assert ag.detect_layout(tmp_path) is None
+def test_layout_detection(musdb_stems, musdb_wav, tmp_path):
+    assert detect_layout(musdb_stems) == "stems"
+    assert detect_layout(musdb_wav) == "wav"
+    assert detect_layout(tmp_path) is None
 
 
-def test_stem_file_decodes_five_sources_at_16k(ag, musdb_stems):
-    waves = ag.decode_recordings(musdb_stems / "train" / "Alpha - First.stem.mp4", "stems", 16_000)
+def test_stem_file_decodes_five_sources_at_16k(musdb_stems):
+    waves = decode_recordings(musdb_stems / "train" / "Alpha - First.stem.mp4", "stems", 16_000)
     assert list(waves) == list(MUSDB_SOURCES)
     for wave in waves.values():
         # 6 s at 16 kHz, give or take the AAC encoder's priming samples
@@ -63,68 +75,67 @@ def test_stem_file_decodes_five_sources_at_16k(ag, musdb_stems):
     assert np.abs(waves["vocals"]).max() > 0.05 and np.abs(waves["bass"]).max() > 0.1
 
 
-def test_wav_folder_matches_stem_decoding(ag, musdb_wav, musdb_stems):
-    wav = ag.decode_recordings(musdb_wav / "train" / "Alpha - First", "wav", 16_000)
+def test_wav_folder_matches_stem_decoding(musdb_wav, musdb_stems):
+    wav = decode_recordings(musdb_wav / "train" / "Alpha - First", "wav", 16_000)
     assert abs(len(wav["mixture"]) - 96_000) <= 1
-    stem = ag.decode_recordings(musdb_stems / "train" / "Alpha - First.stem.mp4", "stems", 16_000)
+    stem = decode_recordings(musdb_stems / "train" / "Alpha - First.stem.mp4", "stems", 16_000)
     rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
     # the same signal through AAC: same level (the codec delay shifts it a little in time)
     assert rms(stem["bass"]) == pytest.approx(rms(wav["bass"]), rel=0.1)
 
 
 @pytest.mark.parametrize("name", ["a.wav", "b.flac", "c.opus", "d.m4a"])
-def test_every_format_decodes_to_mono_16k(ag, tmp_path, name):
+def test_every_format_decodes_to_mono_16k(tmp_path, name):
     write_music_file(tmp_path / name, 6.0, 3)
-    wave = ag.decode_recordings(tmp_path / name, "file", 16_000)["mixture"]
+    wave = decode_recordings(tmp_path / name, "file", 16_000)["mixture"]
     assert abs(len(wave) - 96_000) < 1_500  # codec priming/padding
     # the level survives decoding, downmix and resampling (the right channel is 0.8 x the left)
     reference = synthetic_music(6.0, 3, 16_000) * 0.9
     assert np.sqrt(np.mean(wave ** 2)) == pytest.approx(np.sqrt(np.mean(reference ** 2)), rel=0.15)
 
 
-def test_window_starts_cover_recording_on_frame_boundaries(ag):
-    assert ag.window_starts(96_000, CLIP, 313) == [0, 51]       # (96000 - 80000) // 313 = 51
-    assert ag.window_starts(CLIP, CLIP, 313) == [0]
-    starts = ag.window_starts(16_000 * 60, CLIP, 313)
+def test_window_starts_cover_recording_on_frame_boundaries():
+    assert window_starts(96_000, CLIP, 313) == [0, 51]       # (96000 - 80000) // 313 = 51
+    assert window_starts(CLIP, CLIP, 313) == [0]
+    starts = window_starts(16_000 * 60, CLIP, 313)
     assert len(starts) == 12 and starts[0] == 0 and starts[-1] * 313 + CLIP <= 16_000 * 60
     assert starts[-1] == (16_000 * 60 - CLIP) // 313
 
 
-def test_hash_split_is_deterministic_and_stable(ag, tmp_path):
+def test_hash_split_is_deterministic_and_stable(tmp_path):
     names = [f"album{i % 7}/track{i}.flac" for i in range(400)]
-    splits = [ag.hash_split(n) for n in names]
-    share = {s: splits.count(s) / len(names) for s in ag.SPLITS}
+    splits = [hash_split(n) for n in names]
+    share = {s: splits.count(s) / len(names) for s in SPLITS}
     assert 0.7 < share["train"] < 0.9 and 0.05 < share["valid"] < 0.15 and 0.05 < share["test"] < 0.15
     for n in names[:20]:
         write_music_file(tmp_path / n.replace(".flac", ".wav"), 0.1, 0)
-    before = ag.folder_splits(tmp_path)
+    before = folder_splits(tmp_path)
     for n in names[20:40]:  # adding files never moves the old ones
         write_music_file(tmp_path / n.replace(".flac", ".wav"), 0.1, 0)
-    after = ag.folder_splits(tmp_path)
-    for split in ag.SPLITS:
+    after = folder_splits(tmp_path)
+    for split in SPLITS:
         assert set(before[split]) <= set(after[split])
     assert sum(map(len, after.values())) == 40
-    whole = ag.folder_splits(tmp_path, whole=True)
+    whole = folder_splits(tmp_path, whole=True)
     assert whole["train"] == whole["valid"] == [] and len(whole["test"]) == 40
 
 
-def test_folder_splits_use_subfolders(ag, music_split):
-    files = ag.folder_splits(music_split)
+def test_folder_splits_use_subfolders(music_split):
+    files = folder_splits(music_split)
     assert [p.name for p in files["valid"]] == ["e.wav"] and [p.name for p in files["test"]] == ["f.wav", "g.flac"]
     # recursive, every listed format, nothing that is not audio
     assert sorted(p.name for p in files["train"]) == ["a.wav", "b.flac", "broken.mp3", "c.opus", "d.m4a",
                                                       "short.wav", "silent.wav"]
 
 
-def build(ag, root, cache, whole=False, **extra):
-    args = type("Args", (), {"audio_dir": root, "musdb_root": None, "cache_dir": cache, "sources": list(MUSDB_SOURCES),
-                             "download": "none", **extra})
-    return ag.build_splits(args, ag.LogMelTransform(), whole_folder=whole)
+def build(root, cache, whole=False):
+    data = DataConfig(audio_dir=root, musdb_root=None, download="none", sources=MUSDB_SOURCES, cache_dir=cache)
+    return build_splits(data, LogMelTransform(), whole_folder=whole)
 
 
 def test_folder_dataset_skips_and_counts_bad_files(ag, music_split, tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="broken.mp3"):
-        splits = build(ag, music_split, tmp_path)
+        splits = build(music_split, tmp_path)
     train = splits["train"]
     assert train.stats["unreadable"] == [str(music_split / "train" / "broken.mp3")]
     assert train.stats["silent"] == 1 and train.stats["too_short"] == 1 and train.stats["files"] == 7
@@ -132,23 +143,23 @@ def test_folder_dataset_skips_and_counts_bad_files(ag, music_split, tmp_path, mo
     assert len(train) == 8 and len(splits["valid"]) == 2 and len(splits["test"]) == 4  # two windows per 6-s file
     assert train.log_mels.dtype == torch.float16 and train[0].shape == (128, 256)
     # a second build decodes nothing: every readable file comes from the cache
-    monkeypatch.setattr(ag, "analyse_file", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(audiogen.data, "analyse_file", lambda *a: pytest.fail("decoded again"))
     with pytest.warns(UserWarning, match="broken.mp3"):  # still reported, from the cache
-        again = build(ag, music_split, tmp_path)["train"]
+        again = build(music_split, tmp_path)["train"]
     assert torch.equal(again.log_mels, train.log_mels)
 
 
 def test_scoring_windows_match_the_clips_own_mel(ag, music_split, tmp_path):
-    test = build(ag, music_split, tmp_path)["test"]
+    test = build(music_split, tmp_path)["test"]
     waves = test.waveforms([0, 1, 3])
     assert waves.shape == (3, CLIP)
-    own = ag.LogMelTransform()(waves)
+    own = LogMelTransform()(waves)
     # identical but for the two edge frames, where the clip is padded and the recording is not
     torch.testing.assert_close(own[..., 2:-2], test.clips([0, 1, 3])[..., 2:-2], atol=2e-2, rtol=0)
 
 
 def test_random_crops_stay_inside_recordings(ag, music_split, tmp_path):
-    train = build(ag, music_split, tmp_path)["train"]
+    train = build(music_split, tmp_path)["train"]
     starts = train.crop_starts(4000, torch.Generator().manual_seed(0))
     ends = train.offsets[1:]
     for s in starts.tolist():
@@ -160,30 +171,28 @@ def test_random_crops_stay_inside_recordings(ag, music_split, tmp_path):
 
 
 def test_musdb_splits_cache_and_skips(ag, musdb_stems, tmp_path, monkeypatch):
-    args = type("Args", (), {"audio_dir": None, "musdb_root": musdb_stems, "cache_dir": tmp_path, "download": "none",
-                             "sources": list(MUSDB_SOURCES)})
-    splits = ag.build_splits(args, ag.LogMelTransform())
+    data = DataConfig(audio_dir=None, musdb_root=musdb_stems, download="none", sources=MUSDB_SOURCES,
+                      cache_dir=tmp_path)
+    splits = build_splits(data, LogMelTransform())
     train, valid, test = splits["train"], splits["valid"], splits["test"]
     assert {r.name.split(" [")[0] for r in train.recordings} == {"Alpha - First", "Beta - Second"}
     assert {r.name.split(" [")[0] for r in valid.recordings} == {"Actions - One Minute Smile"}
     assert train.stats["silent"] == 1 and train.stats["too_short"] == 5   # Beta's vocals; Gamma's 3-s stems
     assert len(train.recordings) == 9 and len(test.recordings) == 10
     assert {test.source(i) for i in range(len(test))} == set(MUSDB_SOURCES)
-    monkeypatch.setattr(ag, "analyse_file", lambda *a: pytest.fail("decoded again"))
-    args.sources = ["vocals"]
-    only_vocals = ag.build_splits(args, ag.LogMelTransform())["train"]
+    monkeypatch.setattr(audiogen.data, "analyse_file", lambda *a: pytest.fail("decoded again"))
+    only_vocals = build_splits(dataclasses.replace(data, sources=("vocals",)), LogMelTransform())["train"]
     assert [r.name for r in only_vocals.recordings] == ["Alpha - First [vocals]"]
 
 
-def test_unreadable_stem_file_is_skipped(ag, musdb_stems, tmp_path):
+def test_unreadable_stem_file_is_skipped(musdb_stems, tmp_path):
     root = tmp_path / "musdb"
     (root / "train").mkdir(parents=True)
     os.symlink(musdb_stems / "train" / "Alpha - First.stem.mp4", root / "train" / "Alpha - First.stem.mp4")
     (root / "train" / "Broken - Track.stem.mp4").write_bytes(np.random.default_rng(4096).bytes(4096))
-    args = type("Args", (), {"audio_dir": None, "musdb_root": root, "cache_dir": tmp_path / "c", "download": "none",
-                             "sources": list(MUSDB_SOURCES)})
+    data = DataConfig(audio_dir=None, musdb_root=root, download="none", sources=MUSDB_SOURCES, cache_dir=tmp_path / "c")
     with pytest.warns(UserWarning, match="Broken - Track.stem.mp4"):
-        train = ag.build_splits(args, ag.LogMelTransform())["train"]
+        train = build_splits(data, LogMelTransform())["train"]
     assert len(train.recordings) == 5 and len(train.stats["unreadable"]) == 1
 
 
@@ -196,38 +205,38 @@ def test_mel_shape_and_griffin_lim_length(tf):
     assert tf.invert(log_mel).shape == (3, CLIP)
 
 
-def test_griffin_lim_recovers_a_tone(ag):
+def test_griffin_lim_recovers_a_tone():
     """The whole inverse chain (InverseMelScale + Griffin-Lim) puts a 440 Hz tone back at 440 Hz."""
-    transform = ag.LogMelTransform(griffin_lim_iters=32)
+    transform = LogMelTransform(griffin_lim_iters=32)
     tone = 0.5 * torch.sin(2 * torch.pi * 440 * torch.arange(CLIP) / 16_000)
     spectrum = torch.fft.rfft(transform.invert(transform(tone[None]))[0]).abs()
     assert spectrum.argmax().item() * 16_000 / CLIP == pytest.approx(440, abs=5)
 
 
-def test_normalization_lives_in_the_model(ag):
+def test_normalization_lives_in_the_model():
     torch.manual_seed(0)
     log_mels = torch.randn(128, 5000) * 2 - 5 + torch.linspace(0, 3, 128)[:, None]
-    model = ag.AudioAutoencoder()
-    model.set_normalization(*ag.compute_normalization(log_mels))
+    model = AudioAutoencoder()
+    model.set_normalization(*compute_normalization(log_mels))
     normalized = model.normalize(log_mels)
     torch.testing.assert_close(normalized.mean(dim=1), torch.zeros(128), atol=1e-4, rtol=0)
     torch.testing.assert_close(normalized.std(dim=1), torch.ones(128), atol=1e-3, rtol=0)
     torch.testing.assert_close(model.denormalize(normalized), log_mels, atol=1e-4, rtol=1e-5)
-    restored = ag.AudioAutoencoder()
+    restored = AudioAutoencoder()
     restored.load_state_dict(model.state_dict())  # the statistics travel with the weights
     torch.testing.assert_close(restored.mel_std, model.mel_std)
 
 
 # --- metrics -----------------------------------------------------------------------------------
 
-def test_mel_metrics_on_identical_opposite_and_flat_inputs(ag):
-    model = ag.AudioAutoencoder()
+def test_mel_metrics_on_identical_opposite_and_flat_inputs():
+    model = AudioAutoencoder()
     x = torch.randn(4, 128, 256)
-    same = ag.mel_metrics(x, x, model)
+    same = mel_metrics(x, x, model)
     assert same["mse"] == 0 and same["mae"] == 0 and same["clips"] == 4
     assert same["cosine"] == pytest.approx(1.0) and same["mel_sc_score"] == pytest.approx(1.0)
-    assert ag.mel_metrics(-x, x, model)["cosine"] == pytest.approx(-1.0)
-    flat = ag.mel_metrics(x.mean(dim=-1, keepdim=True).expand_as(x), x, model)
+    assert mel_metrics(-x, x, model)["cosine"] == pytest.approx(-1.0)
+    flat = mel_metrics(x.mean(dim=-1, keepdim=True).expand_as(x), x, model)
     assert flat["mse"] == pytest.approx(flat["time_average_mse"], rel=1e-5)  # the baseline scores the baseline
     assert flat["baseline_ratio"] == pytest.approx(1.0, rel=1e-5)
 
@@ -237,34 +246,49 @@ def voiced(seconds=5.0, pitch=200):
     return 0.3 * torch.sin(2 * torch.pi * pitch * t) * (torch.sin(2 * torch.pi * 2 * t) > 0)
 
 
-def test_paired_speech_scores_drop_undefined_clips_from_both(ag):
+def test_paired_speech_scores_drop_undefined_clips_from_both():
     good, silent = voiced(), torch.zeros(CLIP)
     noisy = good + 0.05 * torch.randn(CLIP, generator=torch.Generator().manual_seed(0))
     reference, estimate, oracle = torch.stack([good, silent]), torch.stack([noisy, silent]), torch.stack([good, silent])
-    scores = ag.paired_speech_scores(reference, estimate, oracle, 16_000)
+    scores = paired_speech_scores(reference, estimate, oracle, 16_000)
     assert scores["clips"] == 2 and scores["pesq_undefined"] == 1
     assert scores["oracle_pesq"] > 4.0 and scores["pesq"] < scores["oracle_pesq"]  # means over the same clip
-    single = ag.paired_speech_scores(reference[:1], estimate[:1], oracle[:1], 16_000)
+    single = paired_speech_scores(reference[:1], estimate[:1], oracle[:1], 16_000)
     assert single["pesq"] == pytest.approx(scores["pesq"]) and single["pesq_undefined"] == 0
 
 
-def test_missing_pesq_is_an_error(ag, monkeypatch):
+def test_missing_pesq_is_an_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "pesq", None)  # import pesq now raises ImportError
     with pytest.raises(SystemExit, match="pesq and pystoi"):
-        ag.require_speech_metrics()
+        require_speech_metrics()
 
 
-def test_spread_positions_cover_everything(ag):
-    assert ag.spread_positions(20, 64) == list(range(20))
-    assert ag.spread_positions(100, 5) == [0, 25, 50, 74, 99]
-    assert ag.spread_positions(0, 5) == [] and ag.spread_positions(7, 1) == [0]
+def test_audio_evaluator_takes_reference_waveforms(tf):
+    """AudioEvaluator scores any (n, samples) clips, with no data set behind them; Griffin-Lim starts from
+    the same phase on every call and leaves the global RNG as it was."""
+    reference = torch.stack([voiced(), voiced(pitch=300)])
+    model = AudioAutoencoder(hidden=16, latent_dim=32)
+    evaluator = AudioEvaluator(reference, tf, seed=3)
+    assert evaluator.reference is reference and evaluator.log_mels.shape == (2, 128, 256)
+    assert evaluator.oracle_audio.shape == (2, CLIP)
+    rng = torch.get_rng_state()
+    scores, audio, reconstruction = evaluator(model)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert scores["clips"] == 2 and audio.shape == (2, CLIP) and reconstruction.shape == (2, 128, 256)
+    assert torch.equal(evaluator(model)[1], audio)
+
+
+def test_spread_positions_cover_everything():
+    assert spread_positions(20, 64) == list(range(20))
+    assert spread_positions(100, 5) == [0, 25, 50, 74, 99]
+    assert spread_positions(0, 5) == [] and spread_positions(7, 1) == [0]
 
 
 # --- model and training state ------------------------------------------------------------------
 
 @pytest.mark.parametrize("time_downsample, latent_frames, compression", [(16, 16, 16), (8, 32, 8), (4, 64, 4)])
-def test_autoencoder_shapes_and_compression(ag, time_downsample, latent_frames, compression):
-    model = ag.AudioAutoencoder(n_mels=128, latent_dim=128, hidden=32, time_downsample=time_downsample)
+def test_autoencoder_shapes_and_compression(time_downsample, latent_frames, compression):
+    model = AudioAutoencoder(n_mels=128, latent_dim=128, hidden=32, time_downsample=time_downsample)
     x = torch.randn(2, 128, 256)
     assert model.encode(x).shape == (2, 128, latent_frames) and model.compression == compression
     assert model(x).shape == x.shape
@@ -272,7 +296,7 @@ def test_autoencoder_shapes_and_compression(ag, time_downsample, latent_frames, 
         model.encode(torch.randn(1, 128, 250))
 
 
-def test_pca_path_starts_as_the_pca_of_the_training_patches(ag):
+def test_pca_path_starts_as_the_pca_of_the_training_patches():
     """After init_pca the model is exactly the PCA code: the deep paths add zero, and the linear path
     projects each 2-frame patch onto the top latent_dim principal directions (computed here by SVD)."""
     torch.manual_seed(0)
@@ -280,8 +304,8 @@ def test_pca_path_starts_as_the_pca_of_the_training_patches(ag):
     sources = torch.randn(4, 6000)
     sources = sources + torch.roll(sources, 1, dims=1)  # correlated neighbour frames
     log_mels = torch.randn(n_mels, 4) @ sources + 0.1 * torch.randn(n_mels, 6000) + 2.0  # nearly rank 4 per frame
-    model = ag.AudioAutoencoder(n_mels=n_mels, latent_dim=latent, hidden=16, time_downsample=k)
-    model.set_normalization(*ag.compute_normalization(log_mels))
+    model = AudioAutoencoder(n_mels=n_mels, latent_dim=latent, hidden=16, time_downsample=k)
+    model.set_normalization(*compute_normalization(log_mels))
     model.init_pca(log_mels)
     x = model.normalize(log_mels)
     patches = x.reshape(n_mels, -1, k).permute(1, 0, 2).reshape(-1, n_mels * k).double()
@@ -301,18 +325,18 @@ def test_pca_path_starts_as_the_pca_of_the_training_patches(ag):
     assert ((got - patches[:len(got)]) ** 2).mean() < 0.1 * ((random_code - patches[:len(got)]) ** 2).mean()
 
 
-def test_checkpoints_without_the_pca_path_still_load(ag):
+def test_checkpoints_without_the_pca_path_still_load():
     """Models saved before the PCA path existed (no 'pca_path' in their config) rebuild without it."""
-    old = ag.AudioAutoencoder(n_mels=16, latent_dim=8, hidden=16, pca_path=False)
+    old = AudioAutoencoder(n_mels=16, latent_dim=8, hidden=16, pca_path=False)
     config = {key: value for key, value in old.config.items() if key != "pca_path"}
-    model = ag.model_from_checkpoint({"model_config": config, "model": old.state_dict()}, torch.device("cpu"))
+    model = model_from_checkpoint({"model_config": config, "model": old.state_dict()}, torch.device("cpu"))
     assert model.linear_encoder is None
     x = torch.randn(1, 16, 64)
     torch.testing.assert_close(model(x), old.eval()(x))
 
 
-def test_cosine_schedule_warms_up_decays_and_extends_without_a_jump(ag):
-    schedule = ag.CosineSchedule(1e-3, total_steps=100, warmup_steps=10)
+def test_cosine_schedule_warms_up_decays_and_extends_without_a_jump():
+    schedule = CosineSchedule(1e-3, total_steps=100, warmup_steps=10)
     assert schedule(0) == pytest.approx(1e-4) and schedule(9) == pytest.approx(1e-3)
     assert schedule(55) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)  # half-way through the cosine
     assert schedule(100) == pytest.approx(1e-5) and schedule(500) == pytest.approx(1e-5)
@@ -323,10 +347,10 @@ def test_cosine_schedule_warms_up_decays_and_extends_without_a_jump(ag):
     assert all(b <= a for a, b in zip(rates, rates[1:]))  # no climb back up
 
 
-def test_trainer_overfits_one_batch(ag):
+def test_trainer_overfits_one_batch():
     torch.manual_seed(0)
-    model = ag.AudioAutoencoder(n_mels=32, latent_dim=32, hidden=64)
-    trainer = ag.AudioTrainer(model, torch.device("cpu"), ag.CosineSchedule(3e-3, 80, warmup_steps=5))
+    model = AudioAutoencoder(n_mels=32, latent_dim=32, hidden=64)
+    trainer = AudioTrainer(model, torch.device("cpu"), CosineSchedule(3e-3, 80, warmup_steps=5))
     batch = torch.randn(4, 32, 64)
     first = trainer.train_step(batch).item()
     for _ in range(80):
@@ -334,28 +358,28 @@ def test_trainer_overfits_one_batch(ag):
     assert last < 0.3 * first and trainer.step == 81
 
 
-def test_a_tiny_model_learns_music_it_never_heard(ag):
+def test_a_tiny_model_learns_music_it_never_heard():
     """Trained on synthetic note sequences, a 4x-compressing model reconstructs other sequences far
     better than each bin's time average: it learns structure, not the clips."""
     torch.manual_seed(0)
-    transform = ag.LogMelTransform(n_mels=32)
+    transform = LogMelTransform(n_mels=32)
 
     def clips(seeds):
         recordings = []
         for seed in seeds:
             log_mel = transform(torch.from_numpy(synthetic_music(12.0, seed)))
-            recordings.append(ag.Recording(str(seed), "", "file", "mixture", log_mel.half(), [0, 150, 300]))
-        return ag.MelClips(recordings, transform)
+            recordings.append(Recording(str(seed), "", "file", "mixture", log_mel.half(), [0, 150, 300]))
+        return MelClips(recordings, transform)
 
     train, unseen = clips(range(8)), clips(range(100, 103))
-    model = ag.AudioAutoencoder(n_mels=32, latent_dim=32, hidden=48, time_downsample=4)
-    model.set_normalization(*ag.compute_normalization(train.log_mels))
+    model = AudioAutoencoder(n_mels=32, latent_dim=32, hidden=48, time_downsample=4)
+    model.set_normalization(*compute_normalization(train.log_mels))
     model.init_pca(train.log_mels)
-    trainer = ag.AudioTrainer(model, torch.device("cpu"), ag.CosineSchedule(2e-3, 250, warmup_steps=20))
+    trainer = AudioTrainer(model, torch.device("cpu"), CosineSchedule(2e-3, 250, warmup_steps=20))
     generator = torch.Generator().manual_seed(0)
     for _ in range(250):
         trainer.train_step(train.crops(train.crop_starts(8, generator)))
-    scores = ag.score_split(model, unseen)
+    scores = score_split(model, unseen)
     assert scores["clips"] == 9 and scores["baseline_ratio"] > 3, scores
 
 
@@ -368,58 +392,58 @@ def make_archive(musdb_stems, path, top_folder):
     return path
 
 
-def test_download_from_local_archive(ag, musdb_stems, tmp_path, monkeypatch):
+def test_download_from_local_archive(musdb_stems, tmp_path, monkeypatch):
     archive = make_archive(musdb_stems, tmp_path / "MUSDB18-7-STEMS.zip", "")
-    monkeypatch.setitem(ag.DATASETS, "preview", {"url": archive.as_uri(), "size": archive.stat().st_size, "md5": None})
+    monkeypatch.setitem(DATASETS, "preview", {"url": archive.as_uri(), "size": archive.stat().st_size, "md5": None})
     root = tmp_path / "data" / "musdb18"
-    assert ag.ensure_dataset(root, "preview") == "stems"
+    assert ensure_dataset(root, "preview") == "stems"
     assert len(list((root / "train").glob("*.stem.mp4"))) == 4 and len(list((root / "test").glob("*.stem.mp4"))) == 2
     assert sorted(p.name for p in root.parent.iterdir()) == ["musdb18"]  # no partial files left
 
 
-def test_download_full_checks_md5_and_nested_folder(ag, musdb_stems, tmp_path, monkeypatch):
+def test_download_full_checks_md5_and_nested_folder(musdb_stems, tmp_path, monkeypatch):
     archive = make_archive(musdb_stems, tmp_path / "musdb18.zip", "musdb18/")
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    monkeypatch.setitem(ag.DATASETS, "full", {"url": archive.as_uri(), "size": None, "md5": md5})
+    monkeypatch.setitem(DATASETS, "full", {"url": archive.as_uri(), "size": None, "md5": md5})
     root = tmp_path / "full" / "musdb18"
-    assert ag.ensure_dataset(root, "full") == "stems"
+    assert ensure_dataset(root, "full") == "stems"
 
 
 @pytest.mark.parametrize("kind, spec_change, reason", [
     ("preview", {"size": 147_209_385}, "size"),
     ("full", {"md5": "af06762477334799bfc5abf237648207"}, "md5"),
 ])
-def test_download_with_wrong_checksum_is_rejected(ag, musdb_stems, tmp_path, monkeypatch, kind, spec_change, reason):
+def test_download_with_wrong_checksum_is_rejected(musdb_stems, tmp_path, monkeypatch, kind, spec_change, reason):
     archive = make_archive(musdb_stems, tmp_path / "a.zip", "")
-    monkeypatch.setitem(ag.DATASETS, kind, {"url": archive.as_uri(), "size": None, "md5": None, **spec_change})
+    monkeypatch.setitem(DATASETS, kind, {"url": archive.as_uri(), "size": None, "md5": None, **spec_change})
     root = tmp_path / "data" / "musdb18"
     with pytest.raises(SystemExit, match=f"download failed: {reason}"):
-        ag.ensure_dataset(root, kind)
+        ensure_dataset(root, kind)
     assert not root.exists() and list((tmp_path / "data").iterdir()) == []
 
 
-def test_download_of_a_non_zip_is_rejected(ag, tmp_path, monkeypatch):
+def test_download_of_a_non_zip_is_rejected(tmp_path, monkeypatch):
     fake = tmp_path / "fake.zip"
     fake.write_bytes(b"not a zip" * 100)
-    monkeypatch.setitem(ag.DATASETS, "preview", {"url": fake.as_uri(), "size": fake.stat().st_size, "md5": None})
+    monkeypatch.setitem(DATASETS, "preview", {"url": fake.as_uri(), "size": fake.stat().st_size, "md5": None})
     with pytest.raises(SystemExit, match="not a zip archive"):
-        ag.ensure_dataset(tmp_path / "d" / "musdb18", "preview")
+        ensure_dataset(tmp_path / "d" / "musdb18", "preview")
     assert list((tmp_path / "d").iterdir()) == []
 
 
-def test_offline_without_data(ag, tmp_path, monkeypatch):
-    monkeypatch.setitem(ag.DATASETS, "preview", {"url": "http://127.0.0.1:9/MUSDB18-7-STEMS.zip", "size": 1, "md5": None})
+def test_offline_without_data(tmp_path, monkeypatch):
+    monkeypatch.setitem(DATASETS, "preview", {"url": "http://127.0.0.1:9/MUSDB18-7-STEMS.zip", "size": 1, "md5": None})
     with pytest.raises(SystemExit) as exc:
-        ag.ensure_dataset(tmp_path / "musdb18", "preview")
+        ensure_dataset(tmp_path / "musdb18", "preview")
     assert "download failed" in str(exc.value) and "train/*.stem.mp4" in str(exc.value)
     with pytest.raises(SystemExit, match="no MUSDB18 in"):
-        ag.ensure_dataset(tmp_path / "musdb18", "none")
+        ensure_dataset(tmp_path / "musdb18", "none")
 
 
 # --- end to end --------------------------------------------------------------------------------
 
-TINY = ["--batch_size", "2", "--hidden", "16", "--latent_dim", "32", "--griffin_lim_iters", "4",
-        "--audio_eval_clips", "2", "--device", "cpu", "--warmup_steps", "2"]
+INFER_TINY = ["--griffin_lim_iters", "4", "--audio_eval_clips", "2", "--device", "cpu"]  # infer rejects training flags
+TINY = ["--batch_size", "2", "--hidden", "16", "--latent_dim", "32", "--warmup_steps", "2", *INFER_TINY]
 
 
 def outputs(tmp):
@@ -432,7 +456,7 @@ def trained(ag, music_split, music_other, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("audio_run")
     with pytest.warns(UserWarning, match="broken.mp3"):
         ag.main(["--epochs", "3", "--eval_every", "5", "--audio_dir", str(music_split), *TINY, *outputs(tmp)])
-    ag.main(["--mode", "infer", "--audio_dir", str(music_other), *TINY, *outputs(tmp)])
+    ag.main(["--mode", "infer", "--audio_dir", str(music_other), *INFER_TINY, *outputs(tmp)])
     return tmp
 
 
@@ -467,9 +491,9 @@ def test_train_and_infer_outputs(trained):
     assert audio["clips"] == 2 and audio["oracle_stoi"] is not None
 
 
-def test_checkpoint_describes_itself(ag, trained, music_split):
+def test_checkpoint_describes_itself(trained, music_split):
     state = torch.load(trained / "models" / "ae.pt", map_location="cpu", weights_only=True)
-    assert state["format"] == ag.CHECKPOINT_FORMAT and state["epoch"] == 3 and not state["interrupted"]
+    assert state["format"] == CHECKPOINT_FORMAT and state["epoch"] == 3 and not state["interrupted"]
     assert state["partial_epoch"] is None
     assert state["model_config"] == {"n_mels": 128, "latent_dim": 32, "hidden": 16, "time_downsample": 2, "dropout": 0.0,
                                      "pca_path": True}
@@ -479,7 +503,7 @@ def test_checkpoint_describes_itself(ag, trained, music_split):
 
 
 def test_infer_on_the_training_folder_scores_its_test_split(ag, trained, music_split):
-    result = ag.main(["--mode", "infer", "--audio_dir", str(music_split), *TINY, *outputs(trained),
+    result = ag.main(["--mode", "infer", "--audio_dir", str(music_split), *INFER_TINY, *outputs(trained),
                       "--audio_eval_clips", "0", "--results_dir", str(trained / "again")])
     assert result["test"]["clips"] == 4 and result["test"]["scored_on"].endswith("(test)")
     assert result["train"]["clips"] == 8  # the gap to the training clips shows
@@ -503,7 +527,7 @@ def test_resume_after_ctrl_c_mid_epoch_matches_an_uninterrupted_run(ag, music_sp
     common = ["--epochs", "2", "--audio_dir", str(music_split), *TINY, "--audio_eval_clips", "0", "--dropout", "0.2"]
     with pytest.warns(UserWarning):
         ag.main([*common, *outputs(tmp_path / "a")])
-    real_step = ag.AudioTrainer.train_step
+    real_step = AudioTrainer.train_step
 
     def ctrl_c_at_step_6(trainer, batch):  # epoch 2 of 4 steps: its second step
         loss = real_step(trainer, batch)
@@ -511,10 +535,10 @@ def test_resume_after_ctrl_c_mid_epoch_matches_an_uninterrupted_run(ag, music_sp
             signal.raise_signal(signal.SIGINT)
         return loss
 
-    monkeypatch.setattr(ag.AudioTrainer, "train_step", ctrl_c_at_step_6)
+    monkeypatch.setattr(AudioTrainer, "train_step", ctrl_c_at_step_6)
     with pytest.warns(UserWarning), pytest.raises(SystemExit, match="Stopped after epoch 2, step 2 of 4"):
         ag.main([*common, *outputs(tmp_path / "b")])
-    monkeypatch.setattr(ag.AudioTrainer, "train_step", real_step)
+    monkeypatch.setattr(AudioTrainer, "train_step", real_step)
     interrupted = torch.load(tmp_path / "b" / "models" / "ae.pt", weights_only=True)
     assert interrupted["interrupted"] and interrupted["epoch"] == 1 and interrupted["step"] == 6
     assert interrupted["partial_epoch"]["steps_done"] == 2
@@ -537,7 +561,7 @@ def test_resume_with_more_epochs_continues_the_decay(ag, music_split, tmp_path):
     with pytest.warns(UserWarning):
         ag.main(["--epochs", "4", "--resume", *common])
     after = torch.load(tmp_path / "models" / "ae.pt", weights_only=True)
-    schedule = ag.CosineSchedule(1e-3, 1)
+    schedule = CosineSchedule(1e-3, 1)
     schedule.load_state_dict(after["schedule"])
     rates = [schedule(s) for s in range(before["step"], after["step"] + 1)]
     assert rates[0] <= last_rate * 1.0001 and all(b <= a for a, b in zip(rates, rates[1:]))
@@ -568,20 +592,21 @@ def test_bad_arguments(flags, expected):
 
 
 def test_clear_errors(tmp_path, music_split):
-    missing = run_cli(["--musdb_root", str(tmp_path / "nothing"), "--download", "none", "--device", "cpu"])
+    logs = ["--results_dir", str(tmp_path / "results")]  # failed runs log there too, not in the repository
+    missing = run_cli(["--musdb_root", str(tmp_path / "nothing"), "--download", "none", "--device", "cpu", *logs])
     assert missing.returncode == 1 and "no MUSDB18 in" in missing.stderr and "Traceback" not in missing.stderr
     (tmp_path / "empty").mkdir()
-    empty = run_cli(["--audio_dir", str(tmp_path / "empty"), "--device", "cpu"])
+    empty = run_cli(["--audio_dir", str(tmp_path / "empty"), "--device", "cpu", *logs])
     assert empty.returncode == 1 and "no audio files" in empty.stderr and "Traceback" not in empty.stderr
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "song.mp3").write_bytes(np.random.default_rng(2000).bytes(2000))
-    junk = run_cli(["--audio_dir", str(tmp_path / "junk"), "--device", "cpu", "--cache_dir", str(tmp_path / "c")])
+    junk = run_cli(["--audio_dir", str(tmp_path / "junk"), "--device", "cpu", "--cache_dir", str(tmp_path / "c"), *logs])
     assert junk.returncode == 1 and "no usable training recordings" in junk.stderr
     assert "skipping unreadable file" in junk.stderr and "Traceback" not in junk.stderr
     # starts like a pickle of an unknown protocol: torch warns before it fails, and must still give one line
     (tmp_path / "bad.pt").write_bytes(b"\x80\x09" + np.random.default_rng(0).bytes(1000))
     corrupt = run_cli(["--mode", "infer", "--checkpoint", str(tmp_path / "bad.pt"), "--audio_dir", str(music_split),
-                       "--device", "cpu"])
+                       "--device", "cpu", *logs])
     assert corrupt.returncode == 1 and "truncated or not a PyTorch file" in corrupt.stderr
     assert len(corrupt.stderr.strip().splitlines()) == 1
 
@@ -601,3 +626,44 @@ def test_wrappers_with_environment_overrides(music_split, tmp_path):
     assert infer.returncode == 0, infer.stderr
     assert sorted(p.name for p in (tmp_path / "r").glob("audio_reconstructed_*.wav")) == [
         f"audio_reconstructed_{i}.wav" for i in range(3)]
+
+
+def test_logs_and_early_examples(trained):
+    """train and infer also write what they print to RESULTS_DIR/{train,infer}.log; infer writes its
+    example WAVs and plot before it scores whole splits."""
+    results = trained / "results"
+    train_log = (results / "train.log").read_text()
+    assert "Preparing data from" in train_log and "epoch   3/3" in train_log
+    infer_log = (results / "infer.log").read_text()
+    assert infer_log.index("Wrote 2 WAV triples") < infer_log.index("Scoring the test split")
+    assert "PESQ/STOI on 2 clips" in infer_log
+
+
+def test_flags_of_other_modes_are_rejected(ag, capsys):
+    for argv, message in ((["--mode", "infer", "--epochs", "3"], "--epochs applies to --mode train, not infer"),
+                          (["--mode", "infer", "--hidden", "16"], "--hidden applies to --mode benchmark or train"),
+                          (["--mode", "benchmark", "--resume"], "--resume applies to --mode train, not benchmark"),
+                          (["--mode", "train", "--num_examples", "3"], "--num_examples applies to --mode infer")):
+        with pytest.raises(SystemExit) as exc:
+            ag.parse_args(argv)
+        stderr = capsys.readouterr().err
+        assert exc.value.code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert ag.parse_args(["--mode", "benchmark", "--hidden", "16", "--batch_size", "4"]).hidden == 16
+
+
+def test_failure_ends_up_in_the_log(tmp_path, music_split):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = run_cli(["--mode", "infer", "--checkpoint", str(bad), "--audio_dir", str(music_split), "--device", "cpu",
+                      "--results_dir", str(tmp_path / "r")])
+    assert result.returncode == 1 and "truncated or not a PyTorch file" in (tmp_path / "r" / "infer.log").read_text()
+
+
+def test_benchmark_measures_the_chosen_device_only(ag, music_split, tmp_path, capsys):
+    with pytest.warns(UserWarning, match="broken.mp3"):
+        ag.main(["--mode", "benchmark", "--device", "cpu", "--audio_dir", str(music_split), "--batch_size", "2",
+                 "--hidden", "16", "--latent_dim", "32", "--griffin_lim_iters", "2", "--audio_eval_clips", "0"])
+    out = capsys.readouterr().out
+    measured = [line for line in out.splitlines() if "clips/s" in line or "data preparation" in line]
+    assert len(measured) == 4 and all(line.startswith("[cpu] ") for line in measured), out
+    assert "cuda" not in out

@@ -16,6 +16,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, write_music_file
+from imagegen.checkpoint import load_checkpoint
+from imagegen.data import to_unit_range
+from imagegen.diffusion import SamplerSettings
+from imagegen.guidance import DEFAULT_GUIDANCE_SCALE
+from imagegen.sampling import Sampler, ema_sampler_from_checkpoint
 
 APP = str(ROOT / "demo" / "app.py")
 CLIP = 80_000
@@ -69,10 +74,9 @@ def singles(at):
 
 def eager_digits(ig, ckpt, classes, per_class, steps, seed, guidance, precision="fp32"):
     """uint8 (n, 28, 28): what image_gen's own eager sampler draws for these settings, as the page's PNGs hold it."""
-    state = ig.load_checkpoint(ckpt, ig.CHECKPOINT_FORMAT)
-    images = ig.ema_sampler_from_checkpoint(state, torch.device("cpu"), precision).sample_classes(
-        classes, per_class, "ddim", steps, seed=seed, guidance_scale=guidance)
-    return ig.to_unit_range(images).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+    images = ema_sampler_from_checkpoint(load_checkpoint(ckpt), torch.device("cpu"), precision).sample_classes(
+        classes, per_class, SamplerSettings("ddim", steps, guidance_scale=guidance, seed=seed))
+    return to_unit_range(images).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)[:, 0].numpy()
 
 
 def wav(audio, rate=44_100):
@@ -182,7 +186,7 @@ def test_models_load_once_per_server_and_again_when_retrained(monkeypatch, demo_
 def test_a_failure_inside_a_tab_is_a_message_not_a_traceback(app, ig, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
-    monkeypatch.setattr(ig.GaussianDiffusion, "sample_classes", broken)
+    monkeypatch.setattr(Sampler, "sample_classes", broken)
     generate(app, steps=2, count=1)
     assert "Something went wrong: RuntimeError: out of memory" in texts(app.error)
     assert app.radio(key="audio_source")  # the other tab still works
@@ -192,7 +196,7 @@ def test_a_failure_inside_a_tab_is_a_message_not_a_traceback(app, ig, monkeypatc
 
 def test_every_digit_control_reaches_the_sampler(app, demo_checkpoints, ig):
     assert app.multiselect(key="classes").value == [str(c) for c in range(10)]  # all classes by default
-    assert app.slider(key="guidance").value == ig.DEFAULT_GUIDANCE_SCALE and app.number_input(key="steps").value == 50
+    assert app.slider(key="guidance").value == DEFAULT_GUIDANCE_SCALE and app.number_input(key="steps").value == 50
     generate(app, classes=["3", "7"], guidance=2.0, sampler="ddim", steps=3, seed=5, count=3)
     assert not app.error
     shown = app.session_state["images"]

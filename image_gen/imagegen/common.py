@@ -216,7 +216,8 @@ class _Tee:
 
 @contextlib.contextmanager
 def logged_to(path):
-    """Everything printed meanwhile also goes to `path` (appended), after a line naming the command and time."""
+    """Everything printed meanwhile also goes to `path` (appended), after a line naming the command and time,
+    and so does the message of a SystemExit that ends the job (Python prints it only after the tee is gone)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as log:
@@ -225,6 +226,10 @@ def logged_to(path):
         sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
         try:
             yield path
+        except SystemExit as stop:
+            if isinstance(stop.code, str):
+                log.write(stop.code.lstrip("\n") + "\n")
+            raise
         finally:
             sys.stdout, sys.stderr = stdout, stderr
 

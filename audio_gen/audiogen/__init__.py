@@ -1,0 +1,17 @@
+"""The audio model's package; audio_gen.py beside it is its command line. One module per job:
+
+    common      helpers shared with image_gen (a byte-identical copy): CLI checks, files, checkpoints, logs
+    audio_io    decoding any audio file to mono 16 kHz with PyAV; writing WAVs
+    musdb       MUSDB18 on disk: layout, official splits, checked download
+    data        folders of music and their splits, the per-file log-mel cache, build_splits
+    clips       MelClips: a split's log-mels as scoring windows and random training crops
+    transform   LogMelTransform (waveform <-> log-mel, Griffin-Lim) and per-bin normalisation statistics
+    model       AudioAutoencoder: residual Conv1d encoder/decoder with a PCA-initialised linear path
+    trainer     the cosine schedule, the loss, AdamW steps and resumable epochs
+    checkpoint  the checkpoint format: save, load, rebuild the model
+    metrics     mel metrics, PESQ/STOI against the Griffin-Lim oracle, split scores
+    plots       training curves and spectrogram comparisons
+    train       the train command
+    infer       the infer command
+    benchmark   the benchmark command
+"""

@@ -1,0 +1,56 @@
+"""Audio files in and out: every format FFmpeg reads, decoded to mono at one sample rate, and 16-bit WAVs out.
+
+Decoding goes through PyAV (FFmpeg's decoders and libswresample), which reads wav, flac, ogg/opus, mp3,
+m4a/aac and MUSDB18's five-stream .stem.mp4 alike and resamples as it decodes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SOURCES = ("mixture", "drums", "bass", "other", "vocals")  # the stream order inside a MUSDB18 .stem.mp4
+
+
+def decode_streams(path, sample_rate, expected_streams=None):
+    """Every audio stream of a file as mono float32 at `sample_rate`: a list of (samples,) arrays.
+
+    The downmix is the channel mean, as in MUSDB18 tools (FFmpeg's own stereo-to-mono mix is 3 dB louder).
+    """
+    import av
+
+    with av.open(str(path)) as container:
+        streams = list(container.streams.audio)
+        if not streams:
+            raise ValueError("no audio stream")
+        if expected_streams is not None and len(streams) != expected_streams:
+            raise ValueError(f"expected {expected_streams} audio streams, found {len(streams)}")
+        resamplers = {s.index: av.AudioResampler(format="fltp", rate=sample_rate) for s in streams}
+        chunks = {s.index: [] for s in streams}
+        for packet in container.demux(streams):
+            resampler = resamplers[packet.stream.index]
+            for frame in packet.decode():
+                chunks[packet.stream.index] += [f.to_ndarray().mean(axis=0) for f in resampler.resample(frame)]
+        for index, resampler in resamplers.items():
+            chunks[index] += [f.to_ndarray().mean(axis=0) for f in resampler.resample(None)]  # flush
+    return [np.concatenate(parts) if parts else np.zeros(0, np.float32) for parts in chunks.values()]
+
+
+def decode_recordings(path, kind, sample_rate):
+    """{source: (samples,) float32 array} for one file: a music file ('file', source 'mixture'),
+    a MUSDB18 .stem.mp4 ('stems') or a MUSDB18-HQ track folder ('wav')."""
+    path = Path(path)
+    if kind == "file":
+        return {"mixture": decode_streams(path, sample_rate)[0]}
+    if kind == "stems":
+        return dict(zip(SOURCES, decode_streams(path, sample_rate, expected_streams=len(SOURCES))))
+    return {name: decode_streams(path / f"{name}.wav", sample_rate)[0] for name in SOURCES}
+
+
+def write_wav(path, audio, sample_rate):
+    """A (samples,) tensor as a 16-bit WAV file at `sample_rate`."""
+    import soundfile as sf
+
+    peak = float(audio.abs().max())
+    # Griffin-Lim can overshoot; scale down only when it would clip, so levels stay comparable.
+    sf.write(str(path), (audio / max(1.0, peak / 0.99)).cpu().numpy(), sample_rate, subtype="PCM_16")

@@ -1,0 +1,56 @@
+"""The checkpoint: what rebuilds the model and its transform, and what resumes training at the exact step
+(optimizer, schedule, RNG, history). Its keys and format version stay stable: older files still load."""
+from __future__ import annotations
+
+import torch
+
+from . import common
+from .model import AudioAutoencoder
+
+CHECKPOINT_FORMAT = "imageaudiogen.audio_autoencoder"
+CHECKPOINT_VERSION = 2
+
+
+def load_checkpoint(path):
+    """The audio autoencoder checkpoint in `path`; a missing, damaged or foreign file ends the program with one line."""
+    return common.load_checkpoint(path, CHECKPOINT_FORMAT, (CHECKPOINT_VERSION,))
+
+
+def rng_state():
+    """The global CPU (and CUDA) random states: dropout draws from them."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def data_record(data):
+    """The checkpoint's "data" entry for a DataConfig: infer compares it with the folder it is given."""
+    return {"audio_dir": str(data.audio_dir.resolve()) if data.audio_dir else None,
+            "musdb_root": str(data.musdb_root) if data.musdb_root else None, "sources": list(data.sources)}
+
+
+def make_checkpoint(run, data, command_line):
+    """Everything to rebuild the model (config, weights with normalisation) and to resume exactly:
+    `epoch` is the last finished epoch; `partial_epoch` the next one's steps done, or None between epochs.
+    `data`: the DataConfig trained on; `command_line`: the options as given, a plain dict kept as "args"."""
+    return {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "model_config": dict(run.trainer.model.config), "transform_config": run.transform.config,
+        **run.trainer.state_dict(), "epoch": run.epoch, "partial_epoch": run.progress,
+        "interrupted": run.progress is not None, "rng": rng_state(), "history": run.history,
+        "data": data_record(data), "args": dict(command_line),
+    }
+
+
+def model_from_checkpoint(state, device):
+    """The trained autoencoder of a loaded checkpoint, in eval mode on `device`."""
+    model = AudioAutoencoder(**{"pca_path": False, **state["model_config"]})  # older checkpoints had none
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()

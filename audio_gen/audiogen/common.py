@@ -1,0 +1,267 @@
+"""Helpers that both models need: command-line checks, devices, atomic files, checkpoints, plots,
+progress reports, logs and Ctrl-C handling.
+
+This file exists twice, as image_gen/imagegen/common.py and audio_gen/audiogen/common.py, byte for byte
+(tests/test_shared_helpers.py compares the whole files), so that neither model imports the other's code.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+
+# --- command line ---------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line and exits with code 2, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def number(kind, low=None, high=None, low_open=False):
+    """argparse type: a number of `kind` inside [low, high] (or (low, high] with low_open)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            if high is None:
+                bounds = f"{'>' if low_open else '>='} {low}"
+            elif low is None:
+                bounds = f"<= {high}"
+            else:
+                bounds = f"in {'(' if low_open else '['}{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return parse
+
+
+def usage_error(message):
+    """A bad argument found only after reading a checkpoint: one line on stderr and exit code 2, as argparse."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def given_flags(parser, argv):
+    """The destinations of the options that `argv` spells out, defaults left out: e.g. {'epochs', 'seed'}."""
+    defaults = {action: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS  # absent flags then stay out of the namespace
+        return set(vars(parser.parse_known_args(argv)[0]))
+    finally:
+        for action, default in defaults.items():
+            action.default = default
+
+
+def reject_flags_of_other_modes(parser, argv, mode, modes_of):
+    """Exit with a usage error when a flag given in `argv` does nothing in `mode`; `modes_of` maps a
+    destination to the modes that read it (destinations it leaves out apply to every mode)."""
+    flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    for dest in sorted(given_flags(parser, argv)):
+        if dest in modes_of and mode not in modes_of[dest]:
+            parser.error(f"{flags[dest]} applies to --mode {' or '.join(sorted(modes_of[dest]))}, not {mode}")
+
+
+def resolve_path(path, default, base):
+    """The default relative path lives under `base` (the script's folder); paths the user typed are taken as given."""
+    path = Path(path)
+    if str(path) == default and not path.is_absolute():
+        return Path(base) / path
+    return path
+
+
+def resolve_device(name, parser):
+    """--device as a torch.device: cuda when available by default; unknown or missing devices are usage errors."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device: unknown device {name!r} (try cpu or cuda)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+# --- files ----------------------------------------------------------------------------------
+
+def atomic_torch_save(obj, path):
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(data, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    """The JSON object in `path`, or {} when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_checkpoint(path, expected_format, versions):
+    """Load a checkpoint with weights_only=True (no pickled code runs); any problem ends the program with
+    one clear line. `versions`: the checkpoint versions of `expected_format` that the caller can read."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: checkpoint {path} does not exist (train first, or pass --checkpoint)")
+    try:
+        with warnings.catch_warnings():  # garbage that starts like a pickle warns first; one error line is enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle error, not a torch file at all
+        raise SystemExit(f"error: cannot read checkpoint {path}: it is truncated or not a PyTorch file "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+    if not isinstance(state, dict) or state.get("format") != expected_format:
+        raise SystemExit(f"error: {path} is not an ImageAudioGen checkpoint of type {expected_format!r}")
+    if state.get("version") not in versions:
+        raise SystemExit(f"error: {path} has checkpoint version {state.get('version')}; this program reads "
+                         f"version {', '.join(map(str, versions))} (train a new one)")
+    return state
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: plots are written to files, never shown."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# --- progress, logs and Ctrl-C ----------------------------------------------------------------
+
+class _Lines:
+    """A progress report for output that is not a terminal (a log, a pipe, CI): one plain line every
+    `interval` seconds instead of a redrawn bar, so a long job says what it is doing without flooding."""
+
+    def __init__(self, iterable, desc, total, initial, unit, interval):
+        self.iterable, self.desc, self.unit, self.interval = iterable, desc, unit, interval
+        self.total = total if total is not None else (len(iterable) + initial if hasattr(iterable, "__len__") else None)
+        self.done, self.postfix = initial, ""
+        self.start = self.last = time.perf_counter()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.done += 1
+            now = time.perf_counter()
+            if now - self.last >= self.interval:
+                self.last = now
+                of = f"/{self.total}" if self.total is not None else ""
+                print(f"  {self.desc}: {self.done}{of} {self.unit}s, {now - self.start:.0f}s{self.postfix}", flush=True)
+
+    def set_postfix(self, **values):
+        self.postfix = "".join(f", {key} {value}" for key, value in values.items())
+
+
+def progress_bar(iterable, desc, total=None, initial=0, unit="it", enabled=True, interval=30.0):
+    """A tqdm bar on a terminal; elsewhere a plain line every `interval` s. Either offers set_postfix."""
+    if not enabled:
+        return _Lines(iterable, desc, total, initial, unit, math.inf)
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, initial=initial, unit=unit, mininterval=1.0, leave=False,
+                    dynamic_ncols=True)
+    return _Lines(iterable, desc, total, initial, unit, interval)
+
+
+class _Tee:
+    """A text stream that writes to `stream` and appends to `log`; redrawn progress bars ('\\r') stay out of the log."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text):
+        if "\r" not in text:
+            self.log.write(text)
+            self.log.flush()
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def logged_to(path):
+    """Everything printed meanwhile also goes to `path` (appended), after a line naming the command and time,
+    and so does the message of a SystemExit that ends the job (Python prints it only after the tee is gone)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {' '.join(sys.argv)}\n")
+        stdout, stderr = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
+        try:
+            yield path
+        except SystemExit as stop:
+            if isinstance(stop.code, str):
+                log.write(stop.code.lstrip("\n") + "\n")
+            raise
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
+
+
+def first_nonfinite(values):
+    """Index of the first NaN or infinity in a list of floats, or None."""
+    return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+
+
+class StopRequest:
+    """While active, the first Ctrl-C (SIGINT) only asks training to stop after the current step and
+    save; a second one raises KeyboardInterrupt at once. Inactive outside the main thread."""
+
+    def __init__(self):
+        self.requested = False
+        self._installed = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits without saving)",
+              flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)

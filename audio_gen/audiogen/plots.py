@@ -1,0 +1,85 @@
+"""Figures a run writes: training curves against training time, and log-mel spectrograms side by side."""
+from __future__ import annotations
+
+import numpy as np
+
+from .common import pyplot
+
+
+def plot_training_curves(history, path, valid_name):
+    """Loss, log-mel MSE against the time-average baseline, similarity scores and PESQ/STOI (with the
+    Griffin-Lim oracle), for training clips and unseen clips, against minutes of training."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=110)
+    minutes = np.cumsum([h["train_seconds"] for h in history]) / 60
+
+    def line(ax, split, key, label, **kw):
+        points = [(m, h[split][key]) for m, h in zip(minutes, history)
+                  if h.get(split, {}).get(key) is not None]
+        if points:
+            dots = {"marker": "o", "markersize": 3} if len(points) <= 60 else {}  # dots would hide long curves
+            ax.plot(*zip(*points), label=label, **{**dots, **kw})
+
+    seen, unseen = "training clips", f"unseen ({valid_name})"
+    ax = axes[0, 0]
+    line(ax, "train", "loss_during_epoch", "loss during epoch (MSE + L1, random crops)", color="black")
+    line(ax, "valid", "loss", f"{unseen} loss", color="tab:red")
+    ax.set(title="Loss", yscale="log")
+    ax = axes[0, 1]
+    for split, style, name in (("train", "-", seen), ("valid", "--", unseen)):
+        line(ax, split, "mse", f"{name} MSE", linestyle=style, color="tab:blue")
+        line(ax, split, "time_average_mse", f"{name} time-average baseline", linestyle=style, color="grey")
+    ax.set(title="Log-mel MSE (normalised units)", yscale="log")
+    ax = axes[1, 0]
+    for split, style, name in (("train", "-", seen), ("valid", "--", unseen)):
+        line(ax, split, "cosine", f"{name} cosine", linestyle=style, color="tab:green")
+        line(ax, split, "mel_sc_score", f"{name} 1 - mel spectral convergence", linestyle=style, color="tab:purple")
+    ax.set(title="Similarity (higher is better)", ylim=(0, 1.02))
+    ax = axes[1, 1]
+    for split, style, name in (("audio_train", "-", seen), ("audio_valid", "--", unseen)):
+        line(ax, split, "pesq", f"PESQ {name}", linestyle=style, color="tab:red")
+        line(ax, split, "oracle_pesq", f"PESQ Griffin-Lim oracle, {name}", linestyle=style, color="tab:red", alpha=0.4)
+    ax2 = ax.twinx()
+    for split, style, name in (("audio_train", "-", seen), ("audio_valid", "--", unseen)):
+        line(ax2, split, "stoi", f"STOI {name}", linestyle=style, color="tab:blue")
+        line(ax2, split, "oracle_stoi", f"STOI Griffin-Lim oracle, {name}", linestyle=style, color="tab:blue", alpha=0.4)
+    ax.set(title="Audio after Griffin-Lim (faint: oracle)", ylabel="PESQ (wide-band, 1-4.6)")
+    ax2.set_ylabel("STOI (0-1)")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=6, loc="lower right")
+    for ax in axes.flat:
+        ax.set_xlabel("training time (min)")
+        ax.grid(True, alpha=0.3)
+        if ax is not axes[1, 1] and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle("Audio autoencoder training")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_spectrograms(originals, reconstructions, titles, path, suptitle, oracles=None,
+                      names=("original", "reconstruction")):
+    """One row per clip: original, reconstruction and their difference, as log-mel images on shared
+    scales; with `oracles` (log-mels of the Griffin-Lim oracle) the third column is the oracle instead.
+    originals, reconstructions, oracles: (clips, n_mels, frames); `names` label the first two columns;
+    `path` is a file name or a binary file object."""
+    plt = pyplot()
+    rows = len(originals)
+    fig, axes = plt.subplots(rows, 3, figsize=(14, 3.2 * rows), dpi=100, squeeze=False)
+    for r, (a, b, title) in enumerate(zip(originals, reconstructions, titles)):
+        a, b = a.cpu().numpy(), b.cpu().numpy()
+        low, high = float(a.min()), float(a.max())
+        shared = {"vmin": low, "vmax": high, "cmap": "magma"}
+        third = ((b - a, f"{names[1]} - {names[0]}", {"vmin": -3, "vmax": 3, "cmap": "coolwarm"}) if oracles is None
+                 else (oracles[r].cpu().numpy(), "Griffin-Lim oracle (true mel inverted)", shared))
+        for c, (image, name, kwargs) in enumerate(((a, names[0], shared), (b, names[1], shared), third)):
+            ax = axes[r, c]
+            shown = ax.imshow(image, origin="lower", aspect="auto", extent=(0, 5, 0, image.shape[0]), **kwargs)
+            ax.set(title=f"{title}\n{name}" if c == 0 else name, xlabel="time (s)", ylabel="mel bin")
+            fig.colorbar(shown, ax=ax, label="difference" if c == 2 and oracles is None else "log magnitude")
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,210 @@
+"""The train command: a new run (or a resumed one), epochs of random crops with scores after each, a
+checkpoint after each epoch and on Ctrl-C, and the final plots and scores."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, set_rng_state
+from .common import StopRequest, atomic_torch_save, read_json, write_json_atomic
+from .data import DataConfig, build_splits
+from .metrics import AudioEvaluator, evaluate, require_speech_metrics, score_split, spread_positions, versus_baseline
+from .model import AudioAutoencoder, ModelConfig, reconstruct
+from .plots import plot_spectrograms, plot_training_curves
+from .trainer import AudioTrainer, CosineSchedule, epoch_crops, run_epoch, steps_per_epoch
+from .transform import LogMelTransform, compute_normalization
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the train command reads. `model` shapes a new model (a resumed one keeps its own);
+    `command_line` is the options as given, stored in the checkpoint as "args"."""
+    data: DataConfig
+    model: ModelConfig
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    seed: int
+    resume: bool
+    eval_every: int
+    checkpoint: Path
+    results_dir: Path
+    device: torch.device
+    griffin_lim_iters: int
+    audio_eval_clips: int
+    command_line: dict
+
+
+@dataclass
+class Run:
+    """A training run's state between steps: what `--resume` restores and a checkpoint holds."""
+    transform: LogMelTransform
+    splits: dict
+    trainer: AudioTrainer
+    steps: int                  # steps per epoch
+    history: list               # one record per finished epoch
+    epoch: int = 0              # epochs finished
+    progress: dict = None       # steps done in the next epoch, while it is unfinished
+
+
+def new_model(shape, train_set):
+    """A fresh autoencoder of ModelConfig `shape` whose normalisation holds the training log-mels' per-bin
+    statistics and whose linear path starts as their PCA."""
+    model = AudioAutoencoder(**asdict(shape))
+    model.set_normalization(*compute_normalization(train_set.log_mels))
+    model.init_pca(train_set.log_mels)
+    return model
+
+
+def start_run(config):
+    """A new run, or the one in the checkpoint when resuming (its schedule stretched to `config.epochs`)."""
+    state = load_checkpoint(config.checkpoint) if config.resume else None
+    transform = (LogMelTransform.from_config(state["transform_config"], config.griffin_lim_iters, config.device)
+                 if state else LogMelTransform(n_mels=config.model.n_mels, griffin_lim_iters=config.griffin_lim_iters,
+                                               device=config.device))
+    splits = build_splits(config.data, transform)
+    if len(splits["train"]) == 0:
+        raise SystemExit(f"error: no usable training recordings (5 s or longer, not silent) in {splits['train'].origin}")
+    torch.manual_seed(config.seed)
+    model = model_from_checkpoint(state, config.device) if state else new_model(config.model, splits["train"])
+    steps = steps_per_epoch(splits["train"], config.batch_size)
+    total = config.epochs * steps
+    trainer = AudioTrainer(model, config.device, CosineSchedule(config.learning_rate, total, config.warmup_steps))
+    run = Run(transform, splits, trainer, steps, history=[])
+    if state:
+        trainer.load_state_dict(state)
+        trainer.schedule.extend(total, trainer.step)  # a longer run keeps decaying from here
+        set_rng_state(state["rng"])
+        run.history, run.epoch, run.progress = state["history"], state["epoch"], state["partial_epoch"]
+        where = f"epoch {run.epoch + 1}, step {run.progress['steps_done']}" if run.progress else f"the end of epoch {run.epoch}"
+        print(f"Resuming {config.checkpoint} at {where}")
+    elif config.checkpoint.exists():
+        print(f"note: starting a new run; {config.checkpoint} will be overwritten (use --resume to continue it)")
+    return run
+
+
+def make_evaluators(splits, transform, audio_clips, seed):
+    """PESQ/STOI evaluators on `audio_clips` unseen validation clips and as many training clips (the gap shows)."""
+    if not audio_clips:
+        return {}
+    require_speech_metrics()
+    evaluators = {}
+    for split in ("valid", "train"):
+        if len(splits[split]):
+            positions = spread_positions(len(splits[split]), audio_clips)
+            print(f"Griffin-Lim oracle for PESQ/STOI on {len(positions)} {split} clips ...", flush=True)
+            evaluators[split] = AudioEvaluator(splits[split].waveforms(positions), transform, seed)
+    return evaluators
+
+
+def epoch_record(epoch, progress, trainer, splits, evaluators, milestone, eval_limit=512):
+    """Metrics after one epoch: training-clip and unseen-clip mel scores; PESQ/STOI at milestones."""
+    start = time.perf_counter()
+    steps = progress["steps_done"]
+    record = {"epoch": epoch, "step": trainer.step, "train_seconds": progress["seconds"],
+              "clips_per_s": steps * progress["batch_size"] / max(progress["seconds"], 1e-9),
+              "train": {"loss_during_epoch": progress["loss_sum"] / steps,
+                        **score_split(trainer.model, splits["train"], eval_limit)},
+              "valid": score_split(trainer.model, splits["valid"], eval_limit)}
+    if record["valid"]:  # the loss is MSE + L1 in the same normalised units
+        record["valid"]["loss"] = record["valid"]["mse"] + record["valid"]["mae"]
+    if milestone:
+        for split, evaluator in evaluators.items():
+            record[f"audio_{split}"] = evaluator(trainer.model)[0]
+    record["eval_seconds"] = time.perf_counter() - start
+    return record
+
+
+def epoch_line(record, epochs):
+    """The one line printed after an epoch."""
+    t, v = record["train"], record.get("valid", {})
+    line = f"epoch {record['epoch']:3d}/{epochs}  loss {t['loss_during_epoch']:.4f}  train mse {t['mse']:.4f}"
+    if v:
+        line += f"  unseen mse {v['mse']:.4f} ({versus_baseline(v)} than baseline) cos {v['cosine']:.3f}"
+    for split, name in (("audio_valid", "unseen"), ("audio_train", "train")):
+        a = record.get(split, {})
+        if a.get("pesq") is not None:
+            line += f"  {name} PESQ {a['pesq']:.2f}/{a['oracle_pesq']:.2f} STOI {a['stoi']:.2f}/{a['oracle_stoi']:.2f}"
+    return line + f"  {record['clips_per_s']:.0f} clips/s"
+
+
+def train_epochs(run, config, evaluators, stop, valid_name):
+    """Epochs until `config.epochs` or a stop request: train, score, log, checkpoint, plot at milestones."""
+    train_set = run.splits["train"]
+    while run.epoch < config.epochs:
+        number = run.epoch + 1
+        run.progress = run.progress or {"epoch": number, "steps_done": 0, "loss_sum": 0.0, "seconds": 0.0,
+                                        "batch_size": config.batch_size}
+        plan = epoch_crops(train_set, run.steps, config.batch_size, config.seed, number)
+        if run.progress["steps_done"] < run.steps and not run_epoch(run.trainer, train_set, plan, run.progress,
+                                                                     number, config.epochs, stop):
+            return
+        milestone = number in (1, config.epochs) or number % config.eval_every == 0
+        record = epoch_record(number, run.progress, run.trainer, run.splits, evaluators, milestone)
+        run.epoch, run.progress = number, None
+        run.history.append(record)
+        print(epoch_line(record, config.epochs), flush=True)
+        atomic_torch_save(make_checkpoint(run, config.data, config.command_line), config.checkpoint)
+        if milestone:
+            plot_training_curves(run.history, config.results_dir / "training_curves.png", valid_name)
+        if stop.requested:
+            return
+
+
+def train(config):
+    """Train as `config` (a TrainConfig) says; the history of epoch records."""
+    torch.set_flush_denormal(True)  # denormal floats appear mid-training and make CPU steps much slower
+    run = start_run(config)
+    if run.epoch >= config.epochs:
+        print(f"Nothing to do: the checkpoint already has {run.epoch} epochs (--epochs {config.epochs}).")
+        return run.history
+    config.results_dir.mkdir(parents=True, exist_ok=True)
+    splits, model = run.splits, run.trainer.model
+    valid_name = "validation files" if len(splits["valid"]) else "none: no validation files"
+    evaluators = make_evaluators(splits, run.transform, config.audio_eval_clips, config.seed)
+    print(f"Training on {len(splits['train'].recordings)} recordings ({len(splits['train'])} clip windows), "
+          f"{len(splits['valid'])} unseen validation clips; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+          f"parameters, {model.compression:g}x compression, device {config.device}, {run.steps} steps/epoch")
+    with StopRequest() as stop:
+        try:
+            train_epochs(run, config, evaluators, stop, valid_name)
+        except KeyboardInterrupt:
+            raise SystemExit(f"\nInterrupted at once: {config.checkpoint} holds the state after epoch {run.epoch}.")
+        except FloatingPointError as err:
+            raise SystemExit(f"error: {err}. The last good checkpoint is {config.checkpoint}.")
+    if stop.requested:
+        save_stopped_run(run, config, valid_name)
+    write_final_outputs(run, config)
+    return run.history
+
+
+def save_stopped_run(run, config, valid_name):
+    """After a Ctrl-C: save the checkpoint and the curves so far, then end saying how to resume."""
+    atomic_torch_save(make_checkpoint(run, config.data, config.command_line), config.checkpoint)
+    if run.history:
+        plot_training_curves(run.history, config.results_dir / "training_curves.png", valid_name)
+    p = run.progress
+    where = f"epoch {p['epoch']}, step {p['steps_done']} of {run.steps}" if p else f"epoch {run.epoch}"
+    raise SystemExit(f"Stopped after {where}: checkpoint saved to {config.checkpoint}; continue with --resume.")
+
+
+def write_final_outputs(run, config):
+    """The spectrogram plot of unseen validation clips, and the final scores in metrics.json."""
+    splits, model = run.splits, run.trainer.model
+    held_out = splits["valid"] if len(splits["valid"]) else splits["train"]
+    shown = spread_positions(len(held_out), 3)
+    plot_spectrograms(held_out.clips(shown), reconstruct(model, held_out.clips(shown)).cpu(),
+                      [held_out.describe(i) for i in shown], config.results_dir / "spectrogram_comparison.png",
+                      f"{'Unseen validation' if len(splits['valid']) else 'Training (no validation files)'} "
+                      f"clips after epoch {run.epoch}")
+    metrics = read_json(config.results_dir / "metrics.json")
+    metrics["train"] = {"data": {s: {"origin": d.origin, "recordings": len(d.recordings), "clips": len(d), **d.stats}
+                                 for s, d in splits.items()},
+                        "compression": model.compression, "epochs": run.history}
+    metrics["final_test"] = evaluate(model, run.transform, splits, config.audio_eval_clips, config.seed,
+                                     by_source=config.data.audio_dir is None)
+    write_json_atomic(metrics, config.results_dir / "metrics.json")

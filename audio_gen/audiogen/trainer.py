@@ -1,0 +1,129 @@
+"""Optimisation: the learning-rate schedule, the loss, one AdamW step, and an epoch of random crops that
+an interruption can resume at the exact step."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .common import first_nonfinite, progress_bar
+
+
+class CosineSchedule:
+    """Learning rate: linear warm-up to `peak`, then a half cosine (Loshchilov & Hutter 2017, SGDR without
+    restarts) from an anchor to `floor` at `total_steps`.
+
+    The anchor starts at (warmup_steps, peak). `extend` sets a new total for a resumed run: the cosine
+    restarts its descent from the current rate, so a longer run never climbs back up.
+    """
+
+    def __init__(self, peak, total_steps, warmup_steps=0, floor_ratio=0.01):
+        self.peak, self.floor, self.total_steps = peak, peak * floor_ratio, total_steps
+        self.warmup_steps = min(warmup_steps, max(0, total_steps - 1))
+        self.anchor_step, self.anchor_lr = self.warmup_steps, peak
+
+    def __call__(self, step):
+        if step < self.warmup_steps:
+            return self.peak * (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.anchor_step) / max(1, self.total_steps - self.anchor_step))
+        return self.floor + (self.anchor_lr - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def extend(self, total_steps, step):
+        """Stretch the schedule to `total_steps` from `step` on, descending from the rate at `step`."""
+        if total_steps != self.total_steps:
+            if step >= self.warmup_steps:
+                self.anchor_step, self.anchor_lr = step, self(step)
+            self.total_steps = total_steps
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
+def reconstruction_loss(reconstruction, target):
+    """MSE + L1 between (batch, n_mels, frames) normalised log-mels."""
+    return F.mse_loss(reconstruction, target) + F.l1_loss(reconstruction, target)
+
+
+class AudioTrainer:
+    """Training state: the model, AdamW (Loshchilov & Hutter 2019), the learning-rate schedule, gradient
+    clipping and the step count."""
+
+    def __init__(self, model, device, schedule, weight_decay=1e-4, grad_clip=1.0):
+        self.model = model.to(device)
+        self.device = device
+        self.grad_clip = grad_clip
+        self.schedule = schedule
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=schedule(0), weight_decay=weight_decay)
+        self.step = 0
+
+    def train_step(self, log_mels):
+        """One AdamW step on a (batch, n_mels, frames) batch of un-normalised log-mels; the loss, on device."""
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule(self.step)
+        target = self.model.normalize(log_mels.to(self.device, non_blocking=True))
+        loss = reconstruction_loss(self.model(target), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach()
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step = state["step"]
+
+
+def steps_per_epoch(train_set, batch_size):
+    """An epoch draws as many crops as the training recordings hold scoring windows."""
+    return max(1, len(train_set) // batch_size)
+
+
+def epoch_crops(train_set, steps, batch_size, seed, epoch):
+    """(steps, batch_size) crop starts for one epoch, from a generator of its own: a resumed epoch
+    draws exactly the crops of the uninterrupted one, whatever else used the global RNG."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return train_set.crop_starts(steps * batch_size, generator).view(steps, batch_size)
+
+
+def check_finite(losses, epoch, first_step):
+    """Raise FloatingPointError naming the step of the first NaN or infinite loss in `losses`."""
+    bad = first_nonfinite(losses)
+    if bad is not None:
+        raise FloatingPointError(f"loss became {losses[bad]} at epoch {epoch}, step {first_step + bad + 1}")
+
+
+def run_epoch(trainer, train_set, plan, progress, epoch, epochs, stop, check_every=10):
+    """Train on the epoch's crop plan (steps, batch) from `progress['steps_done']` on, updating `progress`
+    in place (steps done, loss sum, seconds) so an interruption can be resumed at the exact step.
+    False when `stop` asked to end early."""
+    pending = []
+    start = time.perf_counter()
+    first = progress["steps_done"]
+    bar = progress_bar(range(first, len(plan)), f"epoch {epoch}/{epochs}", total=len(plan), initial=first, unit="step")
+    for step in bar:
+        pending.append(trainer.train_step(train_set.crops(plan[step])))
+        if len(pending) == check_every or step == len(plan) - 1 or stop.requested:
+            losses = torch.stack(pending).tolist()  # one host sync per `check_every` steps
+            check_finite(losses, epoch, step + 1 - len(losses))
+            progress["loss_sum"] += sum(losses)
+            progress["steps_done"] = step + 1
+            progress["seconds"] += time.perf_counter() - start
+            start, pending = time.perf_counter(), []
+            bar.set_postfix(loss=f"{progress['loss_sum'] / (progress['steps_done'] - first or 1):.4f}")
+        if stop.requested:
+            return False
+    return True
