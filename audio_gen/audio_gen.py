@@ -25,8 +25,8 @@ from pathlib import Path
 
 from audiogen.audio_io import SOURCES
 from audiogen.benchmark import BenchmarkConfig, benchmark
-from audiogen.common import (ArgumentParser, logged_to, number, reject_flags_of_other_modes, resolve_device,
-                             resolve_path)
+from audiogen.common import (ArgumentParser, HelpFormatter, logged_to, number, reject_flags_of_other_modes,
+                             resolve_device, resolve_path)
 from audiogen.data import DataConfig
 from audiogen.infer import InferConfig, infer
 from audiogen.model import ModelConfig
@@ -47,7 +47,7 @@ MODES_OF = {
 def build_parser():
     p = ArgumentParser(
         description="Residual Conv1d autoencoder over log-mel spectrograms of music (any folder, or MUSDB18 stems).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--mode", choices=["train", "infer", "benchmark"], default="train",
                    help="train a model, reconstruct held-out clips from a checkpoint, or measure speed")
     data = p.add_argument_group("data")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from imagegen.common import ArgumentParser, logged_to, number, reject_flags_of_other_modes, resolve_device, resolve_path
+from imagegen.common import (ArgumentParser, HelpFormatter, logged_to, number, reject_flags_of_other_modes,
+                             resolve_device, resolve_path)
 from imagegen.data import DATASETS
 from imagegen.diffusion import SamplerSettings
 from imagegen.fid import FidSettings
@@ -79,7 +80,7 @@ def build_parser():
     p = ArgumentParser(
         description="Class-conditional DDPM on MNIST (or Fashion-MNIST): train a U-Net noise predictor, sample "
                     "digits, measure FID, KID and class accuracy. Timings in this help are for a 2-core CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--mode", choices=MODES, default="train",
                    help="train a model, generate samples from a checkpoint, measure FID and class accuracy "
                         "against the guidance scale, or measure throughput on --device")

@@ -16,6 +16,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, write_music_file
+import audiogen.checkpoint as audio_checkpoint
+import imagegen.checkpoint as image_checkpoint
+from imagegen import sampling, unet
 from imagegen.checkpoint import load_checkpoint
 from imagegen.data import to_unit_range
 from imagegen.diffusion import SamplerSettings
@@ -167,7 +170,7 @@ def test_the_page_names_each_checkpoint_and_its_measured_scores(monkeypatch, dem
 def test_models_load_once_per_server_and_again_when_retrained(monkeypatch, demo_checkpoints, ig, ag, tmp_path):
     st.cache_resource.clear()
     loads = []
-    for module in (ig, ag):
+    for module in (image_checkpoint, audio_checkpoint):  # the demo reads both through these
         original = module.load_checkpoint
         monkeypatch.setattr(module, "load_checkpoint", lambda *a, _f=original: loads.append(a[0]) or _f(*a))
     audio = tmp_path / "ae.pt"
@@ -249,7 +252,7 @@ def test_a_failed_compile_falls_back_to_eager_sampling(monkeypatch, demo_checkpo
             raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
 
     st.cache_resource.clear()
-    monkeypatch.setattr(ig, "compiled_for_sampling", Uncompilable)
+    monkeypatch.setattr(sampling, "compiled_for_sampling", Uncompilable)
     at = page(monkeypatch, *[word for word in demo_args(demo_checkpoints) if word != "--no-compile"])
     assert "torch.compile failed here (RuntimeError: InvalidCxxCompiler" in texts(at.caption)
     assert not at.error and "The U-Net is compiled" not in texts(at.caption)
@@ -262,7 +265,7 @@ def test_a_failed_compile_falls_back_to_eager_sampling(monkeypatch, demo_checkpo
 
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16_instructions(monkeypatch, demo_checkpoints, ig, has_bf16):
-    monkeypatch.setattr(ig, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(unet, "cpu_has_bf16", lambda: has_bf16)
     args = [word for word in demo_args(demo_checkpoints) if word not in ("--precision", "fp32")]
     at = page(monkeypatch, *args)
     assert ("Sampling in bf16" in texts(at.caption)) == has_bf16

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import write_idx
-from test_image_e2e import CLASSIFIER, SAMPLE_TINY, TINY, assert_png, load, paths, run_script
+from test_image_e2e import CLASSIFIER, SAMPLE_TINY, SWEEP_TINY, TINY, assert_png, load, paths, run_script
 from imagegen.benchmark import benchmark_training
 from imagegen.checkpoint import CHECKPOINT_VERSION
 from imagegen.diffusion import GaussianDiffusion, SamplerSettings
-from imagegen.guidance import DEFAULT_GUIDANCE_SCALE, choose_guidance
+from imagegen.guidance import DEFAULT_GUIDANCE_SCALE, choose_guidance, fit_guidance
 from imagegen.sampling import Sampler, balanced_counts
 from imagegen.unet import DiffusionModel
 
@@ -192,7 +192,7 @@ def test_unconditional_samples_from_the_conditional_model(conditional_run, mnist
 
 def test_guidance_sweep(conditional_run, mnist_dir):
     result = run_script(["--mode", "guidance_sweep", "--guidance_scales", "0,2", "--sampler", "ddim",
-                         "--fid_samples", "20", *SAMPLE_TINY, *CLASSIFIER, *paths(conditional_run, mnist_dir),
+                         "--fid_samples", "20", *SWEEP_TINY, *CLASSIFIER, *paths(conditional_run, mnist_dir),
                          "--results_dir", str(conditional_run / "sweep")])
     assert result.returncode == 0, result.stderr
     assert_png(conditional_run / "sweep" / "guidance_sweep.png")
@@ -265,12 +265,12 @@ def test_fashion_mnist(ig, tmp_path):
     """--dataset fashion_mnist reads DATA_DIR/FashionMNIST/raw; names appear in files and the checkpoint."""
     write_idx(tmp_path / "data" / "FashionMNIST" / "raw", n_train=96, n_test=48)
     common = ["--data_dir", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "f.pt"),
-              "--cache_dir", str(tmp_path / "cache"), "--results_dir", str(tmp_path / "results"), *TINY]
-    ig.main(["--dataset", "fashion_mnist", "--epochs", "1", "--fid_samples", "12", *CLASSIFIER, *common])
+              "--cache_dir", str(tmp_path / "cache"), "--results_dir", str(tmp_path / "results")]
+    ig.main(["--dataset", "fashion_mnist", "--epochs", "1", "--fid_samples", "12", *CLASSIFIER, *TINY, *common])
     state = load(tmp_path / "f.pt")
     assert state["dataset"] == "fashion_mnist" and state["class_names"][9] == "Ankle boot"
     assert len(list((tmp_path / "cache").glob("fashion_mnist_classifier-*.pt"))) == 1
-    ig.main(["--mode", "infer", "--digits", "0,9", "--sampler", "ddim", "--fid_samples", "0", *common])
+    ig.main(["--mode", "infer", "--digits", "0,9", "--sampler", "ddim", "--fid_samples", "0", *SAMPLE_TINY, *common])
     names = sorted(p.name for p in (tmp_path / "results" / "samples").glob("*.png"))
     assert names == [f"{c}_{i:03d}.png" for c in ("ankle-boot", "t-shirt-top") for i in range(4)]
     record = json.loads((tmp_path / "results" / "metrics.json").read_text())["infer"]
@@ -289,3 +289,54 @@ def test_benchmark_trains_the_model_it_is_given(ig, num_classes):
     moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert "head.2.weight" in moved  # the zero-initialised output conv
     assert any(name.startswith("class_embedding") for name in moved) == (num_classes > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# The guidance a checkpoint carries
+# --------------------------------------------------------------------------------------------
+
+def test_fit_guidance_climbs_the_ladder_until_99_percent():
+    accuracy = {0.5: 0.90, 1.0: 0.97, 2.0: 0.992, 3.0: 0.999, 5.0: 1.0}
+    asked = []
+
+    def score(w):
+        asked.append(w)
+        return {"fid": 10 + w, "kid": 0.01, "accuracy": accuracy[w]}
+
+    first = {"guidance_scale": 0.5, "fid": 9.0, "kid": 0.01, "accuracy": accuracy[0.5]}
+    fitted = fit_guidance(score, first)
+    assert fitted["scale"] == 2.0 and asked == [1.0, 2.0]  # stops at the first w that reaches 99%
+    assert [r["guidance_scale"] for r in fitted["rows"]] == [0.5, 1.0, 2.0] and "smallest w" in fitted["rule"]
+    assert fit_guidance(score, {**first, "accuracy": 0.995})["scale"] == 0.5  # already enough: nothing drawn
+    assert asked == [1.0, 2.0]
+    never = fit_guidance(lambda w: {"fid": 1.0, "kid": 0.0, "accuracy": 0.9 + w / 100}, first)
+    assert never["scale"] == 5.0 and "no w reached" in never["rule"]  # the most accurate one
+
+
+def test_checkpoint_carries_its_guidance_and_infer_uses_it(conditional_run, mnist_dir):
+    """Training fits w after its last evaluation and stores it; infer without --guidance_scale uses it, says
+    so, and --guidance_scale still overrides it."""
+    guidance = load(conditional_run / "models" / "ddpm.pt")["guidance"]
+    rows = guidance["rows"]
+    assert rows[0]["guidance_scale"] == DEFAULT_GUIDANCE_SCALE and guidance["scale"] in [r["guidance_scale"] for r in rows]
+    assert guidance["sampler"] == "ddim-4" and guidance["fid_samples"] == 20 and guidance["epoch"] == 2
+    assert all(0 <= r["accuracy"] <= 1 and r["fid"] > 0 for r in rows)
+    train = json.loads((conditional_run / "results" / "metrics.json").read_text())["train"]
+    assert train["guidance"]["scale"] == guidance["scale"]
+    result = infer(conditional_run, mnist_dir, "--digits", "1", "--fid_samples", "0", results="fitted")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((conditional_run / "fitted" / "metrics.json").read_text())["infer"]
+    assert record["guidance_scale"] == guidance["scale"] and record["guidance_source"] == "the checkpoint's own evaluation"
+    assert f"w = {guidance['scale']:g} from the checkpoint's own evaluation" in result.stdout
+    log = (conditional_run / "fitted" / "infer.log").read_text()
+    assert "Sampling 4 per row (1)" in log and "FID/KID not measured" in log
+
+
+def test_infer_refuses_training_flags_one_line_exit_2(conditional_run):
+    for flags, expected in ((["--ema_decay", "0.9"], "--ema_decay applies to --mode train, not infer"),
+                            (["--epochs", "3"], "--epochs applies to --mode train, not infer"),
+                            (["--batch_size", "8"], "--batch_size applies to --mode benchmark or train, not infer")):
+        result = run_script(["--mode", "infer", *flags, "--device", "cpu",
+                             "--checkpoint", str(conditional_run / "models" / "ddpm.pt")])
+        assert result.returncode == 2 and expected in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

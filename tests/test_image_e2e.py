@@ -21,7 +21,8 @@ from imagegen.diffusion import GaussianDiffusion
 from imagegen.fid import FidEvaluator
 from imagegen.training import TrainState, evaluation_epochs, lr_schedule
 
-SAMPLE_TINY = ["--sampling_steps", "4", "--num_samples", "4", "--device", "cpu"]  # infer rejects training flags
+SWEEP_TINY = ["--sampling_steps", "4", "--device", "cpu"]  # each mode refuses the flags it does not read
+SAMPLE_TINY = [*SWEEP_TINY, "--num_samples", "4"]
 TINY = ["--base_channels", "8", "--batch_size", "32", *SAMPLE_TINY]
 CLASSIFIER = ["--fid_backbone", "mnist-classifier"]
 

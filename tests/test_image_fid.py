@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from test_image_e2e import SAMPLE_TINY, TINY, load, paths
+from test_image_e2e import SWEEP_TINY, TINY, load, paths
 import imagegen.inception as inception_module
 from imagegen.checkpoint import load_checkpoint
 from imagegen.diffusion import SamplerSettings
@@ -98,7 +98,7 @@ def test_fid_samples_draws_and_scores_what_the_sweep_scores(ig, inception_cache,
     ig.main(["--epochs", "1", "--fid_samples", "0", *TINY, *paths(tmp_path, mnist_dir)])
     checkpoint, cache = str(tmp_path / "models" / "ddpm.pt"), str(inception_cache)
     ig.main(["--mode", "guidance_sweep", "--guidance_scales", "0,1.5", "--sampler", "ddim", "--fid_samples", "10",
-             "--fid_backbone", "inception", *SAMPLE_TINY, *paths(tmp_path, mnist_dir), "--cache_dir", cache])
+             "--fid_backbone", "inception", *SWEEP_TINY, *paths(tmp_path, mnist_dir), "--cache_dir", cache])
     fid_samples.main(["draw", "--checkpoint", checkpoint, "--out", str(tmp_path / "s.npz"), "--n", "10",
                       "--guidance_scales", "0,1.5", "--null", "--sampling_steps", "4", "--device", "cpu"])
     fid_samples.main(["score", str(tmp_path / "s.npz"), "--data_dir", str(mnist_dir), "--cache_dir", cache,

@@ -138,7 +138,7 @@ def load_recordings(items, transform, cache_dir, desc):
     Unreadable, silent and too-short recordings are skipped and counted in the returned stats, never fatal.
     """
     recordings, stats = [], {"files": len(items), "unreadable": [], "silent": 0, "too_short": 0, "decoded": 0}
-    for name, path, kind in progress_bar(items, desc, unit="file"):
+    for name, path, kind in progress_bar(items, desc, unit="files"):
         entry, decoded = cached_analysis(path, kind, transform, cache_dir)
         stats["decoded"] += decoded
         if entry["error"]:

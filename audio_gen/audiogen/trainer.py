@@ -113,7 +113,7 @@ def run_epoch(trainer, train_set, plan, progress, epoch, epochs, stop, check_eve
     pending = []
     start = time.perf_counter()
     first = progress["steps_done"]
-    bar = progress_bar(range(first, len(plan)), f"epoch {epoch}/{epochs}", total=len(plan), initial=first, unit="step")
+    bar = progress_bar(range(first, len(plan)), f"epoch {epoch}/{epochs}", total=len(plan), initial=first, unit="steps")
     for step in bar:
         pending.append(trainer.train_step(train_set.crops(plan[step])))
         if len(pending) == check_every or step == len(plan) - 1 or stop.requested:

@@ -65,7 +65,7 @@ def train_mnist_classifier(dataset, data_dir, device, max_steps=3000, max_epochs
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
         for start in progress_bar(range(0, len(order), batch_size), f"{dataset_title(dataset)} classifier, "
-                                                                    f"epoch {epoch + 1}/{epochs}", unit="step"):
+                                                                    f"epoch {epoch + 1}/{epochs}", unit="steps"):
             idx = order[start:start + batch_size]
             loss = F.cross_entropy(model.classify(model(x_train[idx].unsqueeze(1).to(device))), y_train[idx].to(device))
             optimizer.zero_grad(set_to_none=True)

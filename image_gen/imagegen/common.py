@@ -31,6 +31,15 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help that names each default, except where there is none to name (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def number(kind, low=None, high=None, low_open=False):
     """argparse type: a number of `kind` inside [low, high] (or (low, high] with low_open)."""
     def parse(text):
@@ -182,14 +191,15 @@ class _Lines:
             if now - self.last >= self.interval:
                 self.last = now
                 of = f"/{self.total}" if self.total is not None else ""
-                print(f"  {self.desc}: {self.done}{of} {self.unit}s, {now - self.start:.0f}s{self.postfix}", flush=True)
+                print(f"  {self.desc}: {self.done}{of} {self.unit}, {now - self.start:.0f}s{self.postfix}", flush=True)
 
     def set_postfix(self, **values):
         self.postfix = "".join(f", {key} {value}" for key, value in values.items())
 
 
-def progress_bar(iterable, desc, total=None, initial=0, unit="it", enabled=True, interval=30.0):
-    """A tqdm bar on a terminal; elsewhere a plain line every `interval` s. Either offers set_postfix."""
+def progress_bar(iterable, desc, total=None, initial=0, unit="steps", enabled=True, interval=30.0):
+    """A tqdm bar on a terminal; elsewhere a plain line every `interval` s ('epoch 2/20: 300/937 steps, 31s').
+    Either offers set_postfix. `unit`: what is counted, in the plural."""
     if not enabled:
         return _Lines(iterable, desc, total, initial, unit, math.inf)
     if sys.stderr.isatty():

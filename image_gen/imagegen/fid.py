@@ -108,7 +108,7 @@ class FidEvaluator:
         with ieee_fp32_convolutions():
             out = [self.extractor(images_uint8[i:i + batch_size].to(self.device).expand(-1, 3, -1, -1)).float().cpu()
                    for i in progress_bar(range(0, len(images_uint8), batch_size), f"{self.backbone} features",
-                                         unit="batch")]
+                                         unit="batches")]
         return torch.cat(out)
 
     def scores(self, features):

@@ -89,7 +89,7 @@ class Sampler:
         was_training = self.model.training
         self.model.eval()
         x_T = randn((n, *self.image_shape))
-        wrap = lambda steps: progress_bar(steps, settings.name(False).upper(), unit="step", enabled=progress)  # noqa: E731
+        wrap = lambda steps: progress_bar(steps, settings.name(False).upper(), unit="steps", enabled=progress)  # noqa: E731
         out = self.diffusion.sample_loop(self.denoiser, x_T, settings, randn, labels,
                                          settings.guidance_scale if guided else 0.0, wrap)
         self.model.train(was_training)

@@ -141,7 +141,7 @@ def train_one_epoch(state, images, labels, batch_size, epoch, epochs, progress, 
     pending = []
     start = time.perf_counter()
     bar = progress_bar(range(progress.step, steps), f"epoch {epoch}/{epochs}", total=steps, initial=progress.step,
-                       unit="step")
+                       unit="steps")
     for step in bar:
         batch = progress.order[step * batch_size:(step + 1) * batch_size]
         pending.append(state.train_step(images[batch], None if labels is None else labels[batch]))

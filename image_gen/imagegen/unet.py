@@ -134,7 +134,7 @@ class Denoiser:
 
     def __init__(self, model, precision="fp32", forward=None):
         self.model = model
-        self.forward = forward or model
+        self.forward = model if forward is None else forward
         self.num_classes = model.num_classes
         self.null_class = model.num_classes  # the label index that means "no class"
         device = next(model.parameters()).device
