@@ -25,9 +25,10 @@ def fit_guidance(score, first_row, ladder=GUIDANCE_SWEEP, min_accuracy=MIN_ACCUR
     `min_accuracy` of the time; if none does, the w with the highest accuracy.
 
     `first_row` ({'guidance_scale', 'fid', 'kid', 'accuracy', ...}) is the evaluation already made at the
-    run's w; `score(w)` evaluates another w (FID, KID, accuracy). Since FID grows with w past its
-    minimum, the smallest w that meets the accuracy is also the best FID among those that do, as far as
-    the full sweeps show (docs/image-results.md). Returns {'scale', 'rows', 'rule'}."""
+    run's w; `score(w)` evaluates another w (FID, KID, accuracy). Guidance trades diversity for
+    recognisability, so the smallest w that is recognised enough is the least distorting one; a full
+    sweep (choose_guidance) picks the best FID among the w that reach the accuracy instead, which after
+    the default training is the same w (docs/image-results.md). Returns {'scale', 'rows', 'rule'}."""
     rows = [first_row]
     for w in [w for w in ladder if w > first_row["guidance_scale"]]:
         if rows[-1]["accuracy"] >= min_accuracy:

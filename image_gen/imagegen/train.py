@@ -134,6 +134,8 @@ def evaluate_epoch(run, evaluator, epoch):
         save_titled_grid(to_unit_range(sampler.sample(config.num_samples, settings)), path, title=title)
     scores = {"fid": None, "kid": None}
     if evaluator is not None:
+        print(f"  epoch {epoch}: drawing {evaluator.num_samples} samples for FID/KID "
+              f"({settings.name(guided=run.conditional)}) ...", flush=True)
         scores = evaluator(*sampler.draw_for_fid(evaluator.num_samples, settings.replace(seed=config.seed + 2)))
         scores.update(fid_backbone=evaluator.backbone, fid_samples=evaluator.num_samples)
     return {**scores, "eval_seconds": time.perf_counter() - start}
