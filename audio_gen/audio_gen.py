@@ -19,7 +19,6 @@ RESULTS_DIR/train.log and RESULTS_DIR/infer.log.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

@@ -67,7 +67,7 @@ class Sampler:
     def __init__(self, model, diffusion=None, precision="fp32", compile_model=False):
         self.model = model
         self.device = next(model.parameters()).device
-        self.diffusion = diffusion or GaussianDiffusion(device=self.device)
+        self.diffusion = GaussianDiffusion(device=self.device) if diffusion is None else diffusion
         self.denoiser = Denoiser(model, precision, compiled_for_sampling(model) if compile_model else None)
         self.num_classes = model.num_classes
         self.null_class = model.num_classes
