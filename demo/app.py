@@ -43,11 +43,11 @@ for folder in ("image_gen", "audio_gen"):  # each model's script and package liv
 
 import audio_gen as ag  # noqa: E402  the command lines: their defaults and folders
 import image_gen as ig  # noqa: E402
-from audiogen.audio_io import decode_recordings, write_wav  # noqa: E402
+from audiogen.audio_io import UnusableAudio, decode_music_file, decode_recordings, wav_bytes  # noqa: E402
 from audiogen.checkpoint import load_checkpoint as load_audio_state  # noqa: E402
 from audiogen.checkpoint import model_from_checkpoint  # noqa: E402
 from audiogen.data import SILENCE_RMS, folder_splits  # noqa: E402
-from audiogen.metrics import AudioEvaluator, mel_metrics, versus_baseline  # noqa: E402
+from audiogen.metrics import score_clip, versus_baseline  # noqa: E402
 from audiogen.musdb import detect_layout, musdb_splits  # noqa: E402
 from audiogen.plots import plot_spectrograms  # noqa: E402
 from audiogen.transform import LogMelTransform  # noqa: E402
@@ -377,14 +377,11 @@ class Reconstruction:
 def decode(path, kind, sample_rate):
     """(mono float32 waveform at `sample_rate`, None), or (None, why the file cannot be used)."""
     try:
-        wave = decode_recordings(path, kind, sample_rate)["mixture"]
-    except Exception as err:  # FFmpeg's errors for data it cannot parse have many types (as in audio_gen)
-        return None, f"This file cannot be read as audio ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
-    if len(wave) == 0:
-        return None, "This file holds no audio samples."
-    if float((wave.astype("float64") ** 2).mean() ** 0.5) < SILENCE_RMS:
-        return None, "This file is silent (below -60 dBFS): there is nothing to reconstruct."
-    return wave, None
+        if kind == "file":
+            return decode_music_file(path, sample_rate), None
+        return decode_recordings(path, kind, sample_rate)["mixture"], None
+    except UnusableAudio as err:
+        return None, f"{str(err)[0].upper()}{str(err)[1:]}."
 
 
 @st.cache_resource(max_entries=2, show_spinner="Decoding the upload ...")
@@ -414,30 +411,20 @@ def test_files(audio_dir, musdb_root):
     return []
 
 
-def wav_bytes(audio, sample_rate):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "clip.wav"
-        write_wav(path, audio, sample_rate)
-        return path.read_bytes()
-
-
 def reconstruct_clip(model, transform, clip, title):
-    """Original, autoencoder and Griffin-Lim-oracle audio of one (clip_samples,) clip, its spectrogram
-    plot and scores: audio_gen's AudioEvaluator (mel, oracle, reconstruction, Griffin-Lim, PESQ/STOI) on
-    this one waveform, its mel metrics and its plot."""
+    """Original, autoencoder and Griffin-Lim-oracle audio of one (clip_samples,) clip as WAVs, its
+    spectrogram plot and scores (audio_gen's score_clip)."""
     start = time.perf_counter()
-    evaluator = AudioEvaluator(clip[None], transform)
-    scores, audio, reconstruction = evaluator(model)
+    result = score_clip(model, transform, clip)
     seconds = time.perf_counter() - start
-    mel = mel_metrics(reconstruction, evaluator.log_mels, model)
     plot = io.BytesIO()
-    heard = transform(torch.stack([audio[0], evaluator.oracle_audio[0]])).cpu()
-    plot_spectrograms(evaluator.log_mels, heard[:1], [title], plot, "log-mel spectrograms of what you hear",
-                         oracles=heard[1:], names=("original", "autoencoder + Griffin-Lim"))
+    heard = transform(torch.stack([result["audio"], result["oracle"]])).cpu()
+    plot_spectrograms(result["log_mel"][None], heard[:1], [title], plot, "log-mel spectrograms of what you hear",
+                      oracles=heard[1:], names=("original", "autoencoder + Griffin-Lim"))
     rate = transform.sample_rate
-    return dict(original=wav_bytes(evaluator.reference[0], rate), reconstruction=wav_bytes(audio[0], rate),
-                oracle=wav_bytes(evaluator.oracle_audio[0], rate), spectrograms=plot.getvalue(), scores=scores,
-                mel=mel, seconds=seconds)
+    return dict(original=wav_bytes(clip, rate), reconstruction=wav_bytes(result["audio"], rate),
+                oracle=wav_bytes(result["oracle"], rate), spectrograms=plot.getvalue(), scores=result["scores"],
+                mel=result["mel"], seconds=seconds)
 
 
 def audio_scores(about, path, results_dir):

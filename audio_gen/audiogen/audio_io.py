@@ -5,11 +5,17 @@ m4a/aac and MUSDB18's five-stream .stem.mp4 alike and resamples as it decodes.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 SOURCES = ("mixture", "drums", "bass", "other", "vocals")  # the stream order inside a MUSDB18 .stem.mp4
+SILENCE_RMS = 1e-3  # -60 dBFS: quieter recordings and windows carry nothing to reconstruct
+
+
+class UnusableAudio(ValueError):
+    """A file that holds no music to work with; the message says why, in words for the person who gave it."""
 
 
 def decode_streams(path, sample_rate, expected_streams=None):
@@ -48,9 +54,34 @@ def decode_recordings(path, kind, sample_rate):
 
 
 def write_wav(path, audio, sample_rate):
-    """A (samples,) tensor as a 16-bit WAV file at `sample_rate`."""
+    """A (samples,) tensor as a 16-bit WAV file at `sample_rate` (`path`: a path or a binary file object)."""
     import soundfile as sf
 
     peak = float(audio.abs().max())
     # Griffin-Lim can overshoot; scale down only when it would clip, so levels stay comparable.
-    sf.write(str(path), (audio / max(1.0, peak / 0.99)).cpu().numpy(), sample_rate, subtype="PCM_16")
+    target = path if hasattr(path, "write") else str(path)
+    sf.write(target, (audio / max(1.0, peak / 0.99)).cpu().numpy(), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def wav_bytes(audio, sample_rate):
+    """The bytes of the WAV file write_wav would write for a (samples,) tensor."""
+    buffer = io.BytesIO()
+    write_wav(buffer, audio, sample_rate)
+    return buffer.getvalue()
+
+
+def decode_music_file(path, sample_rate):
+    """A file given by a person (an upload): its mono float32 (samples,) waveform at `sample_rate`, or
+    UnusableAudio when it cannot be decoded, holds no samples, holds non-finite ones or is silent."""
+    try:
+        wave = decode_recordings(path, "file", sample_rate)["mixture"]
+    except Exception as err:  # FFmpeg's errors for data it cannot parse have many types
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise UnusableAudio(f"this file cannot be read as audio ({type(err).__name__}: {detail})") from None
+    if len(wave) == 0:
+        raise UnusableAudio("this file holds no audio samples")
+    if not np.isfinite(wave).all():
+        raise UnusableAudio("this file holds samples that are not finite numbers (NaN or infinity)")
+    if float((wave.astype("float64") ** 2).mean() ** 0.5) < SILENCE_RMS:
+        raise UnusableAudio("this file is silent (below -60 dBFS): there is nothing to reconstruct")
+    return wave

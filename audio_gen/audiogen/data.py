@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .audio_io import decode_recordings
+from .audio_io import SILENCE_RMS, decode_recordings
 from .clips import MelClips
 from .common import atomic_torch_save, progress_bar
 from .musdb import ensure_dataset, musdb_splits
@@ -25,7 +25,6 @@ from .musdb import ensure_dataset, musdb_splits
 CACHE_VERSION = 3
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac")
 SPLITS = ("train", "valid", "test")
-SILENCE_RMS = 1e-3  # -60 dBFS: quieter recordings and windows carry nothing to reconstruct
 
 
 @dataclass(frozen=True)

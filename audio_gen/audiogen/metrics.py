@@ -112,6 +112,17 @@ class AudioEvaluator:
         return scores, audio, reconstruction.cpu()
 
 
+def score_clip(model, transform, clip, seed=0):
+    """One (clip_samples,) waveform through the autoencoder and Griffin-Lim, scored beside the Griffin-Lim
+    oracle: {'audio', 'oracle': (clip_samples,) waveforms on the CPU; 'log_mel', 'reconstruction':
+    (n_mels, frames); 'scores': paired_speech_scores; 'mel': mel_metrics}."""
+    evaluator = AudioEvaluator(clip[None], transform, seed)
+    scores, audio, reconstruction = evaluator(model)
+    return {"audio": audio[0], "oracle": evaluator.oracle_audio[0], "log_mel": evaluator.log_mels[0],
+            "reconstruction": reconstruction[0], "scores": scores,
+            "mel": mel_metrics(reconstruction, evaluator.log_mels, model)}
+
+
 def score_split(model, dataset, limit=None):
     """Mel metrics on (up to `limit`, spread over all recordings) scoring windows of a MelClips split."""
     positions = spread_positions(len(dataset), limit or len(dataset))

@@ -2,6 +2,7 @@
 epoch with the real-vs-real floor, and the guidance sweep."""
 from __future__ import annotations
 
+import io
 import math
 
 import torch.nn.functional as F
@@ -61,6 +62,15 @@ def save_individual(images, folder, names):
         old.unlink()
     for image, name in zip(images.cpu(), names):
         save_image(image, folder / f"{name}.png")
+
+
+def png_bytes(image):
+    """One (C, H, W) image in [0, 1] as the bytes of the PNG file save_individual writes for it."""
+    from torchvision.utils import save_image
+
+    buffer = io.BytesIO()
+    save_image(image.cpu(), buffer, format="png")
+    return buffer.getvalue()
 
 
 def _epoch_axis(ax):

@@ -37,15 +37,17 @@ def seeded_generator(seed, device):
 
 
 class NoiseStreams:
-    """Noise for a batch made of equal groups of `per_group` images, group i drawn from `generators[i]`:
-    each group gets the numbers its generator would give it alone."""
+    """Noise for a batch made of consecutive groups of images, group i (`counts[i]` images, or `counts`
+    for every group when an int) drawn from `generators[i]`: each group gets the numbers its generator would
+    give it alone."""
 
-    def __init__(self, generators, per_group, device):
-        self.generators, self.per_group, self.device = generators, per_group, device
+    def __init__(self, generators, counts, device):
+        self.generators, self.device = generators, device
+        self.counts = [counts] * len(generators) if isinstance(counts, int) else list(counts)
 
     def __call__(self, shape):
-        return torch.cat([torch.randn((self.per_group, *shape[1:]), generator=g, device=self.device)
-                          for g in self.generators])
+        return torch.cat([torch.randn((count, *shape[1:]), generator=g, device=self.device)
+                          for g, count in zip(self.generators, self.counts)])
 
 
 def compiled_for_sampling(model):
@@ -132,6 +134,25 @@ class Sampler:
                                per_class, self.device)
         batch_labels = torch.tensor(labels, device=self.device).repeat_interleave(per_class)
         return self._draw(batch_labels, len(batch_labels), settings, streams, guided, progress)
+
+    def sample_groups(self, groups, settings):
+        """Several independent draws run as one batch: `groups` is a list of (label, n, seed), label None
+        for the null class (or an unconditional model). Returns one (n, C, 28, 28) tensor per group, in
+        [-1, 1]. Group i draws from its own generator seeded with its seed, so it gets what
+        `sample(n, settings.replace(seed=seed), label)` draws alone in one batch, up to the rounding of
+        the batched convolutions. Guidance applies to every labelled group; a batch that mixes labelled and
+        null-class groups is guided throughout, which leaves the null-class ones equal up to rounding too."""
+        if self.num_classes == 0 and any(label is not None for label, _, _ in groups):
+            raise ValueError("this model is unconditional: it draws no classes")
+        guided = any(self._guided(label, settings) for label, _, _ in groups)
+        streams = NoiseStreams([seeded_generator(seed, self.device) for _, _, seed in groups],
+                               [n for _, n, _ in groups], self.device)
+        labels = None
+        if self.num_classes:
+            labels = torch.cat([torch.full((n,), self.null_class if label is None else label, device=self.device)
+                                for label, n, _ in groups])
+        images = self._draw(labels, sum(streams.counts), settings, streams, guided, progress=False)
+        return list(images.split(streams.counts))
 
     def draw_for_fid(self, n, settings, unconditional=False, progress=False):
         """The n images that FID/KID score: (uint8 (n, 1, 28, 28), asked labels (n,) or None).
