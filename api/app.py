@@ -69,26 +69,28 @@ class ImageRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="noise seed; default: a random one, returned")
 
 
-def create_app(image_model, audio_model, options, device):
-    """The ASGI application over the loaded models (either may be None)."""
-    batcher = None
-    if image_model is not None:
-        def max_batch(settings):
-            return options.max_batch or image_model.sampler.batch_size(settings.guidance_scale > 0)
-        batcher = ImageBatcher(image_model.draw, max_batch, options.max_wait_ms / 1000, options.max_queue,
-                               options.batching)
+def image_batcher(image_model, options):
+    """The ImageBatcher of the image model (None without one); someone must call its run()."""
+    if image_model is None:
+        return None
+
+    def max_batch(settings):
+        return options.max_batch or image_model.sampler.batch_size(settings.guidance_scale > 0)
+    return ImageBatcher(image_model.draw, max_batch, options.max_wait_ms / 1000, options.max_queue, options.batching)
+
+
+def create_app(image_model, audio_model, options, device, batcher):
+    """The ASGI application over the loaded models (either may be None); `batcher`: the image model's
+    image_batcher, run by the caller."""
     audio_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio")
     audio_pending = [0]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        if batcher:
-            batcher.start()
         yield
         if batcher:
-            await asyncio.to_thread(batcher.stop)
-        audio_worker.shutdown(wait=True, cancel_futures=True)
-        print("API server stopped.", flush=True)
+            batcher.stop()
+        audio_worker.shutdown(wait=False, cancel_futures=True)
 
     def check_key(request: Request):
         if options.api_key is None:
@@ -105,7 +107,7 @@ def create_app(image_model, audio_model, options, device):
     @app.get("/health", summary="Which models are loaded, on which device, and whether the server is ready")
     async def health():
         models = [m.health() for m in (image_model, audio_model) if m is not None]
-        return {"ready": bool(models) and (batcher is None or batcher.thread.is_alive()), "device": str(device),
+        return {"ready": bool(models) and (batcher is None or batcher.running), "device": str(device),
                 "models": models, "image_queue": batcher.stats() if batcher else None,
                 "audio_queue": {"pending": audio_pending[0], "max_queue": options.max_audio_queue}}
 

@@ -1,7 +1,10 @@
 """Dynamic batching of image requests: requests that can share a reverse process (the same sampler,
-steps and guidance) wait at most `max_wait` seconds to be drawn together, up to `max_batch` images, in
-one worker thread off the event loop. Each request keeps its own noise generator, so its images do not
-depend on what it was batched with (imagegen.sampling.Sampler.sample_groups)."""
+steps and guidance) wait at most `max_wait` seconds to be drawn together, up to `max_batch` images, off
+the event loop. Each request keeps its own noise generator, so its images do not depend on what it was
+batched with (imagegen.sampling.Sampler.sample_groups).
+
+The batches are drawn by whichever thread calls `run`; serve.py gives it the main thread and the event
+loop another one, because on a CPU torch sampled 19-46% slower in a second thread (docs/api.md)."""
 from __future__ import annotations
 
 import asyncio
@@ -59,17 +62,13 @@ class ImageBatcher:
         self.stopping = False
         self.images_per_second = None  # moving average over batches, for Retry-After
         self.busy = False
-        self.thread = threading.Thread(target=self._work, name="image-batcher", daemon=True)
-
-    def start(self):
-        self.thread.start()
+        self.running = False
 
     def stop(self):
-        """Let the batch in progress finish, fail the waiting requests, end the thread."""
+        """Ask `run` to return once the batch in progress is drawn; the waiting requests then get 503."""
         with self.condition:
             self.stopping = True
             self.condition.notify_all()
-        self.thread.join()
 
     def stats(self):
         with self.condition:
@@ -125,11 +124,22 @@ class ImageBatcher:
                 return
             self.condition.wait(left)
 
-    def _work(self):
+    def run(self, keep_going=lambda: True):
+        """Draw batches in the calling thread until stop(), or until keep_going() (asked every half
+        second while idle) turns false."""
+        self.running = True
+        try:
+            self._work(keep_going)
+        finally:
+            self.running = False
+
+    def _work(self, keep_going):
         while True:
             with self.condition:
                 while not self.queue and not self.stopping:
-                    self.condition.wait()
+                    self.condition.wait(0.5)
+                    if not keep_going():
+                        self.stopping = True
                 if self.stopping:
                     break
                 if self.batching:
