@@ -37,8 +37,8 @@ DEFAULTS = {  # the scripts' own default paths
 
 
 def build_parser():
-    p = ArgumentParser(prog="python -m api.serve", description=__doc__.split("\n\n")[0],
-                       formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m api.serve", formatter_class=HelpFormatter,
+                       description="The REST API over image_gen's and audio_gen's checkpoints (docs/api.md).")
     models = p.add_argument_group("models")
     for kind in ("image", "audio"):
         models.add_argument(f"--{kind}_checkpoint", type=Path, default=None,

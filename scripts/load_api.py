@@ -141,7 +141,9 @@ def main(argv=None):
     if args.guidance_scale is not None:
         body["guidance_scale"] = args.guidance_scale
     import torch
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+    machine = {"cpu": names[0] if names else platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
     rows = []
     for mode in (["given"] if args.url else args.modes):
