@@ -19,12 +19,13 @@ RESULTS_DIR/train.log and RESULTS_DIR/infer.log.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 from audiogen.audio_io import SOURCES
 from audiogen.benchmark import BenchmarkConfig, benchmark
-from audiogen.common import (ArgumentParser, HelpFormatter, logged_to, number, reject_flags_of_other_modes,
+from audiogen.common import (ArgumentParser, HelpFormatter, World, logged_to, number, reject_flags_of_other_modes,
                              resolve_device, resolve_path)
 from audiogen.data import DataConfig
 from audiogen.infer import InferConfig, infer
@@ -76,7 +77,9 @@ def build_parser():
     train_group.add_argument("--epochs", type=number(int, 1), default=60,
                              help="training epochs (total, also with --resume); an epoch draws as many random "
                                   "crops as the training files hold 5-s windows")
-    train_group.add_argument("--batch_size", type=number(int, 1), default=16, help="clips per training batch")
+    train_group.add_argument("--batch_size", type=number(int, 1), default=16,
+                             help="clips per training batch; under torchrun the global batch, shared equally by the "
+                                  "processes")
     train_group.add_argument("--learning_rate", type=number(float, 1e-8, 1.0), default=1e-3,
                              help="peak AdamW learning rate")
     train_group.add_argument("--warmup_steps", type=number(int, 0), default=100,
@@ -101,12 +104,19 @@ def build_parser():
     return p
 
 
-def parse_args(argv=None):
-    """The checked options: paths resolved, sources without repeats, a torch.device."""
+def parse_args(argv=None, world=None):
+    """The checked options: paths resolved, sources without repeats, a torch.device (this process's under
+    torchrun, whose processes may only train, sharing each batch equally)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     reject_flags_of_other_modes(parser, argv, args.mode, MODES_OF)
+    world = world or World()
+    if world.active and args.mode != "train":
+        parser.error(f"--mode {args.mode} runs in one process: start it without torchrun")
+    if world.active and args.batch_size % world.size:
+        parser.error(f"--batch_size {args.batch_size} is the global batch and must divide evenly over the "
+                     f"{world.size} processes")
     if args.audio_dir is not None and args.musdb_root is not None:
         parser.error("give either --audio_dir or --musdb_root, not both")
     if args.audio_dir is not None and args.sources is not None:
@@ -120,7 +130,7 @@ def parse_args(argv=None):
     for name in ("checkpoint", "results_dir", "cache_dir"):
         setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name), SCRIPT_DIR))
     args.sources = list(dict.fromkeys(args.sources or SOURCES))  # drop repeats, keep order
-    args.device = resolve_device(args.device, parser)
+    args.device = world.process_device(resolve_device(args.device, parser))
     return args
 
 
@@ -129,14 +139,14 @@ def as_recorded(args):
     return {k: v if v is None or isinstance(v, (bool, int, float, str, list)) else str(v) for k, v in vars(args).items()}
 
 
-def configs(args):
+def configs(args, world=None):
     """The config object of the chosen mode, built from the checked options."""
     data = DataConfig(args.audio_dir, args.musdb_root, args.download, tuple(args.sources), args.cache_dir)
     shape = ModelConfig(**{name: getattr(args, name) for name in SHAPE})
     if args.mode == "train":
         return TrainConfig(data, shape, args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
                            args.resume, args.eval_every, args.checkpoint, args.results_dir, args.device,
-                           args.griffin_lim_iters, args.audio_eval_clips, as_recorded(args))
+                           args.griffin_lim_iters, args.audio_eval_clips, as_recorded(args), world or World())
     if args.mode == "infer":
         return InferConfig(data, args.checkpoint, args.results_dir, args.device, args.num_examples, args.seed,
                            args.griffin_lim_iters, args.audio_eval_clips)
@@ -145,12 +155,15 @@ def configs(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    config = configs(args)
+    world = World.from_environment()
+    with world.quiet():  # a usage error is said once, by rank 0
+        args = parse_args(argv, world)
+    config = configs(args, world)
     if args.mode == "benchmark":
         return benchmark(config)
     job = train if args.mode == "train" else infer
-    with logged_to(args.results_dir / f"{args.mode}.log"):
+    log = logged_to(args.results_dir / f"{args.mode}.log") if world.is_main else contextlib.nullcontext()
+    with world.session(args.device), world.quiet(), log:
         return job(config)
 
 

@@ -6,6 +6,7 @@
 # Variables: AUDIO_DIR MUSDB_ROOT DOWNLOAD CACHE_DIR EPOCHS BATCH_SIZE LEARNING_RATE WARMUP_STEPS DEVICE
 #            CHECKPOINT N_MELS LATENT_DIM TIME_DOWNSAMPLE HIDDEN DROPOUT SEED RESULTS_DIR GRIFFIN_LIM_ITERS
 #            AUDIO_EVAL_CLIPS EVAL_EVERY RESUME=1
+#            NPROC=N (torchrun, N processes; BATCH_SIZE is then the global batch) TORCHRUN_ARGS (several machines)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
@@ -33,4 +34,4 @@ flag --audio_eval_clips AUDIO_EVAL_CLIPS
 flag --eval_every EVAL_EVERY
 switch --resume RESUME
 
-exec "$(python_bin)" "$here/audio_gen.py" "${args[@]}" "$@"
+launch "$here/audio_gen.py" "${args[@]}" "$@"

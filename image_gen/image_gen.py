@@ -18,12 +18,13 @@ one set of outputs. The math follows Ho et al. 2020 (DDPM), Song et al. 2021 (DD
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from pathlib import Path
 
 import torch
 
-from imagegen.common import (ArgumentParser, HelpFormatter, logged_to, number, reject_flags_of_other_modes,
+from imagegen.common import (ArgumentParser, HelpFormatter, World, logged_to, number, reject_flags_of_other_modes,
                              resolve_device, resolve_path)
 from imagegen.data import DATASETS
 from imagegen.diffusion import SamplerSettings
@@ -101,7 +102,8 @@ def build_parser():
     model.add_argument("--epochs", type=number(int, 1), default=20,
                        help="training epochs (the total, also with --resume; a new total re-plans the LR decay); "
                             "one epoch of full MNIST takes about 3 minutes on a 2-core CPU")
-    model.add_argument("--batch_size", type=number(int, 1), default=64, help="training batch size")
+    model.add_argument("--batch_size", type=number(int, 1), default=64,
+                       help="training batch size; under torchrun the global batch, shared equally by the processes")
     model.add_argument("--learning_rate", type=number(float, 0, low_open=True), default=1e-3,
                        help="peak AdamW learning rate (warm-up, then a cosine to 10%%; a resumed run keeps its own)")
     model.add_argument("--ema_decay", type=number(float, 0.0, 0.99999), default=0.999,
@@ -166,10 +168,22 @@ def build_parser():
     return p
 
 
-def parse_args(argv=None):
+def check_world(parser, args, world):
+    """Several processes (torchrun) train only, and share each batch equally."""
+    if not world.active:
+        return
+    if args.mode != "train":
+        parser.error(f"--mode {args.mode} runs in one process: start it without torchrun")
+    if args.batch_size % world.size:
+        parser.error(f"--batch_size {args.batch_size} is the global batch and must divide evenly over the "
+                     f"{world.size} processes")
+
+
+def parse_args(argv=None, world=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     reject_flags_of_other_modes(parser, argv, args.mode, MODES_OF)
+    check_world(parser, args, world or World())
     if args.fid_samples is None:
         args.fid_samples = FID_DEFAULTS[args.mode]
     if args.base_channels % 8:
@@ -182,7 +196,7 @@ def parse_args(argv=None):
         parser.error("--mode guidance_sweep measures FID: --fid_samples must be >= 10")
     for name in ("checkpoint", "data_dir", "results_dir", "cache_dir"):
         setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name), SCRIPT_DIR))
-    args.device = resolve_device(args.device, parser)
+    args.device = (world or World()).process_device(resolve_device(args.device, parser))
     return args
 
 
@@ -196,7 +210,9 @@ def fid_settings(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    world = World.from_environment()
+    with world.quiet():  # a usage error is said once, by rank 0
+        args = parse_args(argv, world)
     fid = fid_settings(args)
     settings = SamplerSettings(args.sampler, args.sampling_steps, args.eta, 0.0, args.seed)
     paths = dict(data_dir=args.data_dir, results_dir=args.results_dir, cache_dir=args.cache_dir)
@@ -208,8 +224,9 @@ def main(argv=None):
             batch_size=args.batch_size, learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
             precision=args.precision, compile_model=args.compile, resume=args.resume, num_samples=args.num_samples,
             sampling_steps=args.sampling_steps, eta=args.eta, guidance_scale=args.guidance_scale, fid=fid,
-            command_line=command_line_record(args), **paths)
-        with logged_to(args.results_dir / "train.log"):
+            command_line=command_line_record(args), world=world, **paths)
+        log = logged_to(args.results_dir / "train.log") if world.is_main else contextlib.nullcontext()
+        with world.session(args.device), world.quiet(), log:
             return train(config)
     if args.mode == "infer":
         from imagegen.infer import infer

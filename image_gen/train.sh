@@ -4,6 +4,7 @@
 # Variables: EPOCHS BATCH_SIZE LEARNING_RATE DEVICE CHECKPOINT NUM_SAMPLES SEED DATA_DIR RESULTS_DIR
 #            SAMPLING_STEPS ETA EMA_DECAY FID_SAMPLES FID_BACKBONE FID_WEIGHTS CACHE_DIR PRECISION RESUME=1 COMPILE=1
 #            DATASET CONDITIONING COND_DROP_PROB GUIDANCE_SCALE BASE_CHANNELS
+#            NPROC=N (torchrun, N processes; BATCH_SIZE is then the global batch) TORCHRUN_ARGS (several machines)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
@@ -34,4 +35,4 @@ flag --precision PRECISION
 switch --resume RESUME
 switch --compile COMPILE
 
-exec "$(python_bin)" "$here/image_gen.py" "${args[@]}" "$@"
+launch "$here/image_gen.py" "${args[@]}" "$@"

@@ -36,11 +36,12 @@ def data_record(data):
             "musdb_root": str(data.musdb_root) if data.musdb_root else None, "sources": list(data.sources)}
 
 
-def make_checkpoint(run, data, command_line):
+def make_checkpoint(run, data, command_line, rank_rngs=None):
     """Everything to rebuild the model (config, weights with normalisation) and to resume exactly:
     `epoch` is the last finished epoch; `partial_epoch` the next one's steps done, or None between epochs.
-    `data`: the DataConfig trained on; `command_line`: the options as given, a plain dict kept as "args"."""
-    return {
+    `data`: the DataConfig trained on; `command_line`: the options as given, a plain dict kept as "args".
+    `rank_rngs`: with several processes, each one's rng_state() (their dropout differs), kept as "rank_rng"."""
+    return {**({"rank_rng": rank_rngs, "processes": len(rank_rngs)} if rank_rngs else {}),
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "model_config": dict(run.trainer.model.config), "transform_config": run.transform.config,
         **run.trainer.state_dict(), "epoch": run.epoch, "partial_epoch": run.progress,

@@ -3,13 +3,13 @@ checkpoint after each epoch and on Ctrl-C, and the final plots and scores."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, set_rng_state
-from .common import StopRequest, atomic_torch_save, read_json, write_json_atomic
+from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, rng_state, set_rng_state
+from .common import StopRequest, World, atomic_torch_save, read_json, write_json_atomic
 from .data import DataConfig, build_splits
 from .metrics import AudioEvaluator, evaluate, require_speech_metrics, score_split, spread_positions, versus_baseline
 from .model import AudioAutoencoder, ModelConfig, reconstruct
@@ -21,7 +21,8 @@ from .transform import LogMelTransform, compute_normalization
 @dataclass(frozen=True)
 class TrainConfig:
     """What the train command reads. `model` shapes a new model (a resumed one keeps its own);
-    `command_line` is the options as given, stored in the checkpoint as "args"."""
+    `command_line` is the options as given, stored in the checkpoint as "args". `world`: the processes that
+    torchrun started (World); `batch_size` is the global batch, which they share equally."""
     data: DataConfig
     model: ModelConfig
     epochs: int
@@ -37,6 +38,7 @@ class TrainConfig:
     griffin_lim_iters: int
     audio_eval_clips: int
     command_line: dict
+    world: World = field(default_factory=World)
 
 
 @dataclass
@@ -60,31 +62,60 @@ def new_model(shape, train_set):
     return model
 
 
+def rank_seed(seed, rank, step):
+    """The dropout seed of process `rank` > 0 of several, at a new run (step 0) or at a resume that cannot
+    restore its own random state (another number of processes)."""
+    return (seed * 1_000_003 + rank) * 1_000_003 + step
+
+
 def start_run(config):
-    """A new run, or the one in the checkpoint when resuming (its schedule stretched to `config.epochs`)."""
+    """A new run, or the one in the checkpoint when resuming (its schedule stretched to `config.epochs`).
+
+    Several processes build the same model; rank 0 prepares the data (and its cache) first. Dropout draws
+    from each process's global RNG: rank 0's is the one-process state, the others' are seeded with
+    rank_seed, and a checkpoint keeps them all, so a resume with as many processes is exact."""
+    world = config.world
     state = load_checkpoint(config.checkpoint) if config.resume else None
     transform = (LogMelTransform.from_config(state["transform_config"], config.griffin_lim_iters, config.device)
                  if state else LogMelTransform(n_mels=config.model.n_mels, griffin_lim_iters=config.griffin_lim_iters,
                                                device=config.device))
-    splits = build_splits(config.data, transform)
+    with world.main_first():
+        splits = build_splits(config.data, transform)
     if len(splits["train"]) == 0:
         raise SystemExit(f"error: no usable training recordings (5 s or longer, not silent) in {splits['train'].origin}")
     torch.manual_seed(config.seed)
     model = model_from_checkpoint(state, config.device) if state else new_model(config.model, splits["train"])
     steps = steps_per_epoch(splits["train"], config.batch_size)
     total = config.epochs * steps
-    trainer = AudioTrainer(model, config.device, CosineSchedule(config.learning_rate, total, config.warmup_steps))
+    trainer = AudioTrainer(model, config.device, CosineSchedule(config.learning_rate, total, config.warmup_steps),
+                           world=world)
     run = Run(transform, splits, trainer, steps, history=[])
     if state:
         trainer.load_state_dict(state)
         trainer.schedule.extend(total, trainer.step)  # a longer run keeps decaying from here
         set_rng_state(state["rng"])
+        if world.active and not world.is_main:
+            if len(state.get("rank_rng") or []) == world.size:
+                set_rng_state(state["rank_rng"][world.rank])
+            else:
+                torch.manual_seed(rank_seed(config.seed, world.rank, trainer.step))
         run.history, run.epoch, run.progress = state["history"], state["epoch"], state["partial_epoch"]
         where = f"epoch {run.epoch + 1}, step {run.progress['steps_done']}" if run.progress else f"the end of epoch {run.epoch}"
         print(f"Resuming {config.checkpoint} at {where}")
-    elif config.checkpoint.exists():
-        print(f"note: starting a new run; {config.checkpoint} will be overwritten (use --resume to continue it)")
+    else:
+        if world.active and not world.is_main:
+            torch.manual_seed(rank_seed(config.seed, world.rank, 0))
+        if config.checkpoint.exists():
+            print(f"note: starting a new run; {config.checkpoint} will be overwritten (use --resume to continue it)")
     return run
+
+
+def save_run(run, config):
+    """The checkpoint, written by rank 0; with several processes it also holds each one's random state."""
+    world = config.world
+    rank_rngs = world.gather_objects(rng_state()) if world.active else None
+    if world.is_main:
+        atomic_torch_save(make_checkpoint(run, config.data, config.command_line, rank_rngs), config.checkpoint)
 
 
 def make_evaluators(splits, transform, audio_clips, seed):
@@ -144,14 +175,17 @@ def train_epochs(run, config, evaluators, stop, valid_name):
                                                                      number, config.epochs, stop):
             return
         milestone = number in (1, config.epochs) or number % config.eval_every == 0
-        record = epoch_record(number, run.progress, run.trainer, run.splits, evaluators, milestone)
+        main = config.world.is_main  # rank 0 alone scores, prints and writes; the others wait for it
+        record = (epoch_record(number, run.progress, run.trainer, run.splits, evaluators, milestone) if main
+                  else {"epoch": number})
         run.epoch, run.progress = number, None
         run.history.append(record)
-        print(epoch_line(record, config.epochs), flush=True)
-        atomic_torch_save(make_checkpoint(run, config.data, config.command_line), config.checkpoint)
-        if milestone:
+        if main:
+            print(epoch_line(record, config.epochs), flush=True)
+        save_run(run, config)
+        if milestone and main:
             plot_training_curves(run.history, config.results_dir / "training_curves.png", valid_name)
-        if stop.requested:
+        if stop.poll():
             return
 
 
@@ -165,11 +199,14 @@ def train(config):
     config.results_dir.mkdir(parents=True, exist_ok=True)
     splits, model = run.splits, run.trainer.model
     valid_name = "validation files" if len(splits["valid"]) else "none: no validation files"
-    evaluators = make_evaluators(splits, run.transform, config.audio_eval_clips, config.seed)
+    world = config.world
+    evaluators = make_evaluators(splits, run.transform, config.audio_eval_clips, config.seed) if world.is_main else {}
+    processes = (f" in {world.size} processes ({config.batch_size // world.size} clips each per step of "
+                 f"{config.batch_size})" if world.active else "")
     print(f"Training on {len(splits['train'].recordings)} recordings ({len(splits['train'])} clip windows), "
           f"{len(splits['valid'])} unseen validation clips; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-          f"parameters, {model.compression:g}x compression, device {config.device}, {run.steps} steps/epoch")
-    with StopRequest() as stop:
+          f"parameters, {model.compression:g}x compression, device {config.device}{processes}, {run.steps} steps/epoch")
+    with StopRequest(world) as stop:
         try:
             train_epochs(run, config, evaluators, stop, valid_name)
         except KeyboardInterrupt:
@@ -178,15 +215,17 @@ def train(config):
             raise SystemExit(f"error: {err}. The last good checkpoint is {config.checkpoint}.")
     if stop.requested:
         save_stopped_run(run, config, valid_name)
-    write_final_outputs(run, config)
+    if world.is_main:
+        write_final_outputs(run, config)
     return run.history
 
 
 def save_stopped_run(run, config, valid_name):
     """After a Ctrl-C: save the checkpoint and the curves so far, then end saying how to resume."""
-    atomic_torch_save(make_checkpoint(run, config.data, config.command_line), config.checkpoint)
-    if run.history:
+    save_run(run, config)
+    if run.history and config.world.is_main:
         plot_training_curves(run.history, config.results_dir / "training_curves.png", valid_name)
+    config.world.barrier()  # no process ends (which makes torchrun stop the others) before the save
     p = run.progress
     where = f"epoch {p['epoch']}, step {p['steps_done']} of {run.steps}" if p else f"epoch {run.epoch}"
     raise SystemExit(f"Stopped after {where}: checkpoint saved to {config.checkpoint}; continue with --resume.")

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import first_nonfinite, progress_bar
+from .common import World, first_nonfinite, progress_bar
 
 
 class CosineSchedule:
@@ -52,11 +52,20 @@ def reconstruction_loss(reconstruction, target):
 
 class AudioTrainer:
     """Training state: the model, AdamW (Loshchilov & Hutter 2019), the learning-rate schedule, gradient
-    clipping and the step count."""
+    clipping and the step count.
 
-    def __init__(self, model, device, schedule, weight_decay=1e-4, grad_clip=1.0):
+    In a `world` of several processes (torchrun) each trains on its equal share of every batch (`share`)
+    through DistributedDataParallel, which averages the gradients: the mean of the shares' mean losses is
+    the batch's mean loss, so each step is the one-process step and the weights stay identical everywhere."""
+
+    def __init__(self, model, device, schedule, weight_decay=1e-4, grad_clip=1.0, world=None):
         self.model = model.to(device)
         self.device = device
+        self.world = world or World()
+        self.forward = self.model
+        if self.world.active:  # the normalisation buffers never change: no need to broadcast them each step
+            self.forward = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
         self.grad_clip = grad_clip
         self.schedule = schedule
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=schedule(0), weight_decay=weight_decay)
@@ -68,13 +77,17 @@ class AudioTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule(self.step)
         target = self.model.normalize(log_mels.to(self.device, non_blocking=True))
-        loss = reconstruction_loss(self.model(target), target)
+        loss = reconstruction_loss(self.forward(target), target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.step += 1
         return loss.detach()
+
+    def share(self, rows):
+        """This process's equal share of a batch's `rows` (all of them in one process)."""
+        return rows[self.world.share(len(rows))] if self.world.active else rows
 
     def state_dict(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -109,15 +122,17 @@ def check_finite(losses, epoch, first_step):
 def run_epoch(trainer, train_set, plan, progress, epoch, epochs, stop, check_every=10):
     """Train on the epoch's crop plan (steps, batch) from `progress['steps_done']` on, updating `progress`
     in place (steps done, loss sum, seconds) so an interruption can be resumed at the exact step.
-    False when `stop` asked to end early."""
+    False when `stop` asked to end early. Several processes each take their share of every step's crops;
+    the losses recorded are the means over them (the whole batch's)."""
     pending = []
     start = time.perf_counter()
     first = progress["steps_done"]
     bar = progress_bar(range(first, len(plan)), f"epoch {epoch}/{epochs}", total=len(plan), initial=first, unit="steps")
     for step in bar:
-        pending.append(trainer.train_step(train_set.crops(plan[step])))
+        pending.append(trainer.train_step(train_set.crops(trainer.share(plan[step]))))
+        stop.poll()
         if len(pending) == check_every or step == len(plan) - 1 or stop.requested:
-            losses = torch.stack(pending).tolist()  # one host sync per `check_every` steps
+            losses = trainer.world.mean(torch.stack(pending)).tolist()  # one host sync per `check_every` steps
             check_finite(losses, epoch, step + 1 - len(losses))
             progress["loss_sum"] += sum(losses)
             progress["steps_done"] = step + 1

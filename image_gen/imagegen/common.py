@@ -1,5 +1,5 @@
 """Helpers that both models need: command-line checks, devices, atomic files, checkpoints, plots,
-progress reports, logs and Ctrl-C handling.
+progress reports, logs, Ctrl-C handling, and training in several processes under torchrun.
 
 This file exists twice, as image_gen/imagegen/common.py and audio_gen/audiogen/common.py, byte for byte
 (tests/test_shared_helpers.py compares the whole files), so that neither model imports the other's code.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -251,19 +252,33 @@ def first_nonfinite(values):
 
 class StopRequest:
     """While active, the first Ctrl-C (SIGINT) only asks training to stop after the current step and
-    save; a second one raises KeyboardInterrupt at once. Inactive outside the main thread."""
+    save; a second one raises KeyboardInterrupt at once. Inactive outside the main thread.
 
-    def __init__(self):
+    With a `world` of several processes, `requested` changes only in `poll()`, which every process calls
+    after each step: it is true everywhere as soon as any process got a Ctrl-C, so all stop after the same
+    step. In one process `poll()` changes nothing."""
+
+    def __init__(self, world=None):
         self.requested = False
+        self._asked = False
+        self._world = world if world is not None and world.active else None
         self._installed = False
         self._previous = None
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self._asked:
             raise KeyboardInterrupt
-        self.requested = True
+        self._asked = True
+        if self._world is None:
+            self.requested = True
         print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits without saving)",
               flush=True)
+
+    def poll(self):
+        """Whether to stop now; with several processes, agreed between them (one small all-reduce)."""
+        if self._world is not None:
+            self.requested = self._world.any(self._asked)
+        return self.requested
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -275,3 +290,133 @@ class StopRequest:
     def __exit__(self, *exc):
         if self._installed:
             signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+
+
+# --- several processes (torchrun) -----------------------------------------------------------
+
+class World:
+    """This process's place among those that torchrun started (its RANK, WORLD_SIZE and LOCAL_RANK), or a
+    world of one without torchrun, where every method does nothing and the code runs as it always did.
+
+    Several processes join one process group (`session`): NCCL on CUDA, gloo on the CPU. Rank 0 is the
+    main process: it alone prints and writes files."""
+
+    def __init__(self, rank=0, size=1, local_rank=0):
+        self.rank, self.size, self.local_rank = rank, size, local_rank
+        self.device = torch.device("cpu")  # where collectives put their tensors; set by `session`
+
+    @classmethod
+    def from_environment(cls, environ=None):
+        """The world torchrun describes in the environment; a world of one when WORLD_SIZE is unset or 1."""
+        environ = os.environ if environ is None else environ
+        size = int(environ.get("WORLD_SIZE", "1"))
+        if size <= 1:
+            return cls()
+        return cls(int(environ["RANK"]), size, int(environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def active(self):
+        return self.size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def process_device(self, device):
+        """This process's device: CUDA device LOCAL_RANK under torchrun, else `device` itself."""
+        return torch.device("cuda", self.local_rank) if self.active and device.type == "cuda" else device
+
+    @contextlib.contextmanager
+    def session(self, device, timeout_hours=3):
+        """Within: the process group (a world of one: nothing). Collectives wait up to `timeout_hours` for
+        the slowest process (rank 0 alone writes outputs meanwhile). Leaving it normally waits for all."""
+        if not self.active:
+            yield self
+            return
+        import torch.distributed as dist
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.device = device
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=timeout_hours))
+        try:
+            yield self
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+    @contextlib.contextmanager
+    def quiet(self):
+        """Other ranks than 0 print nothing (rank 0 says it all) and end without repeating rank 0's message;
+        an unexpected error still shows its traceback."""
+        if self.is_main:
+            yield
+            return
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+            try:
+                yield
+            except SystemExit as stop:
+                raise SystemExit(1 if isinstance(stop.code, str) else stop.code) from None
+
+    @contextlib.contextmanager
+    def main_first(self):
+        """Rank 0 runs the block first (filling caches), then the others (reading them)."""
+        if self.active and not self.is_main:
+            self.barrier()
+        yield
+        if self.active and self.is_main:
+            self.barrier()
+
+    def barrier(self):
+        if self.active:
+            torch.distributed.barrier()
+
+    def share(self, n):
+        """The rows of a batch of `n` (divisible by the world size) that this process takes: a slice."""
+        per = n // self.size
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    def any(self, flag):
+        """True on every process when `flag` is true on any."""
+        if not self.active:
+            return bool(flag)
+        value = torch.tensor([int(bool(flag))], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
+    def mean(self, values):
+        """The mean over processes of a float tensor of the same shape on each."""
+        if not self.active:
+            return values
+        total = values.to(self.device, torch.float32, copy=True)
+        torch.distributed.all_reduce(total)
+        return (total / self.size).to(values.device)
+
+    def gather_rows(self, rows):
+        """Every process's `rows` (k, ...) concatenated in rank order ((sum of k, ...)); k may differ."""
+        if not self.active:
+            return rows
+        counts = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.size)]
+        torch.distributed.all_gather(counts, torch.tensor([len(rows)], device=self.device))
+        counts = [int(c.item()) for c in counts]
+        padded = torch.zeros((max(counts), *rows.shape[1:]), dtype=rows.dtype, device=self.device)
+        padded[:len(rows)] = rows.to(self.device)
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        torch.distributed.all_gather(parts, padded)
+        return torch.cat([part[:k] for part, k in zip(parts, counts)]).to(rows.device)
+
+    def gather_objects(self, obj):
+        """[every process's `obj`] in rank order (picklable objects)."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every process (picklable objects)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]

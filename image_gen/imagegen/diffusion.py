@@ -103,17 +103,23 @@ class GaussianDiffusion:
         """Closed-form forward diffusion: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps  (eq. 4)."""
         return self._gather(self.sqrt_alphas_cumprod, t) * x0 + self._gather(self.sqrt_one_minus_alphas_cumprod, t) * noise
 
-    def loss(self, model, x0, labels=None, generator=None, cond_drop_prob=0.0):
+    def loss(self, model, x0, labels=None, generator=None, cond_drop_prob=0.0, rows=None):
         """Simplified DDPM objective (eq. 14): || eps - eps_theta(x_t, t, c) ||^2, t ~ U{0..T-1}, eps ~ N(0, I).
 
         Each label becomes the null class with probability `cond_drop_prob` (Ho & Salimans 2022,
         Algorithm 1), so the same network learns the unconditional eps(x_t, t, null) too. t, eps and the
-        dropout come from `generator` (the training generator), never from the global RNG."""
+        dropout come from `generator` (the training generator), never from the global RNG.
+
+        `rows` (a slice; one process of several): the loss of those rows of the batch only, with the very
+        t, eps and dropout that the whole batch draws for them, and the generator advanced as by the whole."""
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
         if labels is not None and cond_drop_prob > 0:
             drop = torch.rand(labels.shape, device=labels.device, generator=generator) < cond_drop_prob
             labels = labels.masked_fill(drop, model.null_class)
+        if rows is not None:
+            x0, t, noise = x0[rows], t[rows], noise[rows]
+            labels = None if labels is None else labels[rows]
         return F.mse_loss(model(self.q_sample(x0, t, noise), t, labels), noise)
 
     # --- reverse process ------------------------------------------------------------------------

@@ -117,19 +117,42 @@ class Sampler:
             batches.append(self._draw(labels, size, settings, randn, guided, progress))
         return torch.cat(batches)
 
-    def sample_classes(self, classes, per_class, settings, progress=False):
+    def _class_by_class(self, jobs, settings, progress, world):
+        """The images of `jobs` [(count, label, class index)], each class from its own seed, in order. With a
+        `world` of several processes each draws a contiguous run of classes holding about 1/N of the images,
+        and rank 0 gathers them all (the others get None): the same images as one process draws."""
+        def draw(part):
+            images = [self.sample(k, settings.replace(seed=class_seed(settings.seed, index)), label=label,
+                                  progress=progress) for k, label, index in part if k]
+            return torch.cat(images) if images else torch.zeros((0, *self.image_shape), device=self.device)
+
+        if world is None or not world.active:
+            return draw(jobs)
+        total, done, mine = sum(k for k, _, _ in jobs), 0, []
+        for job in jobs:  # a class goes to the rank whose share of the images its middle falls in
+            if (done + job[0] / 2) * world.size // max(1, total) == world.rank:
+                mine.append(job)
+            done += job[0]
+        images = world.gather_rows(draw(mine))
+        return images if world.is_main else None
+
+    def sample_classes(self, classes, per_class, settings, progress=False, world=None):
         """`per_class` images of each class in `classes` (a list; [None] = unconditional), class by class:
         (len(classes) * per_class, C, 28, 28). Class c draws from seed class_seed(settings.seed, c).
 
         When all of them fit in one sampling batch they run as one batch (faster on a CPU than class by
         class), each class drawing from its own generator; a class then draws exactly what `sample` would
-        draw for it alone, so both ways give the same images."""
+        draw for it alone, so both ways give the same images.
+
+        `world` (several processes): class by class, the classes are shared out (see _class_by_class);
+        one batch is drawn by rank 0 alone. Rank 0 gets the images, the others None."""
         labels = [self.null_class if label is None else label for label in classes]
         guided = self.num_classes > 0 and classes != [None] and settings.guidance_scale > 0
         if len(classes) * per_class > self.batch_size(guided) or len(classes) == 1:
-            return torch.cat([self.sample(per_class, settings.replace(seed=class_seed(settings.seed, index)),
-                                          label=label, progress=progress)
-                              for label, index in zip(classes, labels)])
+            return self._class_by_class([(per_class, label, index) for label, index in zip(classes, labels)],
+                                        settings, progress, world)
+        if world is not None and world.active and not world.is_main:
+            return None
         streams = NoiseStreams([seeded_generator(class_seed(settings.seed, index), self.device) for index in labels],
                                per_class, self.device)
         batch_labels = torch.tensor(labels, device=self.device).repeat_interleave(per_class)
@@ -154,23 +177,27 @@ class Sampler:
         images = self._draw(labels, sum(streams.counts), settings, streams, guided, progress=False)
         return list(images.split(streams.counts))
 
-    def draw_for_fid(self, n, settings, unconditional=False, progress=False):
+    def draw_for_fid(self, n, settings, unconditional=False, progress=False, world=None):
         """The n images that FID/KID score: (uint8 (n, 1, 28, 28), asked labels (n,) or None).
 
         A conditional model draws them class-balanced with guidance, each class from its own noise stream
         (class_seed), or from the null class when `unconditional`; an unconditional model draws n at once.
-        Any machine draws the same images for the same arguments, up to the last bits of its arithmetic."""
+        Any machine draws the same images for the same arguments, up to the last bits of its arithmetic.
+
+        `world` (several processes): a conditional model's classes are shared out between them (see
+        sample_classes); the null class and an unconditional model, one noise stream, are drawn by rank 0
+        alone. Rank 0 gets the images, the others (None, labels)."""
         if not self.num_classes or unconditional:
+            if world is not None and world.active and not world.is_main:
+                return None, None
             return to_uint8(self.sample(n, settings, progress=progress)), None
         counts = balanced_counts(n, self.num_classes)
-        if len(set(counts)) == 1:  # the same images, in one batch where they fit (a small N)
-            images = self.sample_classes(list(range(self.num_classes)), counts[0], settings, progress)
-        else:
-            images = torch.cat([self.sample(k, settings.replace(seed=class_seed(settings.seed, c)), label=c,
-                                            progress=progress)
-                                for c, k in enumerate(counts) if k])
         labels = torch.cat([torch.full((k,), c) for c, k in enumerate(counts)])
-        return to_uint8(images), labels
+        if len(set(counts)) == 1:  # the same images, in one batch where they fit (a small N)
+            images = self.sample_classes(list(range(self.num_classes)), counts[0], settings, progress, world)
+        else:
+            images = self._class_by_class([(k, c, c) for c, k in enumerate(counts)], settings, progress, world)
+        return (None if images is None else to_uint8(images)), labels
 
 
 def ema_sampler_from_checkpoint(state, device, precision="fp32", compile_model=False):

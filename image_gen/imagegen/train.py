@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import checkpoint_dataset, checkpoint_position, load_checkpoint, make_checkpoint
-from .common import StopRequest, atomic_torch_save, read_json, write_json_atomic
+from .common import StopRequest, World, atomic_torch_save, read_json, write_json_atomic
 from .data import class_names, dataset_title, load_images, to_model_range, to_unit_range
 from .diffusion import SamplerSettings
 from .fid import FidSettings, make_evaluator
@@ -24,7 +24,8 @@ from .unet import DiffusionModel
 class TrainConfig:
     """What a training run is asked to do. `guidance_scale` None: evaluate at DEFAULT_GUIDANCE_SCALE and fit
     the checkpoint's guidance at the last epoch (fit_guidance); a number: use and record that w.
-    `command_line`: the settings as typed, stored in the checkpoint for the record."""
+    `command_line`: the settings as typed, stored in the checkpoint for the record. `world`: the processes
+    that torchrun started (World); `batch_size` is the global batch, which they share equally."""
     checkpoint: Path
     data_dir: Path
     results_dir: Path
@@ -48,6 +49,7 @@ class TrainConfig:
     guidance_scale: float | None = None
     fid: FidSettings = FidSettings()
     command_line: dict = field(default_factory=dict)
+    world: World = field(default_factory=World)
 
     def eval_settings(self, seed):
         """The per-epoch evaluation's sampler: always DDIM, guided at the run's w for a conditional model."""
@@ -74,6 +76,9 @@ class Run:
         return self.state.model.num_classes > 0
 
     def save(self, interrupted=False):
+        """The checkpoint, written by rank 0 (every process holds the same state)."""
+        if not self.config.world.is_main:
+            return
         atomic_torch_save(make_checkpoint(self.state, self.epochs_completed, self.steps_per_epoch, self.progress,
                                           self.history, self.dataset, self.config.command_line, self.guidance,
                                           interrupted), self.config.checkpoint)
@@ -90,7 +95,7 @@ def start_run(config):
     steps_per_epoch = max(1, len(images) // config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     settings = dict(ema_decay=config.ema_decay, seed=config.seed, precision=config.precision,
-                    compile_model=config.compile_model)
+                    compile_model=config.compile_model, world=config.world)
     if saved:
         if saved["step_in_epoch"] and (saved["steps_per_epoch"] != steps_per_epoch
                                        or len(saved["epoch_progress"]["order"]) != len(images)):
@@ -121,24 +126,33 @@ def start_run(config):
 def evaluate_epoch(run, evaluator, epoch):
     """Sample grid from fixed noise (a conditional model: one row per class, guided), and FID/KID (plus
     class accuracy) when enabled. Returns the record fields it measured."""
-    config, sampler = run.config, run.state.sampler
+    config, sampler, world = run.config, run.state.sampler, run.config.world
     start = time.perf_counter()
     settings = config.eval_settings(config.seed + 1)
     path = config.results_dir / "epoch_comparisons" / f"samples_epoch_{epoch:03d}.png"
     title = f"epoch {epoch}, {settings.name(guided=run.conditional)}"
     if run.conditional:
         classes = list(range(sampler.num_classes))
-        grid = sampler.sample_classes(classes, config.num_samples, settings)
-        save_class_grid(to_unit_range(grid), [class_names(run.dataset)[c] for c in classes], path, title=title)
-    else:
+        grid = sampler.sample_classes(classes, config.num_samples, settings, world=world)
+        if world.is_main:
+            save_class_grid(to_unit_range(grid), [class_names(run.dataset)[c] for c in classes], path, title=title)
+    elif world.is_main:
         save_titled_grid(to_unit_range(sampler.sample(config.num_samples, settings)), path, title=title)
     scores = {"fid": None, "kid": None}
     if evaluator is not None:
         print(f"  epoch {epoch}: drawing {evaluator.num_samples} samples for FID/KID "
               f"({settings.name(guided=run.conditional)}) ...", flush=True)
-        scores = evaluator(*sampler.draw_for_fid(evaluator.num_samples, settings.replace(seed=config.seed + 2)))
+        scores = score_samples(run, evaluator, settings.replace(seed=config.seed + 2))
         scores.update(fid_backbone=evaluator.backbone, fid_samples=evaluator.num_samples)
     return {**scores, "eval_seconds": time.perf_counter() - start}
+
+
+def score_samples(run, evaluator, settings):
+    """The evaluator's scores of the EMA model's draw_for_fid samples. Several processes share the drawing;
+    rank 0 gathers the images, scores them and tells the others the scores."""
+    world = run.config.world
+    images, labels = run.state.sampler.draw_for_fid(evaluator.num_samples, settings, world=world)
+    return world.broadcast(evaluator(images, labels) if world.is_main else None)
 
 
 def choose_run_guidance(run, evaluator, record):
@@ -155,7 +169,7 @@ def choose_run_guidance(run, evaluator, record):
 
     def score(w):
         print(f"  guidance fit: w = {w:g} (class accuracy at the previous w is under 99%) ...", flush=True)
-        return evaluator(*run.state.sampler.draw_for_fid(evaluator.num_samples, settings.replace(guidance_scale=w)))
+        return score_samples(run, evaluator, settings.replace(guidance_scale=w))
 
     start = time.perf_counter()
     fitted = fit_guidance(score, first)
@@ -168,15 +182,18 @@ def choose_run_guidance(run, evaluator, record):
 
 
 def write_training_outputs(run, evaluator, sampler):
-    """training_loss.png, epoch_comparisons/metrics_comparison.png and metrics.json["train"]."""
+    """training_loss.png, epoch_comparisons/metrics_comparison.png and metrics.json["train"] (rank 0)."""
     config, history = run.config, run.history
+    if not config.world.is_main:
+        return
     plot_training_loss(history, config.results_dir / "training_loss.png", dataset_title(run.dataset))
     plot_metrics_comparison(history, evaluator, sampler,
                             config.results_dir / "epoch_comparisons" / "metrics_comparison.png")
     metrics = read_json(config.results_dir / "metrics.json")
     metrics["train"] = {
         **(evaluator.summary() if evaluator else {"fid_backbone": None, "fid_samples": 0}),
-        "fid_sampler": sampler, "device": str(config.device), "batch_size": config.batch_size, "epochs": history,
+        "fid_sampler": sampler, "device": str(config.device), "batch_size": config.batch_size,
+        **({"processes": config.world.size} if config.world.active else {}), "epochs": history,
         "train_seconds": sum(h["train_seconds"] for h in history),
         "eval_seconds": sum(h["eval_seconds"] for h in history),
         "guidance": run.guidance,
@@ -197,6 +214,7 @@ def train_epochs(run, evaluator, stop):
         if not train_one_epoch(state, run.images, run.labels, config.batch_size, epoch, config.epochs, run.progress,
                                stop):
             run.save(interrupted=True)
+            config.world.barrier()  # no process ends (which makes torchrun stop the others) before the save
             raise SystemExit(f"Interrupted in epoch {epoch} after step {run.progress.step} of {run.steps_per_epoch}: "
                              f"saved to {config.checkpoint}; continue with --resume.")
         progress = run.progress
@@ -221,7 +239,8 @@ def train_epochs(run, evaluator, stop):
         run.epochs_completed = epoch
         run.save()
         write_training_outputs(run, evaluator, sampler)
-        if stop.requested and epoch < config.epochs:
+        if stop.poll() and epoch < config.epochs:
+            config.world.barrier()
             raise SystemExit(f"Stopped after epoch {epoch}: saved to {config.checkpoint}; continue with --resume.")
 
 
@@ -242,13 +261,19 @@ def train(config):
     (config.results_dir / "epoch_comparisons").mkdir(parents=True, exist_ok=True)
     model = run.state.model
     kind = (f"class-conditional, label dropout {run.state.cond_drop_prob:g}" if run.conditional else "unconditional")
+    world = config.world
+    processes = (f" in {world.size} processes ({config.batch_size // world.size} images each per step of "
+                 f"{config.batch_size})" if world.active else "")
     print(f"Training DDPM ({kind}) on {len(run.images)} {dataset_title(run.dataset)} images, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {config.device}, "
-          f"{run.steps_per_epoch} steps/epoch")
-    evaluator = (make_evaluator(config.fid, run.dataset, config.data_dir, config.cache_dir, config.device,
-                                run.conditional) if config.fid.num_samples else None)
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {config.device}"
+          f"{processes}, {run.steps_per_epoch} steps/epoch")
+    evaluator = None
+    if config.fid.num_samples:
+        with world.main_first():  # rank 0 fills the caches (classifier, real features), the others read them
+            evaluator = make_evaluator(config.fid, run.dataset, config.data_dir, config.cache_dir, config.device,
+                                       run.conditional)
     try:
-        with StopRequest() as stop:
+        with StopRequest(world) as stop:
             train_epochs(run, evaluator, stop)
     except KeyboardInterrupt:
         raise SystemExit(f"\nQuit without saving; {config.checkpoint} holds the last save.")

@@ -8,7 +8,7 @@ import time
 import torch
 import torch.nn as nn
 
-from .common import first_nonfinite, progress_bar
+from .common import World, first_nonfinite, progress_bar
 from .diffusion import GaussianDiffusion
 from .sampling import Sampler
 from .unet import Denoiser, DiffusionModel
@@ -51,11 +51,18 @@ def replan_lr(plan, step, total_steps):
 class TrainState:
     """What optimisation owns: the live weights, their EMA, AdamW, the LR plan, the step counter and the
     training generator (data order, timesteps, noise). `denoiser` (live net) gives the loss through
-    `diffusion`; `sampler` (EMA net) draws images."""
+    `diffusion`; `sampler` (EMA net) draws images.
+
+    In a `world` of several processes (torchrun), each takes its share of every batch (World.share) and
+    runs the net through DistributedDataParallel, which averages the gradients: the mean of the equal
+    shares' mean losses is the batch's mean loss, so the step is the one-process step. The generator
+    draws t, eps and dropout for the whole batch in every process (each keeps its rows), and the EMA is
+    computed from the same averaged weights in every process, so all stay identical."""
 
     def __init__(self, model, device, diffusion_config=None, lr_plan=None, ema_decay=0.999, seed=0,
-                 precision="fp32", compile_model=False, cond_drop_prob=0.0):
+                 precision="fp32", compile_model=False, cond_drop_prob=0.0, world=None):
         self.device = device
+        self.world = world or World()
         self.cond_drop_prob = cond_drop_prob
         self.model = model.to(device)
         self.ema_model = DiffusionModel(**model.config).to(device).requires_grad_(False).eval()
@@ -65,7 +72,12 @@ class TrainState:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr_plan["peak_lr"], weight_decay=0.0)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.diffusion = GaussianDiffusion(**(diffusion_config or {}), device=device)
-        self.denoiser = Denoiser(model, precision, torch.compile(model) if compile_model else None)
+        forward = model
+        if self.world.active:
+            forward = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                                          broadcast_buffers=False)  # its only buffer is constant
+        self.denoiser = Denoiser(model, precision, torch.compile(forward) if compile_model else
+                                 (forward if self.world.active else None))
         self.sampler = Sampler(self.ema_model, self.diffusion, precision)
         self.step = 0
 
@@ -77,6 +89,9 @@ class TrainState:
 
     def loss(self, x0, labels=None):
         """The training loss of one batch, drawing t, eps and label dropout from the training generator."""
+        if self.world.active:
+            return self.diffusion.loss(self.denoiser, x0, labels, self.generator, self.cond_drop_prob,
+                                       rows=self.world.share(len(x0)))
         return self.diffusion.loss(self.denoiser, x0, labels, self.generator, self.cond_drop_prob)
 
     def train_step(self, x0, labels=None):
@@ -135,7 +150,8 @@ def evaluation_epochs(epochs):
 def train_one_epoch(state, images, labels, batch_size, epoch, epochs, progress, stop, check_every=25):
     """Continue one pass over `images` ((n, 1, 28, 28) on the device) and their `labels` ((n,), None for
     an unconditional model) in `progress.order` from step `progress.step`. Returns True when the epoch is
-    complete, False when `stop` was requested first. Losses reach the host every `check_every` steps."""
+    complete, False when `stop` was requested first. Losses reach the host every `check_every` steps
+    (with several processes: the mean over them, the whole batch's loss)."""
     state.model.train()
     steps = max(1, len(images) // batch_size)  # drop the ragged tail; the order is new each epoch
     pending = []
@@ -145,8 +161,9 @@ def train_one_epoch(state, images, labels, batch_size, epoch, epochs, progress, 
     for step in bar:
         batch = progress.order[step * batch_size:(step + 1) * batch_size]
         pending.append(state.train_step(images[batch], None if labels is None else labels[batch]))
+        stop.poll()
         if len(pending) == check_every or step == steps - 1 or stop.requested:
-            values = torch.stack(pending).tolist()
+            values = state.world.mean(torch.stack(pending)).tolist()
             bad = first_nonfinite(values)
             if bad is not None:
                 raise FloatingPointError(f"loss became {values[bad]} at epoch {epoch}, step {progress.step + bad + 1}"
