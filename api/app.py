@@ -31,7 +31,8 @@ log = logging.getLogger("imageaudiogen.api")
 class ServerOptions:
     """How the server batches and what it refuses. `max_batch`: images per sampling batch (None: the
     sampler's own batch size for the device, halved when guided); `max_wait_ms`: how long the oldest
-    request waits for company; `max_queue`: requests waiting before 503; `max_images`: n per request;
+    request waits for company; `max_queue`: image requests waiting before 503 (`max_audio_queue`: audio
+    requests); `max_images`: n per request;
     `max_upload_mb`: the largest upload; `api_key`: the bearer token every request must carry (None: none)."""
     batching: bool = True
     max_batch: int | None = None
@@ -168,8 +169,10 @@ def create_app(image_model, audio_model, options, device, batcher):
             loop = asyncio.get_running_loop()
             wave_and_result = await loop.run_in_executor(
                 audio_worker, reconstruct_upload, audio, data, Path(file.filename or "").suffix, start, oracle)
-        except (BadRequest, UnusableAudio) as err:
+        except UnusableAudio as err:
             raise ApiError(400, f"{file.filename or 'the upload'}: {err}", param="file") from None
+        except BadRequest as err:
+            raise ApiError(400, f"{file.filename or 'the upload'}: {err}", param="start") from None
         finally:
             audio_pending[0] -= 1
         reconstruction, oracle_wav, scores, seconds = wave_and_result

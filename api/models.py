@@ -30,11 +30,8 @@ class BadRequest(ValueError):
 
 
 def file_sha256(path):
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def matching_infer_record(results_dir, checkpoint, key, value):
