@@ -3,6 +3,7 @@ schedule, paired metrics, a real-learning check, download, exact resume and end-
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -147,6 +148,24 @@ def test_folder_dataset_skips_and_counts_bad_files(ag, music_split, tmp_path, mo
     with pytest.warns(UserWarning, match="broken.mp3"):  # still reported, from the cache
         again = build(music_split, tmp_path)["train"]
     assert torch.equal(again.log_mels, train.log_mels)
+
+
+def test_a_file_with_nan_samples_costs_only_itself(ag, tmp_path):
+    """A float WAV holding a few NaN samples is skipped and counted like an unreadable file; training on the
+    rest of the folder runs (it used to stop at epoch 1, step 1 with 'loss became nan')."""
+    music = tmp_path / "music"
+    for seed, name in enumerate(["train/a.wav", "train/b.wav", "valid/c.wav", "test/d.wav"]):
+        write_music_file(music / name, 6.0, seed)
+    wave = np.sin(np.arange(44_100 * 6) / 7).astype(np.float32)
+    wave[5000:5003] = np.nan
+    sf.write(str(music / "train" / "nan.wav"), wave, 44_100, subtype="FLOAT")
+    with pytest.warns(UserWarning, match="nan.wav: ValueError: the mixture holds samples that are not finite"):
+        train = build(music, tmp_path / "cache")["train"]
+    assert train.stats["unreadable"] == [str(music / "train" / "nan.wav")] and len(train.recordings) == 2
+    assert torch.isfinite(train.log_mels.float()).all()
+    with pytest.warns(UserWarning, match="nan.wav"):
+        history = ag.main(["--epochs", "1", "--audio_dir", str(music), *TINY, *outputs(tmp_path)])
+    assert len(history) == 1 and math.isfinite(history[0]["train"]["loss_during_epoch"])
 
 
 def test_scoring_windows_match_the_clips_own_mel(ag, music_split, tmp_path):

@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .audio_io import SILENCE_RMS, decode_recordings
@@ -22,7 +23,7 @@ from .clips import MelClips
 from .common import atomic_torch_save, progress_bar
 from .musdb import ensure_dataset, musdb_splits
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: files with non-finite samples are unreadable (3 cached their NaN log-mels)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac")
 SPLITS = ("train", "valid", "test")
 
@@ -91,6 +92,8 @@ def analyse_file(path, kind, transform):
     """Decode one file: ({source: (log-mel (n_mels, frames) float16, loud window starts)}, skip counts)."""
     out, skipped = {}, {"silent": 0, "too_short": 0}
     for source, wave in decode_recordings(path, kind, transform.sample_rate).items():
+        if not np.isfinite(wave).all():  # one NaN would turn the first batch's loss into NaN
+            raise ValueError(f"the {source} holds samples that are not finite numbers (NaN or infinity)")
         if len(wave) < transform.clip_samples:
             skipped["too_short"] += 1
             continue
