@@ -11,7 +11,6 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -168,7 +167,7 @@ def create_app(image_model, audio_model, options, device, batcher):
         try:
             loop = asyncio.get_running_loop()
             wave_and_result = await loop.run_in_executor(
-                audio_worker, reconstruct_upload, audio, data, Path(file.filename or "").suffix, start, oracle)
+                audio_worker, reconstruct_upload, audio, data, file.filename or "", start, oracle)
         except UnusableAudio as err:
             raise ApiError(400, f"{file.filename or 'the upload'}: {err}", param="file") from None
         except BadRequest as err:
@@ -186,10 +185,10 @@ def create_app(image_model, audio_model, options, device, batcher):
     return app
 
 
-def reconstruct_upload(audio, data, suffix, start, with_oracle):
+def reconstruct_upload(audio, data, name, start, with_oracle):
     """In the audio worker: decode, reconstruct and score; (WAV, oracle WAV or None, scores, seconds)."""
     begin = time.perf_counter()
-    wave = audio.decode(data, suffix)
+    wave = audio.decode(data, name)
     reconstruction, oracle, scores = audio.reconstruct(wave, start, with_oracle)
     return reconstruction, oracle, scores, time.perf_counter() - begin
 

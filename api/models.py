@@ -3,12 +3,11 @@ wrapped in the one operation the API asks of it. All the work is done by the mod
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_file, wav_bytes
+from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, wav_bytes
 from audiogen.checkpoint import load_checkpoint as load_audio_checkpoint
 from audiogen.checkpoint import model_from_checkpoint
 from audiogen.metrics import score_clip
@@ -156,12 +155,9 @@ class AudioModel:
     def clip_seconds(self):
         return self.transform.clip_samples / self.transform.sample_rate
 
-    def decode(self, data, suffix):
-        """The uploaded bytes as a mono waveform at the model's rate; UnusableAudio says why not."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"upload{suffix[:12]}"  # the suffix helps FFmpeg guess the format
-            path.write_bytes(data)
-            return decode_music_file(path, self.transform.sample_rate)
+    def decode(self, data, name):
+        """The uploaded bytes (file `name`) as a mono waveform at the model's rate; UnusableAudio says why not."""
+        return decode_music_bytes(data, name, self.transform.sample_rate)
 
     def reconstruct(self, wave, start, with_oracle):
         """The `clip_seconds` window from `start` s of a decoded waveform through the autoencoder and

@@ -112,11 +112,7 @@ def parse_args(argv=None, world=None):
     args = parser.parse_args(argv)
     reject_flags_of_other_modes(parser, argv, args.mode, MODES_OF)
     world = world or World()
-    if world.active and args.mode != "train":
-        parser.error(f"--mode {args.mode} runs in one process: start it without torchrun")
-    if world.active and args.batch_size % world.size:
-        parser.error(f"--batch_size {args.batch_size} is the global batch and must divide evenly over the "
-                     f"{world.size} processes")
+    world.check_command_line(parser, args.mode, args.batch_size)
     if args.audio_dir is not None and args.musdb_root is not None:
         parser.error("give either --audio_dir or --musdb_root, not both")
     if args.audio_dir is not None and args.sources is not None:

@@ -43,10 +43,10 @@ for folder in ("image_gen", "audio_gen"):  # each model's script and package liv
 
 import audio_gen as ag  # noqa: E402  the command lines: their defaults and folders
 import image_gen as ig  # noqa: E402
-from audiogen.audio_io import UnusableAudio, decode_music_file, decode_recordings, wav_bytes  # noqa: E402
+from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, decode_music_file, wav_bytes  # noqa: E402
 from audiogen.checkpoint import load_checkpoint as load_audio_state  # noqa: E402
 from audiogen.checkpoint import model_from_checkpoint  # noqa: E402
-from audiogen.data import SILENCE_RMS, folder_splits  # noqa: E402
+from audiogen.data import folder_splits  # noqa: E402
 from audiogen.metrics import score_clip, versus_baseline  # noqa: E402
 from audiogen.musdb import detect_layout, musdb_splits  # noqa: E402
 from audiogen.plots import plot_spectrograms  # noqa: E402
@@ -377,20 +377,19 @@ class Reconstruction:
 def decode(path, kind, sample_rate):
     """(mono float32 waveform at `sample_rate`, None), or (None, why the file cannot be used)."""
     try:
-        if kind == "file":
-            return decode_music_file(path, sample_rate), None
-        return decode_recordings(path, kind, sample_rate)["mixture"], None
+        return decode_music_file(path, sample_rate, kind), None
     except UnusableAudio as err:
         return None, f"{str(err)[0].upper()}{str(err)[1:]}."
 
 
 @st.cache_resource(max_entries=2, show_spinner="Decoding the upload ...")
 def decode_upload(file_id, name, _data, sample_rate):
-    """decode() of an uploaded file, once per upload (the slider reruns the page); `_data` is not hashed."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"upload{Path(name).suffix[:12]}"  # the suffix helps FFmpeg guess the format
-        path.write_bytes(_data)
-        return decode(path, "file", sample_rate)
+    """(waveform, None) or (None, why not) of an uploaded file, once per upload (the slider reruns the page);
+    `_data` is not hashed."""
+    try:
+        return decode_music_bytes(_data, name, sample_rate), None
+    except UnusableAudio as err:
+        return None, f"{str(err)[0].upper()}{str(err)[1:]}."
 
 
 @st.cache_resource(max_entries=4, show_spinner="Decoding the test file ...")

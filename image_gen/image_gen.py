@@ -168,22 +168,12 @@ def build_parser():
     return p
 
 
-def check_world(parser, args, world):
-    """Several processes (torchrun) train only, and share each batch equally."""
-    if not world.active:
-        return
-    if args.mode != "train":
-        parser.error(f"--mode {args.mode} runs in one process: start it without torchrun")
-    if args.batch_size % world.size:
-        parser.error(f"--batch_size {args.batch_size} is the global batch and must divide evenly over the "
-                     f"{world.size} processes")
-
-
 def parse_args(argv=None, world=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     reject_flags_of_other_modes(parser, argv, args.mode, MODES_OF)
-    check_world(parser, args, world or World())
+    world = world or World()
+    world.check_command_line(parser, args.mode, args.batch_size)
     if args.fid_samples is None:
         args.fid_samples = FID_DEFAULTS[args.mode]
     if args.base_channels % 8:
@@ -196,7 +186,7 @@ def parse_args(argv=None, world=None):
         parser.error("--mode guidance_sweep measures FID: --fid_samples must be >= 10")
     for name in ("checkpoint", "data_dir", "results_dir", "cache_dir"):
         setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name), SCRIPT_DIR))
-    args.device = (world or World()).process_device(resolve_device(args.device, parser))
+    args.device = world.process_device(resolve_device(args.device, parser))
     return args
 
 

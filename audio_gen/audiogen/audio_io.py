@@ -70,11 +70,12 @@ def wav_bytes(audio, sample_rate):
     return buffer.getvalue()
 
 
-def decode_music_file(path, sample_rate):
-    """A file given by a person (an upload): its mono float32 (samples,) waveform at `sample_rate`, or
-    UnusableAudio when it cannot be decoded, holds no samples, holds non-finite ones or is silent."""
+def decode_music_file(path, sample_rate, kind="file"):
+    """A recording a person chose (an upload, a test file): the mono float32 (samples,) mixture at
+    `sample_rate` of a music file, a MUSDB18 .stem.mp4 ('stems') or track folder ('wav'), or UnusableAudio
+    when it cannot be decoded, holds no samples, holds non-finite ones or is silent."""
     try:
-        wave = decode_recordings(path, "file", sample_rate)["mixture"]
+        wave = decode_recordings(path, kind, sample_rate)["mixture"]
     except Exception as err:  # FFmpeg's errors for data it cannot parse have many types
         detail = str(err).splitlines()[0] if str(err) else ""
         raise UnusableAudio(f"this file cannot be read as audio ({type(err).__name__}: {detail})") from None
@@ -85,3 +86,13 @@ def decode_music_file(path, sample_rate):
     if float((wave.astype("float64") ** 2).mean() ** 0.5) < SILENCE_RMS:
         raise UnusableAudio("this file is silent (below -60 dBFS): there is nothing to reconstruct")
     return wave
+
+
+def decode_music_bytes(data, name, sample_rate):
+    """decode_music_file of an uploaded file's bytes; `name`'s suffix helps FFmpeg guess the format."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload{Path(name).suffix[:12]}"
+        path.write_bytes(data)
+        return decode_music_file(path, sample_rate)

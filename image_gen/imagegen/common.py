@@ -322,6 +322,16 @@ class World:
     def is_main(self):
         return self.rank == 0
 
+    def check_command_line(self, parser, mode, batch_size):
+        """Several processes (torchrun) may only train, and must share each batch equally: else a usage error."""
+        if not self.active:
+            return
+        if mode != "train":
+            parser.error(f"--mode {mode} runs in one process: start it without torchrun")
+        if batch_size % self.size:
+            parser.error(f"--batch_size {batch_size} is the global batch and must divide evenly over the "
+                         f"{self.size} processes")
+
     def process_device(self, device):
         """This process's device: CUDA device LOCAL_RANK under torchrun, else `device` itself."""
         return torch.device("cuda", self.local_rank) if self.active and device.type == "cuda" else device
