@@ -101,7 +101,7 @@ def create_app(image_model, audio_model, options, device, batcher):
                            "authentication_error", headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(title="ImageAudioGen API", lifespan=lifespan, dependencies=[Depends(check_key)],
-                  description="Digits from the class-conditional DDPM, music through the mel autoencoder.")
+                  description="Digits from the class-conditional DDPM (or GAN), music through the mel autoencoder.")
     install_error_handlers(app)
 
     @app.get("/health", summary="Which models are loaded, on which device, and whether the server is ready")
@@ -121,7 +121,12 @@ def create_app(image_model, audio_model, options, device, batcher):
         if body.n > options.max_images:
             raise ApiError(400, f"n = {body.n} is above this server's limit of {options.max_images} images "
                                 f"per request", param="n")
-        if body.sampler == "ddim" and body.steps > model.sampler.num_timesteps:
+        if model.kind == "gan":
+            given = sorted({"guidance_scale", "sampler", "steps"} & body.model_fields_set)
+            if given:
+                raise ApiError(400, f"{given[0]} does not apply to {model.id}: a GAN draws in one pass, without "
+                                    f"sampler steps or guidance", param=given[0])
+        elif body.sampler == "ddim" and body.steps > model.sampler.num_timesteps:
             raise ApiError(400, f"steps = {body.steps}: DDIM takes 1 to {model.sampler.num_timesteps} steps",
                            param="steps")
         try:
@@ -133,7 +138,7 @@ def create_app(image_model, audio_model, options, device, batcher):
                            param="guidance_scale")
         seed = secrets.randbelow(2**31) if body.seed is None else body.seed
         w = body.guidance_scale if body.guidance_scale is not None else model.default_guidance
-        guided = model.conditional and label is not None and w > 0
+        guided = model.kind == "ddpm" and model.conditional and label is not None and w > 0
         # the batching key: everything but the seed (each request's noise comes from its own generator)
         settings = SamplerSettings(body.sampler, body.steps, 0.0, w if guided else 0.0, None)
         try:
@@ -143,7 +148,7 @@ def create_app(image_model, audio_model, options, device, batcher):
         class_name = "random" if label is None else class_names(model.dataset)[label]
         return {"created": int(time.time()), "model": model.id,
                 "data": [{"b64_json": base64.b64encode(png).decode(), "class": class_name} for png in report.images],
-                "class": class_name, "seed": seed, "sampler": settings.name(guided),
+                "class": class_name, "seed": seed, "sampler": model.sampler.name(settings, guided),
                 "guidance_scale": w if guided else None, "sampling_seconds": report.seconds,
                 "queued_seconds": report.queued,
                 "batch": {"requests": report.requests, "images": report.batch_images}}

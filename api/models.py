@@ -44,20 +44,26 @@ def matching_infer_record(results_dir, checkpoint, key, value):
 
 @dataclass
 class ImageModel:
-    """A DDPM checkpoint's EMA sampler (fp32, not compiled: the pixels of `image_gen.py --mode infer`)."""
+    """An image checkpoint's EMA sampler, a DDPM's or a GAN generator's (fp32, not compiled: the pixels of
+    `image_gen.py --mode infer`)."""
     path: Path
     sha256: str
     state: dict          # the checkpoint without its weights
-    sampler: object      # imagegen.sampling.Sampler
+    sampler: object      # imagegen.sampling.Sampler or GanSampler
     results_dir: Path | None = None
-    kind: str = field(default="ddpm", init=False)
 
     @classmethod
     def load(cls, path, device, results_dir=None):
         state = load_image_checkpoint(path)
         sampler = ema_sampler_from_checkpoint(state, device)
-        light = {k: v for k, v in state.items() if k not in ("model", "ema", "optimizer", "rng", "epoch_progress")}
+        light = {k: v for k, v in state.items()
+                 if k not in ("model", "ema", "optimizer", "discriminator", "d_optimizer", "generator", "epoch_progress")}
         return cls(Path(path), file_sha256(path), light, sampler, results_dir)
+
+    @property
+    def kind(self):
+        """'ddpm' or 'gan'."""
+        return self.state["kind"]
 
     @property
     def id(self):
@@ -79,6 +85,9 @@ class ImageModel:
         """The class index a prompt names (7, '7', 'ankle boot', 'ankle-boot'), or None for 'random'."""
         text = str(prompt).strip().lower()
         if text in RANDOM_PROMPTS:
+            if self.conditional and self.kind == "gan":
+                raise BadRequest(f"{self.id} is a class-conditional GAN: it has no unconditional samples; "
+                                 f"give a class of {dataset_title(self.dataset)}")
             return None
         if not self.conditional:
             raise BadRequest(f"{self.id} is unconditional: the only prompt it takes is 'random'")
@@ -123,9 +132,10 @@ class ImageModel:
                         "sampler": train.get("fid_sampler") if same_run else None,
                         "real_vs_real_floor": train.get("real_vs_real_floor") if same_run else None}
         infer = matching_infer_record(self.results_dir, self.path, "step", self.state["step"])
+        ddpm = self.kind == "ddpm"
         return {**self.health(), "classes": classes, "conditional": self.conditional,
-                "default_guidance_scale": self.default_guidance if self.conditional else None,
-                "guidance_fit": self.state.get("guidance"), "num_timesteps": self.sampler.num_timesteps,
+                "default_guidance_scale": self.default_guidance if self.conditional and ddpm else None,
+                "guidance_fit": self.state.get("guidance"), "num_timesteps": self.sampler.num_timesteps if ddpm else None,
                 "scores": {"training": training,
                            "infer": {k: infer.get(k) for k in ("fid", "kid", "accuracy", "fid_samples",
                                                               "fid_backbone", "fid_sampler", "real_vs_real_floor")}

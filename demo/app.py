@@ -1,4 +1,4 @@
-"""Local web demo of both models: draw digits with the DDPM, reconstruct music with the mel autoencoder.
+"""Local web demo of both models: draw digits with the DDPM (or the GAN), reconstruct music with the mel autoencoder.
 
     make demo                                                # prints http://127.0.0.1:8501
     make demo IMAGE_CKPT=runs/ddpm.pt AUDIO_CKPT=runs/ae.pt  # other checkpoints
@@ -51,7 +51,7 @@ from audiogen.metrics import score_clip, versus_baseline  # noqa: E402
 from audiogen.musdb import detect_layout, musdb_splits  # noqa: E402
 from audiogen.plots import plot_spectrograms  # noqa: E402
 from audiogen.transform import LogMelTransform  # noqa: E402
-from imagegen.checkpoint import checkpoint_guidance, checkpoint_position, load_checkpoint  # noqa: E402
+from imagegen.checkpoint import MODEL_KINDS, checkpoint_guidance, checkpoint_position, load_checkpoint  # noqa: E402
 from imagegen.common import read_json, resolve_device, resolve_path  # noqa: E402
 from imagegen.data import class_names, class_slug, dataset_title, to_unit_range  # noqa: E402
 from imagegen.diffusion import SamplerSettings  # noqa: E402
@@ -144,7 +144,7 @@ def load_image_checkpoint(path, stamp, device, precision="fp32", compile_model=F
         sampler = ema_sampler_from_checkpoint(state, torch.device(device), precision)
         warm_up(sampler, state["dataset"])
     compiled = compile_model and compile_error is None
-    about = {"dataset": state["dataset"], "position": checkpoint_position(state),
+    about = {"dataset": state["dataset"], "kind": state["kind"], "position": checkpoint_position(state),
              "guidance": checkpoint_guidance(state, DEFAULT_GUIDANCE_SCALE), "step": state["step"],
              "history": state["history"], "args": state.get("args", {}), "model_config": state["model_config"],
              "compiled": compiled, "compile_error": compile_error}
@@ -203,8 +203,9 @@ def image_scores(about, path, results_dir):
     if evaluated:
         h, args = evaluated[-1], about["args"]
         accuracy = f", class accuracy {h['accuracy']:.1%}" if h.get("accuracy") is not None else ""
+        sampler = f"DDIM-{args.get('sampling_steps')}" if about["kind"] == "ddpm" else "one generator pass"
         lines.append(f"FID {h['fid']:.2f}, KID {h['kid']:.4f}{accuracy} after epoch {h['epoch']} (training's "
-                     f"evaluation: DDIM-{args.get('sampling_steps')}, N = {args.get('fid_samples')}, "
+                     f"evaluation: {sampler}, N = {args.get('fid_samples')}, "
                      f"--fid_backbone {args.get('fid_backbone')})")
     infer = read_json(results_dir / "metrics.json").get("infer", {})
     if infer.get("fid") is not None and same_checkpoint(infer.get("checkpoint"), path) \
@@ -219,6 +220,7 @@ def image_scores(about, path, results_dir):
 def describe_image_checkpoint(about, path, results_dir):
     config = about["model_config"]
     kind = f"class-conditional ({config['num_classes']} classes)" if config["num_classes"] else "unconditional"
+    kind = f"{MODEL_KINDS[about['kind']]}, {kind}"
     lines = [f"Checkpoint `{path}`: {dataset_title(about['dataset'])}, {kind}, base channels "
              f"{config['base_channels']}, {about['position']}."] + image_scores(about, path, results_dir)
     st.markdown("\n".join(f"- {line}" for line in lines))
@@ -270,20 +272,30 @@ def image_files(images, dataset, classes, per_class, title):
         return (tmp / "grid.png").read_bytes(), singles.getvalue()
 
 
-def image_controls(diffusion, dataset, default_guidance):
-    """The sampling settings chosen in the page: (classes or None, per_class, sampler, steps, seed, guidance)."""
-    classes, guidance = None, 0.0
+def image_controls(diffusion, dataset, default_guidance, kind):
+    """The sampling settings chosen in the page: (classes or None, per_class, sampler, steps, seed, guidance).
+    A GAN draws in one pass: no sampler, steps or guidance, and a conditional one has no null class."""
+    classes, guidance, sampler, steps = None, 0.0, "ddim", 50
+    ddpm = kind == "ddpm"
     if diffusion.num_classes:
         labels = {name: c for c, name in enumerate(class_names(dataset))}
-        labels["unconditional (no class)"] = None
-        chosen = st.multiselect("Classes, one grid row each", list(labels), default=list(labels)[:-1], key="classes")
+        if ddpm:
+            labels["unconditional (no class)"] = None
+        chosen = st.multiselect("Classes, one grid row each", list(labels),
+                                default=list(labels)[:diffusion.num_classes], key="classes")
         classes = [labels[name] for name in chosen]
-        guidance = st.slider("Classifier-free guidance w (0: the plain conditional model)", 0.0, 5.0,
-                             float(default_guidance), 0.5, key="guidance")
-    sampler = st.radio("Sampler", ["ddim", "ddpm"], key="sampler", horizontal=True,
-                       format_func=lambda s: {"ddim": "DDIM", "ddpm": "DDPM (all 1000 steps: slow)"}[s])
+        if ddpm:
+            guidance = st.slider("Classifier-free guidance w (0: the plain conditional model)", 0.0, 5.0,
+                                 float(default_guidance), 0.5, key="guidance")
+    if ddpm:
+        sampler = st.radio("Sampler", ["ddim", "ddpm"], key="sampler", horizontal=True,
+                           format_func=lambda s: {"ddim": "DDIM", "ddpm": "DDPM (all 1000 steps: slow)"}[s])
     left, middle, right = st.columns(3)
-    steps = left.number_input("DDIM steps", 1, diffusion.num_timesteps, 50, key="steps", disabled=sampler == "ddpm")
+    if ddpm:
+        steps = left.number_input("DDIM steps", 1, diffusion.num_timesteps, 50, key="steps",
+                                  disabled=sampler == "ddpm")
+    else:
+        left.caption("GAN: one generator pass per image")
     seed = middle.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
     per_class = right.number_input("Images per class" if diffusion.num_classes else "Images", 1, MAX_IMAGES,
                                    2 if diffusion.num_classes else 16, key="count")
@@ -308,18 +320,18 @@ def image_tab(args):
                    "turns it off.")
     elif about["compile_error"]:
         st.caption(f"torch.compile failed here ({about['compile_error']}), so the digits are sampled without it.")
-    digits_panel(diffusion, about["dataset"], about["guidance"])
+    digits_panel(diffusion, about["dataset"], about["guidance"], about["kind"])
 
 
 @st.fragment
-def digits_panel(diffusion, dataset, default_guidance):
+def digits_panel(diffusion, dataset, default_guidance, kind):
     """Controls, Generate and the result. A fragment: a click here reruns only this panel, not the whole
     page with its audio tab, so the grid reaches the screen sooner (main's guard does not run then, hence
     its own)."""
     with errors_as_messages():
         controls, output = st.columns([2, 3], gap="large")
         with controls:
-            settings = image_controls(diffusion, dataset, default_guidance)
+            settings = image_controls(diffusion, dataset, default_guidance, kind)
             clicked = st.button("Generate", type="primary", key="generate")
         with output:
             if clicked:
@@ -338,7 +350,7 @@ def generate(diffusion, dataset, classes, per_class, sampler, steps, seed, guida
                  f"click. Choose fewer classes or fewer images per class.")
         return
     guided = classes is not None and classes != [None]
-    name = SamplerSettings(sampler, steps, 0.0, guidance, seed).name(guided)
+    name = diffusion.name(SamplerSettings(sampler, steps, 0.0, guidance, seed), guided)
     with st.spinner(f"Sampling {count} images with {name} ..."):
         images, seconds = draw_images(diffusion, classes, per_class, sampler, steps, seed, guidance)
         grid, singles = image_files(images, dataset, classes, per_class,

@@ -1,4 +1,5 @@
-"""Denoising diffusion (DDPM) on MNIST: train a small class-conditional U-Net, then generate digits from noise.
+"""Denoising diffusion (DDPM) on MNIST: train a small class-conditional U-Net, then generate digits from noise;
+or train a class-conditional GAN beside it (--model gan) and measure both the same way.
 
     python image_gen/image_gen.py --mode train               # 20 epochs, FID/KID at epochs 1, 5, 10, 15, 20
     python image_gen/image_gen.py --mode infer               # 16 of each digit, DDIM-50, in about a minute on a CPU
@@ -8,12 +9,13 @@
     python image_gen/image_gen.py --mode guidance_sweep      # FID and accuracy against w
     python image_gen/image_gen.py --mode benchmark           # training / sampling / FID-feature throughput
     python image_gen/image_gen.py --dataset fashion_mnist    # the same on Fashion-MNIST
+    python image_gen/image_gen.py --model gan --checkpoint models/gan.pt   # a GAN; infer reads the kind from it
 
 This file is the command line only: it checks the arguments, turns them into settings and calls the
 package beside it (imagegen/, one module per job; its __init__ lists them). Relative default paths (data/,
 models/, results/) live next to this file, so the commands above and `cd image_gen && ./train.sh` share
 one set of outputs. The math follows Ho et al. 2020 (DDPM), Song et al. 2021 (DDIM) and Ho & Salimans
-2022 (classifier-free guidance); FID is Heusel et al. 2017 on the standard Inception-v3, KID Binkowski et al. 2018.
+2022 (classifier-free guidance); the GAN's sources are in imagegen/gan.py; FID is Heusel et al. 2017 on the standard Inception-v3, KID Binkowski et al. 2018.
 """
 from __future__ import annotations
 
@@ -24,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-from imagegen.common import (ArgumentParser, HelpFormatter, World, logged_to, number, reject_flags_of_other_modes,
-                             resolve_device, resolve_path)
+from imagegen.common import (ArgumentParser, HelpFormatter, World, given_flags, logged_to, number,
+                             reject_flags_of_other_modes, resolve_device, resolve_path)
 from imagegen.data import DATASETS
 from imagegen.diffusion import SamplerSettings
 from imagegen.fid import FidSettings
+from imagegen.gan import GAN_LOSSES
 from imagegen.guidance import DEFAULT_GUIDANCE_SCALE, GUIDANCE_SWEEP
 
 SCRIPT_DIR = Path(__file__).resolve().parent
@@ -37,7 +40,8 @@ EVALUATING = {"train", "infer", "guidance_sweep"}
 # The modes that read each flag; flags not listed here apply to every mode.
 MODES_OF = {
     "conditioning": {"train"}, "cond_drop_prob": {"train"}, "epochs": {"train"}, "learning_rate": {"train"},
-    "ema_decay": {"train"}, "resume": {"train"},
+    "ema_decay": {"train"}, "resume": {"train"}, "model": {"train", "benchmark"},
+    "gan_loss": {"train"}, "r1_gamma": {"train"}, "d_learning_rate": {"train"}, "latent_dim": {"train", "benchmark"},
     "batch_size": {"train", "benchmark"}, "base_channels": {"train", "benchmark"},
     "classes": {"infer"}, "guidance_scale": {"train", "infer"}, "guidance_scales": {"guidance_sweep"},
     "num_samples": {"train", "infer"}, "sampler": {"infer", "guidance_sweep"},
@@ -45,6 +49,9 @@ MODES_OF = {
     "dataset": EVALUATING, "checkpoint": EVALUATING, "data_dir": EVALUATING, "results_dir": EVALUATING,
 }
 FID_DEFAULTS = {"train": 1000, "infer": 0, "guidance_sweep": 1000, "benchmark": 0}
+DDPM_ONLY = ("cond_drop_prob",)
+GAN_ONLY = ("gan_loss", "r1_gamma", "d_learning_rate", "latent_dim")
+LEARNING_RATES = {"ddpm": 1e-3, "gan": 1e-4}
 
 
 def parse_classes(text, num_classes=10):
@@ -91,6 +98,9 @@ def build_parser():
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
 
     model = p.add_argument_group("model and training (--mode train; infer reads them from the checkpoint)")
+    model.add_argument("--model", choices=["ddpm", "gan"], default=None,
+                       help="what to train: the DDPM (default) or a GAN of the same classes (imagegen/gan.py). "
+                            "--resume continues the checkpoint's own kind")
     model.add_argument("--conditioning", choices=["class", "none"], default="class",
                        help="train a class-conditional model (with label dropout for classifier-free guidance) "
                             "or an unconditional one")
@@ -104,12 +114,23 @@ def build_parser():
                             "one epoch of full MNIST takes about 3 minutes on a 2-core CPU")
     model.add_argument("--batch_size", type=number(int, 1), default=64,
                        help="training batch size; under torchrun the global batch, shared equally by the processes")
-    model.add_argument("--learning_rate", type=number(float, 0, low_open=True), default=1e-3,
-                       help="peak AdamW learning rate (warm-up, then a cosine to 10%%; a resumed run keeps its own)")
+    model.add_argument("--learning_rate", type=number(float, 0, low_open=True), default=None,
+                       help="DDPM: peak AdamW learning rate (warm-up, then a cosine to 10%%; default 1e-3). GAN: the "
+                            "generator's constant Adam rate (default 1e-4). A resumed run keeps its own")
     model.add_argument("--ema_decay", type=number(float, 0.0, 0.99999), default=0.999,
                        help="decay of the weight EMA used for sampling (0 disables averaging)")
     model.add_argument("--resume", action="store_true",
                        help="continue training from --checkpoint, also from the middle of an interrupted epoch")
+
+    gan = p.add_argument_group("GAN (--model gan; see docs/image-results.md for the measurements behind the defaults)")
+    gan.add_argument("--gan_loss", choices=GAN_LOSSES, default="hinge",
+                     help="adversarial loss: hinge (Lim & Ye 2017) or non-saturating (Goodfellow et al. 2014)")
+    gan.add_argument("--r1_gamma", type=number(float, 0.0, 1000.0), default=0.0,
+                     help="weight gamma of the R1 gradient penalty on real images (0: none; it costs a second "
+                          "backward pass through the discriminator)")
+    gan.add_argument("--d_learning_rate", type=number(float, 0, low_open=True), default=4e-4,
+                     help="the discriminator's constant Adam rate (two time-scale updates: faster than the generator)")
+    gan.add_argument("--latent_dim", type=number(int, 1, 4096), default=128, help="size of the generator's latent z")
 
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--digits", "--classes", dest="classes", type=parse_classes, default=None,
@@ -174,6 +195,7 @@ def parse_args(argv=None, world=None):
     reject_flags_of_other_modes(parser, argv, args.mode, MODES_OF)
     world = world or World()
     world.check_command_line(parser, args.mode, args.batch_size)
+    check_model_flags(parser, argv, args, world)
     if args.fid_samples is None:
         args.fid_samples = FID_DEFAULTS[args.mode]
     if args.base_channels % 8:
@@ -188,6 +210,20 @@ def parse_args(argv=None, world=None):
         setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name), SCRIPT_DIR))
     args.device = world.process_device(resolve_device(args.device, parser))
     return args
+
+
+def check_model_flags(parser, argv, args, world):
+    """Flags of the other kind of model are usage errors (a resumed run's kind is its checkpoint's, and it
+    keeps its own settings); the learning rate's default follows the model."""
+    kind = args.model or "ddpm"
+    if not args.resume:
+        other, foreign = ("ddpm", DDPM_ONLY) if kind == "gan" else ("gan", GAN_ONLY)
+        for name in sorted(given_flags(parser, argv) & set(foreign)):
+            parser.error(f"--{name} applies to --model {other} only")
+    if args.model == "gan" and world.active:
+        parser.error("--model gan trains in one process; run it without torchrun")
+    if args.learning_rate is None:
+        args.learning_rate = LEARNING_RATES[kind]
 
 
 def command_line_record(args):
@@ -207,9 +243,13 @@ def main(argv=None):
     settings = SamplerSettings(args.sampler, args.sampling_steps, args.eta, 0.0, args.seed)
     paths = dict(data_dir=args.data_dir, results_dir=args.results_dir, cache_dir=args.cache_dir)
     if args.mode == "train":
+        from imagegen.gan_training import GanConfig
         from imagegen.train import TrainConfig, train
+        gan = GanConfig(args.gan_loss, args.r1_gamma, args.learning_rate, args.d_learning_rate,
+                        ema_decay=args.ema_decay)
         config = TrainConfig(
-            checkpoint=args.checkpoint, device=args.device, dataset=args.dataset, conditioning=args.conditioning,
+            checkpoint=args.checkpoint, device=args.device, dataset=args.dataset, model=args.model or "ddpm",
+            gan=gan, latent_dim=args.latent_dim, conditioning=args.conditioning,
             cond_drop_prob=args.cond_drop_prob, base_channels=args.base_channels, epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
             precision=args.precision, compile_model=args.compile, resume=args.resume, num_samples=args.num_samples,
@@ -226,11 +266,16 @@ def main(argv=None):
                          precision=args.precision, compile_model=args.compile, **paths)
     if args.mode == "guidance_sweep":
         from imagegen.guidance import guidance_sweep
+        from imagegen.checkpoint import require_kind
         from imagegen.infer import load_for_sampling
-        _, dataset, sampler = load_for_sampling(args.checkpoint, args.device, args.precision, args.compile,
-                                                args.dataset)
+        state, dataset, sampler = load_for_sampling(args.checkpoint, args.device, args.precision, args.compile,
+                                                    args.dataset)
+        require_kind(state, "ddpm", args.checkpoint, "--mode guidance_sweep")
         return guidance_sweep(sampler, dataset, args.guidance_scales, settings, fid, args.checkpoint, **paths)
     from imagegen.benchmark import benchmark
+    if args.model == "gan":
+        from imagegen.benchmark import benchmark_gan
+        return benchmark_gan(args.device, args.base_channels, args.latent_dim, args.batch_size, args.seed)
     return benchmark(args.device, args.base_channels, args.batch_size, args.seed, args.precision, args.compile,
                      args.cache_dir, args.fid_weights)
 

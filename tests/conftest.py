@@ -191,8 +191,8 @@ def write_music_file(path, seconds, seed):
 
 @pytest.fixture(scope="session")
 def demo_checkpoints(ig, ag, mnist_dir, tmp_path_factory):
-    """Checkpoints trained here for one epoch each: a class-conditional and an unconditional DDPM on the
-    IDX digits, and an autoencoder on a folder of music whose test split holds two 12-s files (the demo's
+    """Checkpoints trained here for one epoch each: a class-conditional and an unconditional DDPM and a
+    class-conditional GAN on the IDX digits, and an autoencoder on a folder of music whose test split holds two 12-s files (the demo's
     test clips). Returns {name: path}, with the results folders the demo reads metrics.json from."""
     root = tmp_path_factory.mktemp("demo_checkpoints")
     image = ["--epochs", "1", "--fid_samples", "0", "--base_channels", "8", "--batch_size", "32",
@@ -201,6 +201,7 @@ def demo_checkpoints(ig, ag, mnist_dir, tmp_path_factory):
     ig.main([*image, "--checkpoint", str(root / "ddpm.pt"), "--results_dir", str(root / "image_results")])
     ig.main([*image, "--conditioning", "none", "--checkpoint", str(root / "ddpm_unconditional.pt"),
              "--results_dir", str(root / "image_results_unconditional")])
+    ig.main([*image, "--model", "gan", "--checkpoint", str(root / "gan.pt"), "--results_dir", str(root / "gan_results")])
     music = root / "music"
     for seed, name in enumerate(["train/a.wav", "train/b.flac", "valid/c.wav", "test/d.wav", "test/e.opus"]):
         write_music_file(music / name, 12.0 if name.startswith("test") else 6.0, seed)
@@ -208,5 +209,6 @@ def demo_checkpoints(ig, ag, mnist_dir, tmp_path_factory):
              "--griffin_lim_iters", "4", "--audio_eval_clips", "1", "--warmup_steps", "2", "--device", "cpu",
              "--checkpoint", str(root / "ae.pt"), "--results_dir", str(root / "audio_results"),
              "--cache_dir", str(root / "cache")])
-    return {"image": root / "ddpm.pt", "image_unconditional": root / "ddpm_unconditional.pt", "audio": root / "ae.pt",
+    return {"image": root / "ddpm.pt", "image_unconditional": root / "ddpm_unconditional.pt", "gan": root / "gan.pt",
+            "audio": root / "ae.pt",
             "image_results": root / "image_results", "audio_results": root / "audio_results", "music": music}

@@ -323,6 +323,29 @@ def test_clean_shutdown(ckpt):
         httpx.get(f"{s.url}/health")
 
 
+def test_a_gan_checkpoint_is_served_in_one_pass(ckpt, ig, mnist_dir, tmp_path):
+    """The GAN's images are infer's; 'random' and the DDPM's sampler settings are 400s that say why."""
+    server = Server("--image_checkpoint", str(ckpt["gan"]))
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            card = c.get("/v1/models").json()["data"][0]
+            assert card["id"] == "gan-mnist" and card["kind"] == "gan" and card["num_timesteps"] is None
+            result = generate(c, prompt="7", n=2, seed=5)
+            assert result["sampler"] == "GAN generator (EMA), one pass" and result["guidance_scale"] is None
+            ig.main(["--mode", "infer", "--digits", "7", "--num_samples", "2", "--seed", "5", "--device", "cpu",
+                     "--checkpoint", str(ckpt["gan"]), "--results_dir", str(tmp_path), "--data_dir", str(mnist_dir)])
+            for i, item in enumerate(result["data"]):
+                assert np.array_equal(pixels(item["b64_json"]),
+                                      np.asarray(Image.open(tmp_path / "samples" / f"digit7_{i:03d}.png")))
+            for body, says in ((dict(prompt="random"), "has no unconditional samples"),
+                               (dict(prompt="7", steps=10), "steps does not apply"),
+                               (dict(prompt="7", guidance_scale=1.0), "guidance_scale does not apply")):
+                answer = c.post("/v1/images/generations", json=body)
+                assert answer.status_code == 400 and says in answer.json()["error"]["message"], answer.text
+    finally:
+        assert server.stop() == 130
+
+
 def test_missing_checkpoints(tmp_path):
     run = subprocess.run([sys.executable, "-m", "api.serve", "--image_checkpoint", str(tmp_path / "none.pt")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)

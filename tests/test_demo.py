@@ -287,6 +287,22 @@ def test_an_unconditional_checkpoint_has_no_class_controls(monkeypatch, demo_che
     assert at.session_state["images"].sampler == "ddim-2"
 
 
+def test_a_gan_checkpoint_draws_classes_without_sampler_or_guidance(monkeypatch, demo_checkpoints, ig, mnist_dir,
+                                                                    tmp_path):
+    at = page(monkeypatch, *demo_args(demo_checkpoints, image_checkpoint=demo_checkpoints["gan"]))
+    assert "GAN, class-conditional" in texts(at.markdown)
+    assert not at.slider and "sampler" not in [r.key for r in at.radio]
+    assert "unconditional (no class)" not in at.multiselect(key="classes").options
+    generate(at, classes=["3"], seed=4, count=2)
+    assert at.session_state["images"].sampler == "GAN generator (EMA), one pass"
+    ig.main(["--mode", "infer", "--digits", "3", "--num_samples", "2", "--seed", "4", "--device", "cpu",
+             "--checkpoint", str(demo_checkpoints["gan"]), "--results_dir", str(tmp_path), "--data_dir", str(mnist_dir)])
+    shown = singles(at)
+    assert sorted(shown) == ["digit3_000.png", "digit3_001.png"]
+    for name, image in shown.items():
+        assert np.array_equal(image, np.asarray(Image.open(tmp_path / "samples" / name))[..., 0]), name
+
+
 def test_a_count_over_the_limit_or_no_class_is_a_message(app):
     generate(app, count=7)  # 10 classes x 7
     assert "70 images asked (7 x 10 classes): the limit is 64" in texts(app.error)

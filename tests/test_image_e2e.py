@@ -174,10 +174,10 @@ def test_default_paths_resolve_next_to_script(ig):
     assert str(ig.parse_args(["--checkpoint", "mine.pt", "--device", "cpu"]).checkpoint) == "mine.pt"
 
 
-def ctrl_c_at_call(ig, monkeypatch, k, log=None):
-    """Patch TrainState.train_step so that its k-th call (1-based) sends this process a real SIGINT, as
-    Ctrl-C would; `log` collects the learning rate of every step."""
-    real_step = TrainState.train_step
+def ctrl_c_at_call(ig, monkeypatch, k, log=None, cls=TrainState):
+    """Patch cls.train_step (the DDPM's TrainState, or the GanTrainState) so that its k-th call (1-based)
+    sends this process a real SIGINT, as Ctrl-C would; `log` collects the learning rate of every step."""
+    real_step = cls.train_step
     calls = {"n": 0}
 
     def step(self, x0, labels=None):
@@ -189,7 +189,7 @@ def ctrl_c_at_call(ig, monkeypatch, k, log=None):
             signal.raise_signal(signal.SIGINT)
         return loss
 
-    monkeypatch.setattr(TrainState, "train_step", step)
+    monkeypatch.setattr(cls, "train_step", step)
 
 
 def assert_same_run(a, b):

@@ -75,3 +75,25 @@ def benchmark(device, base_channels=32, batch_size=64, seed=0, precision="fp32",
     with torch.no_grad(), ieee_fp32_convolutions():  # as FidEvaluator.features runs it
         seconds = _timed(lambda: extractor(images), device, 2)
     print(f"[{device}] FID Inception-v3 features (28 -> 299 px) batch {n}: {n / seconds:8.1f} img/s")
+
+
+def benchmark_gan(device, base_channels=32, latent_dim=128, batch_size=64, seed=0):
+    """The class-conditional GAN's training steps (one D and one G update each) and one-pass sampling, on
+    `device`, with the default GanConfig."""
+    from .gan import Discriminator, Generator
+    from .gan_training import GanTrainState
+
+    cpu = device.type == "cpu"
+    torch.manual_seed(seed)
+    state = GanTrainState(Generator(latent_dim, base_channels, 10), Discriminator(base_channels, 10), device)
+    x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+    seconds = _timed(lambda: state.train_step(x, labels), device, 10 if cpu else 100)
+    sizes = {name: sum(p.numel() for p in net.parameters()) / 1e6
+             for name, net in (("G", state.model), ("D", state.discriminator))}
+    print(f"[{device}] GAN training batch {batch_size}: {batch_size / seconds:8.0f} img/s "
+          f"(G {sizes['G']:.2f}M, D {sizes['D']:.2f}M params, fp32)")
+    n = sampling_batch_size(device) * 4
+    seconds = _timed(lambda: state.sampler.sample(n, SamplerSettings(), label=7), device, 3)
+    print(f"[{device}] GAN sampling, one generator pass, batch {state.sampler.batch_size(False)}: "
+          f"{n / seconds:8.1f} img/s")

@@ -5,13 +5,16 @@ from . import common
 from .data import class_names
 
 CHECKPOINT_FORMAT = "imageaudiogen.ddpm"
-CHECKPOINT_VERSION = 3
-READABLE_CHECKPOINT_VERSIONS = (2, 3)  # 2: unconditional MNIST only (no num_classes, no dataset)
+CHECKPOINT_VERSION = 4
+READABLE_CHECKPOINT_VERSIONS = (2, 3, 4)  # 2: unconditional MNIST only (no num_classes, no dataset); 3: no kind
+MODEL_KINDS = {"ddpm": "DDPM", "gan": "GAN"}
 
 
 def load_checkpoint(path):
-    """A DDPM checkpoint, loaded with weights_only=True and brought to the current version's fields."""
+    """An image checkpoint (a DDPM or a GAN), loaded with weights_only=True and brought to the current
+    version's fields."""
     state = common.load_checkpoint(path, CHECKPOINT_FORMAT, READABLE_CHECKPOINT_VERSIONS)
+    state.setdefault("kind", "ddpm")  # versions 2 and 3 knew only the DDPM
     # version 2 predates class conditioning and Fashion-MNIST: an unconditional MNIST model
     state["model_config"].setdefault("num_classes", 0)
     state.setdefault("dataset", "mnist")
@@ -23,6 +26,9 @@ def load_checkpoint(path):
 def make_checkpoint(state, epochs_completed, steps_per_epoch, progress, history, dataset, command_line,
                     guidance=None, interrupted=False):
     """Everything a run needs to continue exactly, and what it holds, said outright:
+
+    `kind` ('ddpm' or 'gan') and the fields that rebuild the networks (state.describe()): a DDPM's
+    model_config, diffusion_config and label dropout; a GAN's generator, discriminator and GanConfig.
 
     `epochs_completed` whole epochs, plus `step_in_epoch` steps of the next one (0 at an epoch boundary;
     then `epoch_progress` holds that epoch's data order and the losses so far), `interrupted` when Ctrl-C
@@ -36,10 +42,8 @@ def make_checkpoint(state, epochs_completed, steps_per_epoch, progress, history,
         "version": CHECKPOINT_VERSION,
         "dataset": dataset,
         "class_names": list(class_names(dataset)),
-        "cond_drop_prob": state.cond_drop_prob,
         "guidance": guidance,
-        "model_config": dict(state.model.config),
-        "diffusion_config": dict(state.diffusion.config),
+        **state.describe(),
         **state.state_dict(),
         "epochs_completed": epochs_completed,
         "step_in_epoch": progress.step if in_epoch else 0,
@@ -64,6 +68,13 @@ def checkpoint_dataset(state, dataset, path):
     if dataset and dataset != state["dataset"]:
         common.usage_error(f"--dataset {dataset} does not match {path}, which was trained on {state['dataset']}")
     return state["dataset"]
+
+
+def require_kind(state, kind, path, what):
+    """A usage error (one line, exit code 2) unless the checkpoint is of `kind`: `what` needs it."""
+    if state["kind"] != kind:
+        common.usage_error(f"{what} needs a {MODEL_KINDS[kind]} checkpoint; {path} is a {MODEL_KINDS[state['kind']]} "
+                           f"(trained with --model {state['kind']})")
 
 
 def checkpoint_guidance(state, default):

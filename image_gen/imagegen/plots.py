@@ -79,12 +79,26 @@ def _epoch_axis(ax):
     ax.set_xlabel("epoch")
 
 
-def plot_training_loss(history, path, dataset_title):
+def _plot_losses(ax, history):
+    """A DDPM's noise-prediction MSE (log scale), or a GAN's discriminator and generator losses (the
+    hinge generator loss can be negative: linear scale)."""
+    epochs = [h["epoch"] for h in history]
+    marker = "o" if len(history) <= 60 else None
+    if history and "g_loss" in history[0]:
+        ax.plot(epochs, [h["loss"] for h in history], marker=marker, color="tab:blue", label="discriminator")
+        ax.plot(epochs, [h["g_loss"] for h in history], marker=marker, color="tab:orange", label="generator")
+        ax.set(ylabel="GAN loss (mean over epoch)")
+        ax.legend(fontsize=8)
+    else:
+        ax.plot(epochs, [h["loss"] for h in history], marker=marker, color="tab:blue")
+        ax.set(ylabel="noise-prediction MSE (mean over epoch)", yscale="log")
+
+
+def plot_training_loss(history, path, dataset_title, model="DDPM"):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["loss"] for h in history], marker="o", color="tab:blue")
-    ax.set(ylabel="noise-prediction MSE (mean over epoch)", yscale="log", title=f"DDPM training loss on {dataset_title}")
+    _plot_losses(ax, history)
+    ax.set_title(f"{model} training loss on {dataset_title}")
     _epoch_axis(ax)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -110,9 +124,8 @@ def plot_metrics_comparison(history, evaluator, sampler, path):
             ax.text(0.5, 0.5, f"{label} not measured (--fid_samples 0)", ha="center", va="center",
                     transform=ax.transAxes)
         ax.set_ylabel(f"{label} (lower is better)")
-    ax_loss.plot([h["epoch"] for h in history], [h["loss"] for h in history], color="tab:blue",
-                 marker="o" if len(history) <= 60 else None)
-    ax_loss.set(ylabel="training loss (MSE)", yscale="log", title="Training loss")
+    _plot_losses(ax_loss, history)
+    ax_loss.set_title("Training loss")
     for ax in (ax_fid, ax_kid, ax_loss):
         ax.grid(True, alpha=0.3)
         _epoch_axis(ax)

@@ -1,6 +1,9 @@
 """Drawing images from a trained model: batches, noise streams per class, eval mode and progress reports
-around the diffusion's sampling loop (diffusion.GaussianDiffusion.sample_loop)."""
+around the diffusion's sampling loop (diffusion.GaussianDiffusion.sample_loop), or around one pass of a
+GAN's generator (GanSampler); sampler_from_checkpoint picks the one a checkpoint needs."""
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -78,6 +81,14 @@ class Sampler:
     @property
     def num_timesteps(self):
         return self.diffusion.num_timesteps
+
+    def name(self, settings, guided):
+        """What draws the images, for titles and records: 'ddim-50, w=0.5'."""
+        return settings.name(guided)
+
+    def evaluations_per_image(self, settings):
+        """Network evaluations per image (twice as many when guided)."""
+        return settings.step_count(self.diffusion.num_timesteps)
 
     def batch_size(self, guided):
         """Images per sampling batch: half as many when guided, so each forward pass sees the same number."""
@@ -200,9 +211,56 @@ class Sampler:
         return (None if images is None else to_uint8(images)), labels
 
 
+class GanSampler(Sampler):
+    """Draws images from a GAN's generator in one pass: the latents z ~ N(0, I) come from the same seeded
+    noise streams as a DDPM's x_T (so a seed and a class give the same digit in any batch and under any
+    grouping), and every method of Sampler works alike. SamplerSettings contribute their seed only:
+    a GAN has no sampler steps and no guidance. A class-conditional generator has no null class."""
+
+    def __init__(self, model, precision="fp32", compile_model=False):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.num_classes = model.num_classes
+        self.null_class = model.num_classes  # an index the generator refuses: it has no null class
+        self.image_shape = (model.config["image_channels"], 28, 28)
+        self.forward = compiled_for_sampling(model) if compile_model else model
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16"
+                         else contextlib.nullcontext())
+
+    def name(self, settings, guided):
+        return "GAN generator (EMA), one pass"
+
+    def evaluations_per_image(self, settings):
+        return 1
+
+    def _guided(self, label, settings):
+        return False
+
+    def batch_size(self, guided):
+        return 1000 if self.device.type == "cuda" else 256
+
+    @torch.no_grad()
+    def _draw(self, labels, n, settings, randn, guided, progress):
+        if labels is not None and bool((labels == self.null_class).any()):
+            raise ValueError("a class-conditional GAN has no null class: ask for classes")
+        was_training = self.model.training
+        self.model.eval()
+        z = randn((n, self.model.latent_dim))
+        with self.autocast:
+            out = self.forward(z, labels).float()
+        self.model.train(was_training)
+        return out
+
+
 def ema_sampler_from_checkpoint(state, device, precision="fp32", compile_model=False):
-    """A Sampler over the checkpoint's EMA network, rebuilt from what the checkpoint says (no optimizer);
-    with `compile_model`, the network is compiled for sampling (see compiled_for_sampling)."""
+    """A Sampler over the checkpoint's EMA network (a GanSampler for a GAN), rebuilt from what the
+    checkpoint says (no optimizer); with `compile_model`, the network is compiled for sampling (see
+    compiled_for_sampling)."""
+    if state.get("kind") == "gan":
+        from .gan import Generator
+        generator = Generator(**state["model_config"]).to(device).requires_grad_(False).eval()
+        generator.load_state_dict(state["ema"])
+        return GanSampler(generator, precision, compile_model)
     model = DiffusionModel(**state["model_config"]).to(device).requires_grad_(False).eval()
     model.load_state_dict(state["ema"])
     return Sampler(model, GaussianDiffusion(**state["diffusion_config"], device=device), precision, compile_model)

@@ -1,22 +1,24 @@
-"""--mode train: a run (new or resumed), its epochs, the per-epoch evaluation, the guidance fit, and the
+"""--mode train: a run (new or resumed) of a DDPM or a GAN, its epochs, the per-epoch evaluation, the guidance fit, and the
 checkpoint, plots and metrics.json it leaves behind. Interrupting with Ctrl-C saves an exactly resumable state."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import checkpoint_dataset, checkpoint_position, load_checkpoint, make_checkpoint
-from .common import StopRequest, World, atomic_torch_save, read_json, write_json_atomic
+from .checkpoint import MODEL_KINDS, checkpoint_dataset, checkpoint_position, load_checkpoint, make_checkpoint
+from .common import StopRequest, World, atomic_torch_save, read_json, usage_error, write_json_atomic
 from .data import class_names, dataset_title, load_images, to_model_range, to_unit_range
 from .diffusion import SamplerSettings
 from .fid import FidSettings, make_evaluator
+from .gan import Discriminator, Generator
+from .gan_training import GanConfig, GanTrainState
 from .guidance import DEFAULT_GUIDANCE_SCALE, fit_guidance
 from .plots import plot_metrics_comparison, plot_training_loss, save_class_grid, save_titled_grid
-from .training import EpochProgress, TrainState, evaluation_epochs, new_lr_plan, replan_lr, train_one_epoch
+from .training import (EpochProgress, TrainState, evaluation_epochs, mean_losses, new_lr_plan, replan_lr,
+                       train_one_epoch)
 from .unet import DiffusionModel
 
 
@@ -25,13 +27,16 @@ class TrainConfig:
     """What a training run is asked to do. `guidance_scale` None: evaluate at DEFAULT_GUIDANCE_SCALE and fit
     the checkpoint's guidance at the last epoch (fit_guidance); a number: use and record that w.
     `command_line`: the settings as typed, stored in the checkpoint for the record. `world`: the processes
-    that torchrun started (World); `batch_size` is the global batch, which they share equally."""
+    that torchrun started (World); `batch_size` is the global batch, which they share equally.
+    `model`: 'ddpm' (`learning_rate`, `cond_drop_prob` and the sampler fields apply) or 'gan' (`gan` and
+    `latent_dim` apply; the generator's EMA decay is gan.ema_decay)."""
     checkpoint: Path
     data_dir: Path
     results_dir: Path
     cache_dir: Path
     device: torch.device
     dataset: str | None = None
+    model: str = "ddpm"
     conditioning: str = "class"
     cond_drop_prob: float = 0.1
     base_channels: int = 32
@@ -47,6 +52,8 @@ class TrainConfig:
     sampling_steps: int = 50
     eta: float = 0.0
     guidance_scale: float | None = None
+    gan: GanConfig = GanConfig()
+    latent_dim: int = 128
     fid: FidSettings = FidSettings()
     command_line: dict = field(default_factory=dict)
     world: World = field(default_factory=World)
@@ -75,6 +82,11 @@ class Run:
     def conditional(self):
         return self.state.model.num_classes > 0
 
+    @property
+    def guided(self):
+        """Whether the evaluation samples with classifier-free guidance (a conditional DDPM)."""
+        return self.conditional and self.state.kind == "ddpm"
+
     def save(self, interrupted=False):
         """The checkpoint, written by rank 0 (every process holds the same state)."""
         if not self.config.world.is_main:
@@ -96,7 +108,13 @@ def start_run(config):
     total_steps = config.epochs * steps_per_epoch
     settings = dict(ema_decay=config.ema_decay, seed=config.seed, precision=config.precision,
                     compile_model=config.compile_model, world=config.world)
-    if saved:
+    if saved and config.command_line.get("model") not in (None, saved["kind"]):
+        usage_error(f"--model {config.command_line['model']} cannot resume {config.checkpoint}, a "
+                    f"{MODEL_KINDS[saved['kind']]} checkpoint")
+    if saved and saved["kind"] == "gan":
+        state = GanTrainState.from_checkpoint(saved, config.device, config.seed)
+        run = resumed_run(config, saved, state, dataset, images, steps_per_epoch)
+    elif saved:
         if saved["step_in_epoch"] and (saved["steps_per_epoch"] != steps_per_epoch
                                        or len(saved["epoch_progress"]["order"]) != len(images)):
             raise SystemExit(f"error: {config.checkpoint} stopped inside an epoch of {saved['steps_per_epoch']} "
@@ -105,21 +123,32 @@ def start_run(config):
                            cond_drop_prob=saved["cond_drop_prob"], **settings)
         state.load_state_dict(saved)
         state.lr_plan = replan_lr(state.lr_plan, state.step, total_steps)
-        run = Run(config, state, dataset, images, None, steps_per_epoch, saved["history"], saved["epochs_completed"],
-                  guidance=saved["guidance"])
-        if saved["epoch_progress"] is not None:
-            p = saved["epoch_progress"]
-            run.progress = EpochProgress(p["order"].to(config.device), p["losses"], p["seconds"])
-        print(f"Resuming from {config.checkpoint} at {checkpoint_position(saved)} (step {state.step})")
+        run = resumed_run(config, saved, state, dataset, images, steps_per_epoch)
     else:
         if config.checkpoint.exists():
             print(f"note: starting a new run; {config.checkpoint} will be overwritten (use --resume to continue it)")
         num_classes = len(class_names(dataset)) if config.conditioning == "class" else 0
-        state = TrainState(DiffusionModel(config.base_channels, num_classes=num_classes), config.device,
-                           lr_plan=new_lr_plan(total_steps, config.learning_rate),
-                           cond_drop_prob=config.cond_drop_prob if num_classes else 0.0, **settings)
+        if config.model == "gan":
+            state = GanTrainState(Generator(config.latent_dim, config.base_channels, num_classes),
+                                  Discriminator(config.base_channels, num_classes), config.device,
+                                  config.gan, config.seed, config.world)
+        else:
+            state = TrainState(DiffusionModel(config.base_channels, num_classes=num_classes), config.device,
+                               lr_plan=new_lr_plan(total_steps, config.learning_rate),
+                               cond_drop_prob=config.cond_drop_prob if num_classes else 0.0, **settings)
         run = Run(config, state, dataset, images, None, steps_per_epoch, [])
     run.labels = labels.to(config.device) if run.conditional else None
+    return run
+
+
+def resumed_run(config, saved, state, dataset, images, steps_per_epoch):
+    """The Run a checkpoint holds, with its unfinished epoch."""
+    run = Run(config, state, dataset, images, None, steps_per_epoch, saved["history"], saved["epochs_completed"],
+              guidance=saved["guidance"])
+    if saved["epoch_progress"] is not None:
+        p = saved["epoch_progress"]
+        run.progress = EpochProgress(p["order"].to(config.device), p["losses"], p["seconds"])
+    print(f"Resuming from {config.checkpoint} at {checkpoint_position(saved)} (step {state.step})")
     return run
 
 
@@ -130,7 +159,7 @@ def evaluate_epoch(run, evaluator, epoch):
     start = time.perf_counter()
     settings = config.eval_settings(config.seed + 1)
     path = config.results_dir / "epoch_comparisons" / f"samples_epoch_{epoch:03d}.png"
-    title = f"epoch {epoch}, {settings.name(guided=run.conditional)}"
+    title = f"epoch {epoch}, {sampler.name(settings, guided=run.guided)}"
     if run.conditional:
         classes = list(range(sampler.num_classes))
         grid = sampler.sample_classes(classes, config.num_samples, settings, world=world)
@@ -141,7 +170,7 @@ def evaluate_epoch(run, evaluator, epoch):
     scores = {"fid": None, "kid": None}
     if evaluator is not None:
         print(f"  epoch {epoch}: drawing {evaluator.num_samples} samples for FID/KID "
-              f"({settings.name(guided=run.conditional)}) ...", flush=True)
+              f"({sampler.name(settings, guided=run.guided)}) ...", flush=True)
         scores = score_samples(run, evaluator, settings.replace(seed=config.seed + 2))
         scores.update(fid_backbone=evaluator.backbone, fid_samples=evaluator.num_samples)
     return {**scores, "eval_seconds": time.perf_counter() - start}
@@ -186,13 +215,14 @@ def write_training_outputs(run, evaluator, sampler):
     config, history = run.config, run.history
     if not config.world.is_main:
         return
-    plot_training_loss(history, config.results_dir / "training_loss.png", dataset_title(run.dataset))
+    plot_training_loss(history, config.results_dir / "training_loss.png", dataset_title(run.dataset),
+                       MODEL_KINDS[run.state.kind])
     plot_metrics_comparison(history, evaluator, sampler,
                             config.results_dir / "epoch_comparisons" / "metrics_comparison.png")
     metrics = read_json(config.results_dir / "metrics.json")
     metrics["train"] = {
         **(evaluator.summary() if evaluator else {"fid_backbone": None, "fid_samples": 0}),
-        "fid_sampler": sampler, "device": str(config.device), "batch_size": config.batch_size,
+        "model": run.state.kind, "fid_sampler": sampler, "device": str(config.device), "batch_size": config.batch_size,
         **({"processes": config.world.size} if config.world.active else {}), "epochs": history,
         "train_seconds": sum(h["train_seconds"] for h in history),
         "eval_seconds": sum(h["eval_seconds"] for h in history),
@@ -206,7 +236,7 @@ def train_epochs(run, evaluator, stop):
     checkpoint and plot after each. Raises SystemExit after saving when stopped early."""
     config, state = run.config, run.state
     eval_epochs = evaluation_epochs(config.epochs)
-    sampler = config.eval_settings(config.seed + 1).name(guided=run.conditional)
+    sampler = state.sampler.name(config.eval_settings(config.seed + 1), guided=run.guided)
     for epoch in range(run.epochs_completed + 1, config.epochs + 1):
         if run.progress is None:
             run.progress = EpochProgress(torch.randperm(len(run.images), device=config.device,
@@ -218,12 +248,15 @@ def train_epochs(run, evaluator, stop):
             raise SystemExit(f"Interrupted in epoch {epoch} after step {run.progress.step} of {run.steps_per_epoch}: "
                              f"saved to {config.checkpoint}; continue with --resume.")
         progress = run.progress
-        record = {"epoch": epoch, "loss": math.fsum(progress.losses) / progress.step,
+        losses = mean_losses(progress.losses)
+        record = {"epoch": epoch, "loss": losses[0], **({"g_loss": losses[1]} if len(losses) > 1 else {}),
                   "images_per_s": run.steps_per_epoch * config.batch_size / progress.seconds,
                   "train_seconds": progress.seconds, "fid": None, "kid": None, "eval_seconds": 0.0,
                   "lr": state.learning_rate()}
         run.progress = None
-        line = (f"epoch {epoch:3d}/{config.epochs}  loss {record['loss']:.4f}  {record['images_per_s']:7.0f} img/s"
+        loss = (f"D loss {record['loss']:.4f}  G loss {record['g_loss']:.4f}" if "g_loss" in record
+                else f"loss {record['loss']:.4f}")
+        line = (f"epoch {epoch:3d}/{config.epochs}  {loss}  {record['images_per_s']:7.0f} img/s"
                 f"  {record['train_seconds']:6.1f}s")
         if epoch in eval_epochs:
             record.update(evaluate_epoch(run, evaluator, epoch))
@@ -233,7 +266,7 @@ def train_epochs(run, evaluator, stop):
                          + f" ({evaluator.describe()}, {sampler})")
             line += f"  eval {record['eval_seconds']:.1f}s"
         print(line, flush=True)
-        if epoch == config.epochs and run.conditional:
+        if epoch == config.epochs and run.guided:
             run.guidance = choose_run_guidance(run, evaluator, record)
         run.history.append(record)
         run.epochs_completed = epoch
@@ -260,11 +293,18 @@ def train(config):
         return run.history
     (config.results_dir / "epoch_comparisons").mkdir(parents=True, exist_ok=True)
     model = run.state.model
-    kind = (f"class-conditional, label dropout {run.state.cond_drop_prob:g}" if run.conditional else "unconditional")
+    if run.state.kind == "gan":
+        gan = run.state.config
+        kind = (f"{'class-conditional' if run.conditional else 'unconditional'}, {gan.loss} loss, "
+                f"G/D rates {gan.g_learning_rate:g}/{gan.d_learning_rate:g}" + (f", R1 {gan.r1_gamma:g}" if gan.r1_gamma else ""))
+        model = torch.nn.ModuleList([model, run.state.discriminator])
+    else:
+        kind = (f"class-conditional, label dropout {run.state.cond_drop_prob:g}" if run.conditional
+                else "unconditional")
     world = config.world
     processes = (f" in {world.size} processes ({config.batch_size // world.size} images each per step of "
                  f"{config.batch_size})" if world.active else "")
-    print(f"Training DDPM ({kind}) on {len(run.images)} {dataset_title(run.dataset)} images, "
+    print(f"Training {MODEL_KINDS[run.state.kind]} ({kind}) on {len(run.images)} {dataset_title(run.dataset)} images, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {config.device}"
           f"{processes}, {run.steps_per_epoch} steps/epoch")
     evaluator = None

@@ -59,6 +59,8 @@ class TrainState:
     draws t, eps and dropout for the whole batch in every process (each keeps its rows), and the EMA is
     computed from the same averaged weights in every process, so all stay identical."""
 
+    kind = "ddpm"
+
     def __init__(self, model, device, diffusion_config=None, lr_plan=None, ema_decay=0.999, seed=0,
                  precision="fp32", compile_model=False, cond_drop_prob=0.0, world=None):
         self.device = device
@@ -114,6 +116,11 @@ class TrainState:
         torch._foreach_lerp_(list(self.ema_model.parameters()), [p.detach() for p in self.model.parameters()],
                              1.0 - decay)
 
+    def describe(self):
+        """The checkpoint fields that say what this model is."""
+        return {"kind": self.kind, "cond_drop_prob": self.cond_drop_prob, "model_config": dict(self.model.config),
+                "diffusion_config": dict(self.diffusion.config)}
+
     def state_dict(self):
         return {"model": self.model.state_dict(), "ema": self.ema_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "lr_plan": dict(self.lr_plan), "step": self.step,
@@ -128,8 +135,16 @@ class TrainState:
         self.generator.set_state(state["generator"])
 
 
+def mean_losses(losses):
+    """The mean of each loss over the steps: [mse] for a DDPM (one float per step), [D loss, G loss] for a
+    GAN (a pair per step)."""
+    columns = zip(*losses) if losses and isinstance(losses[0], list) else [losses]
+    return [math.fsum(column) / len(losses) for column in columns]
+
+
 class EpochProgress:
-    """Where training stands inside one epoch: its data order, the losses of the steps done, their time."""
+    """Where training stands inside one epoch: its data order, the losses of the steps done (a float per
+    step; a [D, G] pair for a GAN), their time."""
 
     def __init__(self, order, losses=None, seconds=0.0):
         self.order, self.losses, self.seconds = order, list(losses or []), seconds
@@ -149,7 +164,8 @@ def evaluation_epochs(epochs):
 
 def train_one_epoch(state, images, labels, batch_size, epoch, epochs, progress, stop, check_every=25):
     """Continue one pass over `images` ((n, 1, 28, 28) on the device) and their `labels` ((n,), None for
-    an unconditional model) in `progress.order` from step `progress.step`. Returns True when the epoch is
+    an unconditional model) in `progress.order` from step `progress.step`, with `state` a TrainState or a
+    GanTrainState. Returns True when the epoch is
     complete, False when `stop` was requested first. Losses reach the host every `check_every` steps
     (with several processes: the mean over them, the whole batch's loss)."""
     state.model.train()
@@ -164,13 +180,13 @@ def train_one_epoch(state, images, labels, batch_size, epoch, epochs, progress, 
         stop.poll()
         if len(pending) == check_every or step == steps - 1 or stop.requested:
             values = state.world.mean(torch.stack(pending)).tolist()
-            bad = first_nonfinite(values)
+            bad = first_nonfinite([sum(v) if isinstance(v, list) else v for v in values])
             if bad is not None:
                 raise FloatingPointError(f"loss became {values[bad]} at epoch {epoch}, step {progress.step + bad + 1}"
                                          f" of {steps}; lower --learning_rate or try --precision fp32")
             progress.losses.extend(values)
             pending = []
-            bar.set_postfix(loss=f"{math.fsum(progress.losses) / progress.step:.4f}")
+            bar.set_postfix(loss=" ".join(f"{v:.4f}" for v in mean_losses(progress.losses)))
             if stop.requested and step < steps - 1:
                 break
     if images.device.type == "cuda":
