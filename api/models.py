@@ -56,8 +56,8 @@ class ImageModel:
     def load(cls, path, device, results_dir=None):
         state = load_image_checkpoint(path)
         sampler = ema_sampler_from_checkpoint(state, device)
-        light = {k: v for k, v in state.items()
-                 if k not in ("model", "ema", "optimizer", "discriminator", "d_optimizer", "generator", "epoch_progress")}
+        weights = ("model", "ema", "optimizer", "discriminator", "d_optimizer", "generator", "epoch_progress")
+        light = {k: v for k, v in state.items() if k not in weights}
         return cls(Path(path), file_sha256(path), light, sampler, results_dir)
 
     @property
@@ -135,7 +135,8 @@ class ImageModel:
         ddpm = self.kind == "ddpm"
         return {**self.health(), "classes": classes, "conditional": self.conditional,
                 "default_guidance_scale": self.default_guidance if self.conditional and ddpm else None,
-                "guidance_fit": self.state.get("guidance"), "num_timesteps": self.sampler.num_timesteps if ddpm else None,
+                "guidance_fit": self.state.get("guidance"),
+                "num_timesteps": self.sampler.num_timesteps if ddpm else None,
                 "scores": {"training": training,
                            "infer": {k: infer.get(k) for k in ("fid", "kid", "accuracy", "fid_samples",
                                                               "fid_backbone", "fid_sampler", "real_vs_real_floor")}

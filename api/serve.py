@@ -41,8 +41,9 @@ def build_parser():
                        description="The REST API over image_gen's and audio_gen's checkpoints (docs/api.md).")
     models = p.add_argument_group("models")
     for kind in ("image", "audio"):
+        what = "image_gen checkpoint, a DDPM or a GAN" if kind == "image" else "audio_gen checkpoint"
         models.add_argument(f"--{kind}_checkpoint", type=Path, default=None,
-                            help=f"{kind}_gen checkpoint (default: {DEFAULTS[f'{kind}_checkpoint'].relative_to(ROOT)}, "
+                            help=f"{what} (default: {DEFAULTS[f'{kind}_checkpoint'].relative_to(ROOT)}, "
                                  f"skipped with a note when absent)")
         models.add_argument(f"--{kind}_results", type=Path, default=None,
                             help=f"{kind}_gen results folder whose metrics.json scores are served with the model "

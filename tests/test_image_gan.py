@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from conftest import ROOT  # noqa: F401  (pytest.ini puts image_gen on the path; conftest writes the data)
 from imagegen.coverage import coverage_report, mean_pairwise_distance, nearest_distances
 from imagegen.data import load_images
 from imagegen.diffusion import SamplerSettings
@@ -174,6 +173,7 @@ def test_gan_checkpoint_where_a_ddpm_is_needed_is_one_line_exit_2(gan_run, mnist
         (["--resume", "--model", "ddpm", "--epochs", "3"], "--model ddpm cannot resume"),
         (["--model", "gan", "--cond_drop_prob", "0.2"], "--cond_drop_prob applies to --model ddpm only"),
         (["--gan_loss", "nonsaturating"], "--gan_loss applies to --model gan only"),
+        (["--model", "gan", "--compile"], "--model gan trains in fp32 without torch.compile"),
     ]
     for flags, expected in cases:
         result = run_script([*flags, *where])
@@ -190,3 +190,11 @@ def test_coverage_flags_copies_and_collapse(mnist_dir):
     report = coverage_report(copies, torch.zeros(20, dtype=torch.long), "mnist", mnist_dir)
     assert report["copy_close_share"] == 1.0
     assert report["nearest_training_distance"]["real_test"]["median"] > 0
+
+
+def test_gan_benchmark_prints_training_and_sampling_rates(ig, capsys):
+    ig.main(["--mode", "benchmark", "--model", "gan", "--base_channels", "8", "--latent_dim", "16", "--batch_size", "8",
+             "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "GAN training batch 8:" in out and "img/s" in out and "GAN sampling, one generator pass" in out
+

@@ -17,10 +17,9 @@ class Generator(nn.Module):
 
     The class enters as a learned embedding concatenated to z. Then a linear map to 4b x 7 x 7 and two
     DCGAN stages (4x4 transposed conv, stride 2) to 2b x 14 x 14 and b x 28 x 28, b = base_channels, and
-    a 3x3 conv to the image through tanh. (Nearest up-sampling + 3x3 conv cost 2.3x the multiply-adds and
-    ran at 40 img/s against the DDPM's 185 on the 2-core CPU.) GroupNorm rather than DCGAN's BatchNorm: an image depends on
-    its own latent only, so a seed draws the same digit in any batch, and the EMA weights need no
-    batch statistics. num_classes = 0: unconditional (no labels)."""
+    a 3x3 conv to the image through tanh (nearest up-sampling + 3x3 conv would cost 2.3x the multiply-adds).
+    GroupNorm rather than DCGAN's BatchNorm: an image depends on its own latent only, so a seed draws the
+    same digit in any batch, and the EMA weights need no batch statistics. num_classes = 0: unconditional."""
 
     def __init__(self, latent_dim=128, base_channels=32, num_classes=10, image_channels=1):
         super().__init__()
@@ -81,7 +80,8 @@ def discriminator_loss(real_scores, fake_scores, kind):
     """The discriminator's loss on D's scores of real and generated images (batch,), averaged:
 
         hinge:          E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]       (Lim & Ye 2017)
-        nonsaturating:  E[softplus(-D(x))] + E[softplus(D(G(z)))]          (-log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))))"""
+        nonsaturating:  E[softplus(-D(x))] + E[softplus(D(G(z)))]
+                        = E[-log sigmoid(D(x))] + E[-log(1 - sigmoid(D(G(z))))]   (Goodfellow et al. 2014)"""
     if kind == "hinge":
         return F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
     if kind == "nonsaturating":

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from .checkpoint import MODEL_KINDS, checkpoint_dataset, checkpoint_guidance, checkpoint_position, load_checkpoint
+from .checkpoint import (MODEL_KINDS, checkpoint_dataset, checkpoint_guidance, checkpoint_position, load_checkpoint,
+                         require_kind)
 from .common import read_json, usage_error, write_json_atomic
 from .data import class_names, class_slug, dataset_title, to_unit_range
 from .coverage import coverage_report, describe_coverage
@@ -16,11 +17,13 @@ from .sampling import ema_sampler_from_checkpoint
 
 
 def load_for_sampling(checkpoint, device, precision="fp32", compile_model=False, dataset=None, classes=None,
-                      guidance_scale=None):
-    """(checkpoint state, data set, EMA Sampler) for infer and the sweep; the asked `dataset`, `classes` and
-    `guidance_scale` are checked against what the checkpoint is (usage errors, exit code 2)."""
+                      guidance_scale=None, kind=None):
+    """(checkpoint state, data set, EMA Sampler) for infer and the sweep; the asked `dataset`, `classes`,
+    `guidance_scale` and model `kind` are checked against what the checkpoint is (usage errors, exit code 2)."""
     state = load_checkpoint(checkpoint)
     dataset = checkpoint_dataset(state, dataset, checkpoint)
+    if kind is not None:
+        require_kind(state, kind, checkpoint, f"--model {kind}")
     if state["kind"] == "gan":
         if guidance_scale is not None:
             usage_error(f"--guidance_scale needs a DDPM checkpoint; {checkpoint} is a GAN (no guidance)")
@@ -42,14 +45,14 @@ def sample_names(dataset, classes, per_class):
 
 
 def infer(checkpoint, results_dir, data_dir, cache_dir, device, settings, fid, classes=None, num_samples=16,
-          guidance_scale=None, dataset=None, precision="fp32", compile_model=False):
+          guidance_scale=None, dataset=None, precision="fp32", compile_model=False, kind=None):
     """Sample `num_samples` per asked class (a conditional model; all classes by default, [None] for the
     null class) or `num_samples` in all (an unconditional model) with `settings` (SamplerSettings; its
     guidance is replaced by `guidance_scale`, else the checkpoint's own, else the default); save
     final_samples.png and samples/*.png; then, if fid.num_samples, score N freshly drawn images (seed + 1):
     class-balanced and guided for asked classes, else unconditional. Writes metrics.json["infer"]."""
     state, dataset, sampler = load_for_sampling(checkpoint, device, precision, compile_model, dataset, classes,
-                                                guidance_scale)
+                                                guidance_scale, kind)
     conditional = sampler.num_classes > 0
     classes = classes or (list(range(sampler.num_classes)) if conditional else [None])
     guided = conditional and classes != [None] and state["kind"] == "ddpm"
@@ -79,7 +82,8 @@ def infer(checkpoint, results_dir, data_dir, cache_dir, device, settings, fid, c
     print(f"Saved {results_dir / 'final_samples.png'} and {len(shown)} PNGs in {results_dir / 'samples'} "
           f"({sample_seconds:.1f}s for {len(shown)} samples)", flush=True)
 
-    record = {"checkpoint": str(checkpoint), "model": state["kind"], "dataset": dataset, "epochs_completed": state["epochs_completed"],
+    record = {"checkpoint": str(checkpoint), "model": state["kind"], "dataset": dataset,
+              "epochs_completed": state["epochs_completed"],
               "step": state["step"], "sampler": settings.sampler if state["kind"] == "ddpm" else "gan",
               "steps": sampler.evaluations_per_image(settings),
               "num_samples": num_samples,

@@ -1,5 +1,6 @@
-"""--mode train: a run (new or resumed) of a DDPM or a GAN, its epochs, the per-epoch evaluation, the guidance fit, and the
-checkpoint, plots and metrics.json it leaves behind. Interrupting with Ctrl-C saves an exactly resumable state."""
+"""--mode train: a run (new or resumed) of a DDPM or a GAN, its epochs, the per-epoch evaluation, the guidance
+fit, and the checkpoint, plots and metrics.json it leaves behind. Interrupting with Ctrl-C saves an exactly
+resumable state."""
 from __future__ import annotations
 
 import time
@@ -111,14 +112,14 @@ def start_run(config):
     if saved and config.command_line.get("model") not in (None, saved["kind"]):
         usage_error(f"--model {config.command_line['model']} cannot resume {config.checkpoint}, a "
                     f"{MODEL_KINDS[saved['kind']]} checkpoint")
+    if saved and saved["step_in_epoch"] and (saved["steps_per_epoch"] != steps_per_epoch
+                                             or len(saved["epoch_progress"]["order"]) != len(images)):
+        raise SystemExit(f"error: {config.checkpoint} stopped inside an epoch of {saved['steps_per_epoch']} "
+                         f"steps; resume it with the same data and --batch_size {saved['args']['batch_size']}")
     if saved and saved["kind"] == "gan":
         state = GanTrainState.from_checkpoint(saved, config.device, config.seed)
         run = resumed_run(config, saved, state, dataset, images, steps_per_epoch)
     elif saved:
-        if saved["step_in_epoch"] and (saved["steps_per_epoch"] != steps_per_epoch
-                                       or len(saved["epoch_progress"]["order"]) != len(images)):
-            raise SystemExit(f"error: {config.checkpoint} stopped inside an epoch of {saved['steps_per_epoch']} "
-                             f"steps; resume it with the same data and --batch_size {saved['args']['batch_size']}")
         state = TrainState(DiffusionModel(**saved["model_config"]), config.device, saved["diffusion_config"],
                            cond_drop_prob=saved["cond_drop_prob"], **settings)
         state.load_state_dict(saved)
@@ -296,7 +297,8 @@ def train(config):
     if run.state.kind == "gan":
         gan = run.state.config
         kind = (f"{'class-conditional' if run.conditional else 'unconditional'}, {gan.loss} loss, "
-                f"G/D rates {gan.g_learning_rate:g}/{gan.d_learning_rate:g}" + (f", R1 {gan.r1_gamma:g}" if gan.r1_gamma else ""))
+                f"G/D rates {gan.g_learning_rate:g}/{gan.d_learning_rate:g}"
+                + (f", R1 {gan.r1_gamma:g}" if gan.r1_gamma else ""))
         model = torch.nn.ModuleList([model, run.state.discriminator])
     else:
         kind = (f"class-conditional, label dropout {run.state.cond_drop_prob:g}" if run.conditional
