@@ -56,8 +56,8 @@ class ImageModel:
     def load(cls, path, device, results_dir=None):
         state = load_image_checkpoint(path)
         sampler = ema_sampler_from_checkpoint(state, device)
-        weights = ("model", "ema", "optimizer", "discriminator", "d_optimizer", "generator", "epoch_progress")
-        light = {k: v for k, v in state.items() if k not in weights}
+        heavy = ("model", "ema", "optimizer", "discriminator", "d_optimizer", "generator", "epoch_progress")
+        light = {k: v for k, v in state.items() if k not in heavy}
         return cls(Path(path), file_sha256(path), light, sampler, results_dir)
 
     @property

@@ -51,8 +51,12 @@ MODES_OF = {
     "dataset": EVALUATING, "checkpoint": EVALUATING, "data_dir": EVALUATING, "results_dir": EVALUATING,
 }
 FID_DEFAULTS = {"train": 1000, "infer": 0, "guidance_sweep": 1000, "benchmark": 0}
-DDPM_ONLY = ("cond_drop_prob",)
 GAN_ONLY = ("gan_loss", "r1_gamma", "d_learning_rate", "latent_dim")
+# What a GAN has no use for, per mode: it draws in one pass (no sampler, steps, guidance or label dropout),
+# trains in fp32 without torch.compile, and its benchmark times the default conditional GAN only.
+GAN_REFUSES = {"train": ("cond_drop_prob", "guidance_scale", "sampling_steps", "eta", "precision", "compile"),
+               "infer": ("sampler", "sampling_steps", "eta"),
+               "benchmark": ("conditioning", "precision", "compile", "fid_weights")}
 LEARNING_RATES = {"ddpm": 1e-3, "gan": 1e-4}
 GAN_PATHS = {"checkpoint": "models/gan_model.pt", "results_dir": "results/gan"}
 
@@ -201,7 +205,6 @@ def parse_args(argv=None, world=None):
     reject_flags_of_other_modes(parser, argv, args.mode, MODES_OF)
     world = world or World()
     world.check_command_line(parser, args.mode, args.batch_size)
-    check_model_flags(parser, argv, args, world)
     if args.fid_samples is None:
         args.fid_samples = FID_DEFAULTS[args.mode]
     if args.base_channels % 8:
@@ -212,28 +215,51 @@ def parse_args(argv=None, world=None):
         parser.error("--fid_weights are Inception weights; they cannot be used with --fid_backbone mnist-classifier")
     if args.mode == "guidance_sweep" and not args.fid_samples:
         parser.error("--mode guidance_sweep measures FID: --fid_samples must be >= 10")
-    for name in ("checkpoint", "data_dir", "results_dir", "cache_dir"):
-        default = parser.get_default(name)
-        if args.model == "gan" and name in GAN_PATHS and getattr(args, name) == default:
-            default = GAN_PATHS[name]  # the GAN's own default files, so that it never overwrites the DDPM's
-            setattr(args, name, default)
-        setattr(args, name, resolve_path(getattr(args, name), default, SCRIPT_DIR))
+    given = given_flags(parser, argv)
+    resolve_paths(parser, args, given, args.model)
+    kind = args.model
+    if kind is None and (args.mode in ("infer", "guidance_sweep") or args.resume):
+        kind = checkpoint_kind(args.checkpoint)
+        if kind == "gan" and "results_dir" not in given:  # a GAN checkpoint given alone keeps to the GAN's folder
+            args.results_dir = SCRIPT_DIR / GAN_PATHS["results_dir"]
+    check_model_flags(parser, given, args, kind or "ddpm", world)
     args.device = world.process_device(resolve_device(args.device, parser))
     return args
 
 
-def check_model_flags(parser, argv, args, world):
-    """Flags of the other kind of model are usage errors (a resumed run's kind is its checkpoint's, and it
-    keeps its own settings); the learning rate's default follows the model."""
-    kind = args.model or "ddpm"
-    if not args.resume:
-        other, foreign = ("ddpm", DDPM_ONLY) if kind == "gan" else ("gan", GAN_ONLY)
-        for name in sorted(given_flags(parser, argv) & set(foreign)):
-            parser.error(f"--{name} applies to --model {other} only")
-    if args.model == "gan" and world.active:
-        parser.error("--model gan trains in one process; run it without torchrun")
-    if args.model == "gan" and args.mode == "train" and {"precision", "compile"} & given_flags(parser, argv):
-        parser.error("--model gan trains in fp32 without torch.compile (both apply to its sampling in infer)")
+def checkpoint_kind(path):
+    """'ddpm' or 'gan' for a readable image checkpoint, else None (the mode itself then says what is wrong)."""
+    from imagegen.checkpoint import load_checkpoint
+    try:
+        return load_checkpoint(path)["kind"] if Path(path).is_file() else None
+    except SystemExit:
+        return None
+
+
+def resolve_paths(parser, args, given, kind):
+    """The file flags as paths: typed ones as given, defaults next to this script; a GAN's default
+    checkpoint and results folder are its own (GAN_PATHS), so that it never overwrites the DDPM's."""
+    for name in ("checkpoint", "data_dir", "results_dir", "cache_dir"):
+        default = parser.get_default(name)
+        if kind == "gan" and name in GAN_PATHS and name not in given:
+            default = GAN_PATHS[name]
+            setattr(args, name, default)
+        setattr(args, name, resolve_path(getattr(args, name), default, SCRIPT_DIR))
+
+
+def check_model_flags(parser, given, args, kind, world):
+    """Flags of the other kind of model are usage errors (a resumed DDPM keeps its own settings, so GAN
+    flags are not checked then); the learning rate's default follows the model."""
+    if kind == "gan":
+        refused = sorted(given & set(GAN_REFUSES.get(args.mode, ())))
+        if refused:
+            parser.error(f"--{refused[0]} does not apply to a GAN (--model gan): it draws in one pass, without sampler "
+                         f"steps, guidance or label dropout, and trains in fp32 without torch.compile")
+        if args.mode == "train" and world.active:
+            parser.error("--model gan trains in one process; run it without torchrun")
+    elif not args.resume:
+        for name in sorted(given & set(GAN_ONLY)):
+            parser.error(f"--{name} applies to --model gan only")
     if args.learning_rate is None:
         args.learning_rate = LEARNING_RATES[kind]
 

@@ -24,7 +24,7 @@ import torch
 IMAGE_GEN = Path(__file__).resolve().parents[1] / "image_gen"
 sys.path.insert(0, str(IMAGE_GEN))  # the image package, imported as image_gen.py imports it
 from image_gen import guidance_scales  # noqa: E402
-from imagegen.checkpoint import load_checkpoint  # noqa: E402
+from imagegen.checkpoint import load_checkpoint, require_kind  # noqa: E402
 from imagegen.common import number, read_json, write_json_atomic  # noqa: E402
 from imagegen.diffusion import SamplerSettings  # noqa: E402
 from imagegen.fid import FidSettings, make_evaluator  # noqa: E402
@@ -69,6 +69,7 @@ def default_device(name):
 def draw(args):
     device = default_device(args.device)
     state = load_checkpoint(args.checkpoint)
+    require_kind(state, "ddpm", args.checkpoint, "draw (its sets are guidance scales)")
     sampler = ema_sampler_from_checkpoint(state, device, compile_model=args.compile)
     settings = SamplerSettings(args.sampler, args.sampling_steps, args.eta, 0.0, args.seed)
     if sampler.num_classes:

@@ -147,7 +147,7 @@ def conditional_run(ig, mnist_dir, tmp_path_factory):
 
 def test_conditional_training_records_what_it_is(ig, conditional_run):
     state = load(conditional_run / "models" / "ddpm.pt")
-    assert state["version"] == CHECKPOINT_VERSION == 3
+    assert state["version"] == CHECKPOINT_VERSION == 4 and state["kind"] == "ddpm"
     assert state["model_config"]["num_classes"] == 10 and state["cond_drop_prob"] == 0.1
     assert state["dataset"] == "mnist" and state["class_names"] == [str(i) for i in range(10)]
     assert state["ema"]["class_embedding.weight"].shape[0] == 11  # ten digits and the null class

@@ -171,9 +171,10 @@ def test_gan_checkpoint_where_a_ddpm_is_needed_is_one_line_exit_2(gan_run, mnist
         (["--mode", "infer", "--guidance_scale", "1"], "--guidance_scale needs a DDPM checkpoint"),
         (["--mode", "infer", "--digits", "none"], "has no null class"),
         (["--resume", "--model", "ddpm", "--epochs", "3"], "--model ddpm cannot resume"),
-        (["--model", "gan", "--cond_drop_prob", "0.2"], "--cond_drop_prob applies to --model ddpm only"),
+        (["--model", "gan", "--cond_drop_prob", "0.2"], "--cond_drop_prob does not apply to a GAN"),
+        (["--mode", "infer", "--sampling_steps", "10"], "--sampling_steps does not apply to a GAN"),
         (["--gan_loss", "nonsaturating"], "--gan_loss applies to --model gan only"),
-        (["--model", "gan", "--compile"], "--model gan trains in fp32 without torch.compile"),
+        (["--model", "gan", "--compile"], "--compile does not apply to a GAN"),
     ]
     for flags, expected in cases:
         result = run_script([*flags, *where])
@@ -187,6 +188,7 @@ def test_coverage_flags_copies_and_collapse(mnist_dir):
     assert nearest_distances(copies, train).max().item() == 0
     collapsed = copies[:1].repeat(10, 1, 1, 1)
     assert mean_pairwise_distance(collapsed) == 0 and mean_pairwise_distance(copies) > 1
+    assert mean_pairwise_distance(copies[:1]) is None
     report = coverage_report(copies, torch.zeros(20, dtype=torch.long), "mnist", mnist_dir)
     assert report["copy_close_share"] == 1.0
     assert report["nearest_training_distance"]["real_test"]["median"] > 0

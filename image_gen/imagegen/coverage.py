@@ -3,9 +3,9 @@ than copies of training ones? Measured on the same N samples FID scores, with th
 trained on) as the reference a good model should resemble.
 
     class histogram   the classifier's predicted class for each sample, per asked class (a confusion matrix)
-    diversity         mean pairwise pixel distance between samples of one class, over the same for real
-                      test digits of that class: about 1 for a model that covers the class, near 0 for one
-                      collapsed onto a few modes
+    diversity         mean pairwise pixel distance between samples of one class, over the same for the real
+                      test digits of that class (all of them, up to 1,000): about 1 for a model that covers
+                      the class, near 0 for one collapsed onto a few modes
     memorisation      each sample's pixel distance to its nearest training image, beside the same distance
                       for real test images: a model that copies training digits shows much smaller ones
 """
@@ -29,12 +29,19 @@ def nearest_distances(queries, references, chunk=256):
 
 
 def mean_pairwise_distance(images):
-    """Mean L2 distance between distinct pairs of images (n, ...) in [0, 1] pixels; nan for fewer than two."""
+    """Mean L2 distance between distinct pairs of images (n, ...) in [0, 1] pixels; None for fewer than two."""
     if len(images) < 2:
-        return float("nan")
+        return None
     flat = images.flatten(1).float() / 255
     d = torch.cdist(flat, flat)
     return float(d.sum() / (len(flat) * (len(flat) - 1)))
+
+
+def diversity_ratio(generated, real, max_real=1000):
+    """mean_pairwise_distance of `generated` over that of (the first max_real of) `real`; None when either
+    has fewer than two images or the real ones do not vary."""
+    ours, theirs = mean_pairwise_distance(generated), mean_pairwise_distance(real[:max_real])
+    return ours / theirs if ours is not None and theirs else None
 
 
 def quantiles(values):
@@ -47,7 +54,7 @@ def coverage_report(images, labels, dataset, data_dir, classifier=None):
     classes asked), against the data set's training images and its first N test images."""
     train_images = load_images(dataset, data_dir, train=True)[0]
     test_images, test_labels = load_images(dataset, data_dir, train=False)
-    real, real_labels = test_images[:len(images)].unsqueeze(1), test_labels[:len(images)]
+    real = test_images[:len(images)].unsqueeze(1)
     generated_nn = nearest_distances(images.cpu(), train_images)
     real_nn = nearest_distances(real, train_images)
     threshold = float(torch.quantile(real_nn, COPY_QUANTILE))
@@ -61,9 +68,8 @@ def coverage_report(images, labels, dataset, data_dir, classifier=None):
     if labels is not None:
         labels = labels.cpu()
         classes = sorted(set(labels.tolist()))
-        report["diversity_ratio"] = {
-            int(c): mean_pairwise_distance(images[labels == c].cpu()) / mean_pairwise_distance(real[real_labels == c])
-            for c in classes}
+        report["diversity_ratio"] = {int(c): diversity_ratio(images[labels == c].cpu(), test_images[test_labels == c])
+                                     for c in classes}
         if classifier is not None:
             predicted = classifier.predict(images).cpu()
             num_classes = int(max(labels.max(), predicted.max())) + 1
@@ -81,7 +87,7 @@ def describe_coverage(report):
                  f"{nn['real_test']['median']:.2f} for real test images; {report['copy_close_share']:.1%} of samples "
                  f"are as near to one as the nearest 1% of test images (<= {report['copy_close_threshold']:.2f})")
     if "diversity_ratio" in report:
-        ratios = list(report["diversity_ratio"].values())
+        ratios = [r for r in report["diversity_ratio"].values() if r is not None] or [float("nan")]
         hist = report.get("class_histogram")
         lines.append(f"Within-class diversity against real test images: {min(ratios):.2f}-{max(ratios):.2f} "
                      f"(1 = as varied as real)" + (f"; predicted classes {hist}" if hist else ""))

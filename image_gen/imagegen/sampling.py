@@ -227,6 +227,8 @@ class GanSampler(Sampler):
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16"
                          else contextlib.nullcontext())
 
+    num_timesteps = None  # no reverse process
+
     def name(self, settings, guided):
         return "GAN generator (EMA), one pass"
 

@@ -117,6 +117,8 @@ def start_run(config):
         raise SystemExit(f"error: {config.checkpoint} stopped inside an epoch of {saved['steps_per_epoch']} "
                          f"steps; resume it with the same data and --batch_size {saved['args']['batch_size']}")
     if saved and saved["kind"] == "gan":
+        if config.world.active:
+            usage_error(f"{config.checkpoint} is a GAN, which trains in one process; resume it without torchrun")
         state = GanTrainState.from_checkpoint(saved, config.device, config.seed)
         run = resumed_run(config, saved, state, dataset, images, steps_per_epoch)
     elif saved:

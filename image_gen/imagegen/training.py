@@ -182,8 +182,9 @@ def train_one_epoch(state, images, labels, batch_size, epoch, epochs, progress, 
             values = state.world.mean(torch.stack(pending)).tolist()
             bad = first_nonfinite([sum(v) if isinstance(v, list) else v for v in values])
             if bad is not None:
+                hint = "lower --learning_rate" + (" or try --precision fp32" if state.kind == "ddpm" else "")
                 raise FloatingPointError(f"loss became {values[bad]} at epoch {epoch}, step {progress.step + bad + 1}"
-                                         f" of {steps}; lower --learning_rate or try --precision fp32")
+                                         f" of {steps}; {hint}")
             progress.losses.extend(values)
             pending = []
             bar.set_postfix(loss=" ".join(f"{v:.4f}" for v in mean_losses(progress.losses)))
