@@ -195,13 +195,13 @@ def demo_checkpoints(ig, ag, mnist_dir, tmp_path_factory):
     class-conditional GAN on the IDX digits, and an autoencoder on a folder of music whose test split holds two 12-s files (the demo's
     test clips). Returns {name: path}, with the results folders the demo reads metrics.json from."""
     root = tmp_path_factory.mktemp("demo_checkpoints")
-    image = ["--epochs", "1", "--fid_samples", "0", "--base_channels", "8", "--batch_size", "32",
-             "--sampling_steps", "4", "--num_samples", "2", "--device", "cpu", "--data_dir", str(mnist_dir),
-             "--cache_dir", str(root / "cache")]
+    gan = ["--epochs", "1", "--fid_samples", "0", "--base_channels", "8", "--batch_size", "32", "--num_samples", "2",
+           "--device", "cpu", "--data_dir", str(mnist_dir), "--cache_dir", str(root / "cache")]
+    image = [*gan, "--sampling_steps", "4"]  # a GAN has no sampler steps
     ig.main([*image, "--checkpoint", str(root / "ddpm.pt"), "--results_dir", str(root / "image_results")])
     ig.main([*image, "--conditioning", "none", "--checkpoint", str(root / "ddpm_unconditional.pt"),
              "--results_dir", str(root / "image_results_unconditional")])
-    ig.main([*image, "--model", "gan", "--checkpoint", str(root / "gan.pt"), "--results_dir", str(root / "gan_results")])
+    ig.main([*gan, "--model", "gan", "--checkpoint", str(root / "gan.pt"), "--results_dir", str(root / "gan_results")])
     music = root / "music"
     for seed, name in enumerate(["train/a.wav", "train/b.flac", "valid/c.wav", "test/d.wav", "test/e.opus"]):
         write_music_file(music / name, 12.0 if name.startswith("test") else 6.0, seed)
