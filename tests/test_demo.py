@@ -153,7 +153,7 @@ def test_the_page_names_each_checkpoint_and_its_measured_scores(monkeypatch, dem
         "fid_samples_drawn": "class-balanced, guided"}}))
     at = page(monkeypatch, *demo_args(demo_checkpoints, image_checkpoint=image, image_results=results))
     described = texts(at.markdown)
-    assert f"Checkpoint `{image}`: MNIST, class-conditional (10 classes)" in described
+    assert f"Checkpoint `{image}`: MNIST, DDPM, class-conditional (10 classes)" in described
     assert "FID 123.45, KID 0.0789, class accuracy 50.0% after epoch 1" in described
     assert "FID 98.76, KID 0.0500, class accuracy 90.0% in infer (ddim-50, w=1, class-balanced, guided, N = 1000, " \
         "inception" in described
