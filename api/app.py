@@ -39,6 +39,7 @@ class ServerOptions:
     max_queue: int = 32
     max_audio_queue: int = 4
     max_images: int = 16
+    max_clips: int = 4
     max_upload_mb: float = 50.0
     api_key: str | None = None
 
@@ -67,6 +68,14 @@ class ImageRequest(BaseModel):
     sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddim (`steps` steps) or ddpm (all T steps)")
     steps: int = Field(50, ge=1, description="DDIM steps (1 to the model's T)")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="noise seed; default: a random one, returned")
+
+
+class AudioGenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="the audio model's id (GET /v1/models); it must be a VAE")
+    n: int = Field(1, ge=1, description="5-s clips to generate (at most the server's limit, 4)")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="latent seed; default: a random one, returned")
+    response_format: Literal["b64_wav"] = Field("b64_wav", description="WAVs as base64 strings (the only format)")
 
 
 def image_batcher(image_model, options):
@@ -101,7 +110,8 @@ def create_app(image_model, audio_model, options, device, batcher):
                            "authentication_error", headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(title="ImageAudioGen API", lifespan=lifespan, dependencies=[Depends(check_key)],
-                  description="Digits from the class-conditional DDPM (or GAN), music through the mel autoencoder.")
+                  description="Digits from the class-conditional DDPM (or GAN), music through the mel autoencoder, "
+                              "new music from the mel VAE.")
     install_error_handlers(app)
 
     @app.get("/health", summary="Which models are loaded, on which device, and whether the server is ready")
@@ -186,6 +196,29 @@ def create_app(image_model, audio_model, options, device, batcher):
             return Response(reconstruction, media_type="audio/wav", headers={"X-Scores": json.dumps(scores)})
         return {**scores, "reconstruction": {"b64_wav": base64.b64encode(reconstruction).decode()},
                 "oracle": {"b64_wav": base64.b64encode(oracle_wav).decode()} if oracle_wav else None}
+
+    @app.post("/v1/audio/generations", summary="Generate new clips from the VAE's prior")
+    async def generate_audio(body: AudioGenerationRequest):
+        audio = require_model(audio_model, body.model, "audio")
+        if audio.kind != "vae":
+            raise ApiError(400, f"{audio.id} is a plain autoencoder: its latent has no prior to sample from; start "
+                                f"the server with a VAE checkpoint (audio_gen.py --model vae)", param="model")
+        if body.n > options.max_clips:
+            raise ApiError(400, f"n = {body.n} is above this server's limit of {options.max_clips} clips per request",
+                           param="n")
+        if audio_pending[0] >= options.max_audio_queue:
+            raise ApiError(503, "the server is busy: retry after 5 s", "server_busy", headers={"Retry-After": "5"})
+        seed = secrets.randbelow(2**31) if body.seed is None else body.seed
+        audio_pending[0] += 1
+        try:
+            begin = time.perf_counter()
+            wavs = await asyncio.get_running_loop().run_in_executor(audio_worker, audio.generate, body.n, seed)
+        finally:
+            audio_pending[0] -= 1
+        return {"created": int(time.time()), "model": audio.id, "seed": seed, "prior": "N(0, I)",
+                "sample_rate": audio.transform.sample_rate, "clip_seconds": audio.clip_seconds,
+                "seconds": time.perf_counter() - begin,
+                "data": [{"b64_wav": base64.b64encode(w).decode()} for w in wavs]}
 
     return app
 

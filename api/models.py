@@ -3,13 +3,14 @@ wrapped in the one operation the API asks of it. All the work is done by the mod
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, wav_bytes
 from audiogen.checkpoint import load_checkpoint as load_audio_checkpoint
 from audiogen.checkpoint import model_from_checkpoint
+from audiogen.generate import generate_log_mels, to_audio
 from audiogen.metrics import score_clip
 from audiogen.transform import LogMelTransform
 from imagegen.checkpoint import checkpoint_guidance, checkpoint_position
@@ -145,22 +146,35 @@ class ImageModel:
 
 @dataclass
 class AudioModel:
-    """The mel autoencoder of a checkpoint and its log-mel transform with Griffin-Lim."""
+    """The mel autoencoder (or VAE) of a checkpoint and its log-mel transform with Griffin-Lim."""
     path: Path
     sha256: str
     state: dict
     model: object
     transform: LogMelTransform
     results_dir: Path | None = None
-    id: str = field(default="mel-autoencoder", init=False)
 
     @classmethod
     def load(cls, path, device, results_dir=None):
         state = load_audio_checkpoint(path)
         model = model_from_checkpoint(state, device)
         transform = LogMelTransform.from_config(state["transform_config"], GRIFFIN_LIM_ITERS, device)
-        light = {k: v for k, v in state.items() if k in ("epoch", "history", "data", "args", "model_config")}
+        light = {k: v for k, v in state.items() if k in ("epoch", "history", "data", "args", "model_config", "kind")}
         return cls(Path(path), file_sha256(path), light, model, transform, results_dir)
+
+    @property
+    def kind(self):
+        return self.state["kind"]
+
+    @property
+    def id(self):
+        return "mel-vae" if self.kind == "vae" else "mel-autoencoder"
+
+    def generate(self, count, seed):
+        """`count` clips from the VAE's N(0, I) prior as WAV bytes: what `audio_gen.py --mode generate --seed`
+        writes for the same seed."""
+        log_mels = generate_log_mels(self.model, count, self.transform.frames, seed)
+        return [wav_bytes(a, self.transform.sample_rate) for a in to_audio(self.transform, log_mels, seed, "Griffin-Lim")]
 
     @property
     def clip_seconds(self):
@@ -186,7 +200,8 @@ class AudioModel:
                                                           "duration_seconds": duration}
 
     def health(self):
-        return {"id": self.id, "kind": "autoencoder", "checkpoint": str(self.path), "sha256": self.sha256,
+        return {"id": self.id, "kind": "vae" if self.kind == "vae" else "autoencoder", "checkpoint": str(self.path),
+                "sha256": self.sha256, "can_generate": self.kind == "vae",
                 "dataset": self.state["data"].get("audio_dir") or f"MUSDB18 {self.state['data'].get('musdb_root')}",
                 "epochs": self.state["epoch"]}
 

@@ -5,11 +5,14 @@
     python audio_gen/audio_gen.py --mode train                              # MUSDB18 (7-s preview downloaded)
     python audio_gen/audio_gen.py --mode train --musdb_root /data/musdb18 --download none
     python audio_gen/audio_gen.py --mode benchmark --audio_dir ~/Music      # preparation / training / Griffin-Lim speed
+    python audio_gen/audio_gen.py --mode train --model vae --audio_dir ~/Music   # a VAE, which can generate
+    python audio_gen/audio_gen.py --mode generate --checkpoint models/audio_vae.pt --audio_dir ~/OtherMusic
 
 Every clip is 5 s of mono 16 kHz audio (80,000 samples), a 128-bin log-mel spectrogram of 256 frames.
 The autoencoder squeezes it into a latent of `latent_dim` channels x 256/`time_downsample` frames
-(128 x 128 at the defaults: 2x fewer numbers, chosen from measurements in the README) and back;
-Griffin-Lim turns the mel into audio again.
+(128 x 128 at the defaults: 2x fewer numbers, chosen from measurements in docs/audio-results.md) and back;
+Griffin-Lim turns the mel into audio again. `--model vae` makes it a VAE with a smaller latent, whose
+N(0, I) prior `--mode generate` samples new music from.
 Training draws random 5-s crops from whole recordings; scores use fixed, evenly spaced windows.
 Relative default paths (data/, models/, results/) live next to this file.
 
@@ -25,22 +28,30 @@ from pathlib import Path
 
 from audiogen.audio_io import SOURCES
 from audiogen.benchmark import BenchmarkConfig, benchmark
-from audiogen.common import (ArgumentParser, HelpFormatter, World, logged_to, number, reject_flags_of_other_modes,
-                             resolve_device, resolve_path)
+from audiogen.common import (ArgumentParser, HelpFormatter, World, given_flags, logged_to, number,
+                             reject_flags_of_other_modes, resolve_device, resolve_path)
 from audiogen.data import DataConfig
+from audiogen.fad import EMBEDDINGS
+from audiogen.generate import GenerateConfig, generate
 from audiogen.infer import InferConfig, infer
-from audiogen.model import ModelConfig
+from audiogen.model import MODEL_KINDS, ModelConfig
 from audiogen.train import TrainConfig, train
+from audiogen.trainer import KlWeight
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 SHAPE = ("n_mels", "latent_dim", "hidden", "time_downsample", "dropout")
+# The latent's shape when not given: the VAE's is smaller, as generation wants (docs/audio-results.md).
+LATENT_DEFAULTS = {"ae": {"latent_dim": 128, "time_downsample": 2}, "vae": {"latent_dim": 64, "time_downsample": 8}}
+DEFAULT_CHECKPOINTS = {"ae": "models/audio_autoencoder.pt", "vae": "models/audio_vae.pt"}
 # The modes that read each option; an option left out applies to every mode. benchmark prepares its
-# data in a temporary cache and never downloads; infer takes the model's shape from the checkpoint.
+# data in a temporary cache and never downloads; infer and generate take the model from the checkpoint.
 MODES_OF = {
-    **{name: {"train", "benchmark"} for name in (*SHAPE, "batch_size", "learning_rate")},
-    **{name: {"train"} for name in ("epochs", "warmup_steps", "resume", "eval_every")},
-    **{name: {"train", "infer"} for name in ("checkpoint", "results_dir", "cache_dir", "download")},
+    **{name: {"train", "benchmark"} for name in (*SHAPE, "batch_size", "learning_rate", "model")},
+    **{name: {"train"} for name in ("epochs", "warmup_steps", "resume", "eval_every", "kl_weight", "kl_warmup_steps")},
+    **{name: {"train", "infer", "generate"} for name in ("checkpoint", "results_dir", "cache_dir")},
+    **{name: {"train", "infer", "benchmark"} for name in ("musdb_root", "download", "sources", "audio_eval_clips")},
     "num_examples": {"infer"},
+    **{name: {"generate"} for name in ("num_samples", "fad_embedding", "fad_weights")},
 }
 
 
@@ -48,28 +59,35 @@ def build_parser():
     p = ArgumentParser(
         description="Residual Conv1d autoencoder over log-mel spectrograms of music (any folder, or MUSDB18 stems).",
         formatter_class=HelpFormatter)
-    p.add_argument("--mode", choices=["train", "infer", "benchmark"], default="train",
-                   help="train a model, reconstruct held-out clips from a checkpoint, or measure speed")
+    p.add_argument("--mode", choices=["train", "infer", "generate", "benchmark"], default="train",
+                   help="train a model, reconstruct held-out clips from a checkpoint, generate new clips from a VAE "
+                        "checkpoint, or measure speed")
     data = p.add_argument_group("data")
     data.add_argument("--audio_dir", default=None,
                       help="any folder of music (wav, flac, ogg, opus, mp3, m4a/aac; searched recursively), "
                            "split by file: DIR/{train,valid,test}/ when present, else ~80/10/10 by a hash of the path; "
-                           "in infer, a folder with no split is scored whole")
+                           "in infer, a folder with no split is scored whole; in generate, the real music the "
+                           "samples are scored against (optional)")
     data.add_argument("--musdb_root", default=None,
                       help="MUSDB18 ({train,test}/*.stem.mp4) or MUSDB18-HQ ({train,test}/<track>/<source>.wav); "
                            "the default when --audio_dir is not given is data/musdb18")
     data.add_argument("--download", choices=["preview", "full", "none"], default="preview",
-                      help="train and infer: what to fetch when --musdb_root holds no dataset: the 7-s preview "
+                      help="what to fetch when --musdb_root holds no dataset: the 7-s preview "
                            "(~147 MB), the full MUSDB18 (4.7 GB), or nothing")
     data.add_argument("--sources", nargs="+", choices=SOURCES, default=None,
                       help="MUSDB18 stems to train and evaluate on (default: all five)")
     data.add_argument("--cache_dir", default="data/cache",
-                      help="train and infer: where decoded log-mel spectrograms are cached")
-    model = p.add_argument_group("model (train and benchmark; infer reads it from the checkpoint)")
+                      help="train, infer and generate: where decoded log-mel spectrograms are cached")
+    model = p.add_argument_group("model (train and benchmark; infer and generate read it from the checkpoint)")
+    model.add_argument("--model", choices=MODEL_KINDS, default="ae",
+                       help="'ae': the autoencoder, which reconstructs; 'vae': a variational autoencoder, whose "
+                            "prior --mode generate samples (its default checkpoint is models/audio_vae.pt)")
     model.add_argument("--n_mels", type=number(int, 16, 512), default=128, help="mel bins")
-    model.add_argument("--latent_dim", type=number(int, 1, 4096), default=128, help="latent channels")
-    model.add_argument("--time_downsample", type=int, choices=[1, 2, 4, 8, 16], default=2,
-                       help="frames per latent frame (the encoder's 4 stages stride 2 this many times in total); "
+    model.add_argument("--latent_dim", type=number(int, 1, 4096), default=None,
+                       help="latent channels (default: 128 for the AE, 64 for the VAE)")
+    model.add_argument("--time_downsample", type=int, choices=[1, 2, 4, 8, 16], default=None,
+                       help="frames per latent frame (the encoder's 4 stages stride 2 this many times in total; "
+                            "default: 2 for the AE, 8 for the VAE); "
                             "compression = n_mels * time_downsample / latent_dim")
     model.add_argument("--hidden", type=number(int, 8, 2048), default=128, help="channels inside encoder/decoder")
     model.add_argument("--dropout", type=number(float, 0.0, 0.9), default=0.0, help="dropout on the latent")
@@ -86,14 +104,21 @@ def build_parser():
                              help="linear warm-up steps before the cosine decay")
     train_group.add_argument("--seed", type=number(int, 0), default=0,
                              help="random seed (also of Griffin-Lim's starting phase in every mode)")
+    train_group.add_argument("--kl_weight", type=number(float, 0.0, 100.0), default=1.0,
+                             help="--model vae: weight of KL(q(z|x) || N(0, I)) per input value beside the "
+                                  "reconstruction loss (0: an autoencoder with a noisy code)")
+    train_group.add_argument("--kl_warmup_steps", type=number(int, 0), default=1000,
+                             help="--model vae: steps over which the KL weight rises linearly from 0")
     train_group.add_argument("--resume", action="store_true", help="continue training from --checkpoint")
     train_group.add_argument("--eval_every", type=number(int, 1), default=5,
                              help="score PESQ/STOI and redraw training_curves.png every N epochs (and after the "
                                   "first and last); mel metrics are logged every epoch")
     out = p.add_argument_group("evaluation and outputs")
-    out.add_argument("--checkpoint", default="models/audio_autoencoder.pt", help="checkpoint path (train and infer)")
+    out.add_argument("--checkpoint", default=DEFAULT_CHECKPOINTS["ae"],
+                     help="checkpoint path (train, infer, generate; models/audio_vae.pt by default for --model vae "
+                          "and for generate)")
     out.add_argument("--results_dir", default="results",
-                     help="where plots, WAVs, metrics.json and the train/infer logs go (train and infer)")
+                     help="where plots, WAVs, metrics.json and the logs go (train, infer, generate)")
     out.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda (default: cuda if available)")
     out.add_argument("--num_examples", type=number(int, 1, 64), default=2,
                      help="infer: held-out clips written as WAV triples and drawn in inference_comparison.png")
@@ -101,6 +126,16 @@ def build_parser():
                      help="Griffin-Lim iterations (momentum 0.99)")
     out.add_argument("--audio_eval_clips", type=number(int, 0, 1000), default=8,
                      help="clips per split scored with PESQ/STOI after Griffin-Lim (0 skips)")
+    gen = p.add_argument_group("generate (a VAE checkpoint)")
+    gen.add_argument("--num_samples", type=number(int, 1, 1024), default=16,
+                     help="clips to generate (generated_000.wav, ...); with --audio_dir also how many real clips "
+                          "each row of the scores holds, at most")
+    gen.add_argument("--fad_embedding", nargs="+", choices=EMBEDDINGS, default=["aisfx", "mel-frames"],
+                     help="embeddings for the Frechet audio distances: 'aisfx' (pretrained, offline, from the aisfx "
+                          "wheel), 'vggish' (the standard FAD; weights from --fad_weights or torch.hub), "
+                          "'mel-frames' (log-mel frames, no network)")
+    gen.add_argument("--fad_weights", default=None,
+                     help="VGGish weights file (torchvggish's vggish-10086976.pth) for --fad_embedding vggish")
     return p
 
 
@@ -121,9 +156,20 @@ def parse_args(argv=None, world=None):
         args.audio_dir = Path(args.audio_dir)
         if not args.audio_dir.is_dir():
             parser.error(f"--audio_dir {args.audio_dir}: no such folder")
-    else:
+    elif args.mode != "generate":
         args.musdb_root = resolve_path(args.musdb_root or "data/musdb18", "data/musdb18", SCRIPT_DIR)
-    for name in ("checkpoint", "results_dir", "cache_dir"):
+    if args.fad_weights is not None and "vggish" not in args.fad_embedding:
+        parser.error("--fad_weights is the VGGish file: add --fad_embedding vggish")
+    if args.fad_weights is not None and not Path(args.fad_weights).is_file():
+        parser.error(f"--fad_weights {args.fad_weights}: no such file")
+    for name, value in LATENT_DEFAULTS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    kind = "vae" if args.mode == "generate" else args.model
+    if "checkpoint" not in given_flags(parser, argv):
+        args.checkpoint = DEFAULT_CHECKPOINTS[kind]
+    args.checkpoint = resolve_path(args.checkpoint, DEFAULT_CHECKPOINTS[kind], SCRIPT_DIR)
+    for name in ("results_dir", "cache_dir"):
         setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name), SCRIPT_DIR))
     args.sources = list(dict.fromkeys(args.sources or SOURCES))  # drop repeats, keep order
     args.device = world.process_device(resolve_device(args.device, parser))
@@ -138,11 +184,17 @@ def as_recorded(args):
 def configs(args, world=None):
     """The config object of the chosen mode, built from the checked options."""
     data = DataConfig(args.audio_dir, args.musdb_root, args.download, tuple(args.sources), args.cache_dir)
-    shape = ModelConfig(**{name: getattr(args, name) for name in SHAPE})
+    shape = ModelConfig(**{name: getattr(args, name) for name in SHAPE}, variational=args.model == "vae")
     if args.mode == "train":
         return TrainConfig(data, shape, args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
                            args.resume, args.eval_every, args.checkpoint, args.results_dir, args.device,
-                           args.griffin_lim_iters, args.audio_eval_clips, as_recorded(args), world or World())
+                           args.griffin_lim_iters, args.audio_eval_clips, as_recorded(args), world or World(),
+                           KlWeight(args.kl_weight, args.kl_warmup_steps))
+    if args.mode == "generate":
+        return GenerateConfig(args.checkpoint, args.results_dir, args.device, args.num_samples, args.seed,
+                              args.griffin_lim_iters, args.cache_dir, data if args.audio_dir else None,
+                              tuple(dict.fromkeys(args.fad_embedding)),
+                              Path(args.fad_weights) if args.fad_weights else None)
     if args.mode == "infer":
         return InferConfig(data, args.checkpoint, args.results_dir, args.device, args.num_examples, args.seed,
                            args.griffin_lim_iters, args.audio_eval_clips)
@@ -157,7 +209,7 @@ def main(argv=None):
     config = configs(args, world)
     if args.mode == "benchmark":
         return benchmark(config)
-    job = train if args.mode == "train" else infer
+    job = {"train": train, "infer": infer, "generate": generate}[args.mode]
     log = logged_to(args.results_dir / f"{args.mode}.log") if world.is_main else contextlib.nullcontext()
     with world.session(args.device), world.quiet(), log:
         return job(config)

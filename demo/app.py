@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_IMAGES = 64         # per click: 4x the time of 16 digits (README), under half a minute of one CPU core
 MAX_UPLOAD_MB = 50      # about an hour of compressed music, several minutes of WAV
 GRIFFIN_LIM_ITERS = 64  # audio_gen's default: most of the quality of 128 iterations for half the time
+MAX_GENERATED = 8       # clips per click of the audio Generate panel: a few seconds of Griffin-Lim on a CPU
 
 
 for folder in ("image_gen", "audio_gen"):  # each model's script and package live in its folder
@@ -47,9 +48,10 @@ from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, de
 from audiogen.checkpoint import load_checkpoint as load_audio_state  # noqa: E402
 from audiogen.checkpoint import model_from_checkpoint  # noqa: E402
 from audiogen.data import folder_splits  # noqa: E402
+from audiogen.generate import generate_log_mels, to_audio  # noqa: E402
 from audiogen.metrics import score_clip, versus_baseline  # noqa: E402
 from audiogen.musdb import detect_layout, musdb_splits  # noqa: E402
-from audiogen.plots import plot_spectrograms  # noqa: E402
+from audiogen.plots import plot_spectrogram_grid, plot_spectrograms  # noqa: E402
 from audiogen.transform import LogMelTransform  # noqa: E402
 from imagegen.checkpoint import MODEL_KINDS, checkpoint_guidance, checkpoint_position, load_checkpoint  # noqa: E402
 from imagegen.common import read_json, resolve_device, resolve_path  # noqa: E402
@@ -158,7 +160,7 @@ def load_audio_checkpoint(path, stamp, device):
     state = load_audio_state(path)
     model = model_from_checkpoint(state, torch.device(device))
     transform = LogMelTransform.from_config(state["transform_config"], GRIFFIN_LIM_ITERS, torch.device(device))
-    about = {"epoch": state["epoch"], "history": state["history"], "data": state["data"]}
+    about = {"epoch": state["epoch"], "history": state["history"], "data": state["data"], "kind": state["kind"]}
     return about, model, transform
 
 
@@ -465,7 +467,8 @@ def speech_line(audio):
 def describe_audio_checkpoint(about, model, path, results_dir):
     data = about["data"]
     origin = data.get("audio_dir") or f"MUSDB18 {data.get('musdb_root')}"
-    lines = [f"Checkpoint `{path}`: epoch {about['epoch']}, {model.compression:g}x compression, trained on "
+    kind = ", a VAE" if about["kind"] == "vae" else ""
+    lines = [f"Checkpoint `{path}`{kind}: epoch {about['epoch']}, {model.compression:g}x compression, trained on "
              f"`{origin}`."] + audio_scores(about, path, results_dir)
     st.markdown("\n".join(f"- {line}" for line in lines))
 
@@ -506,6 +509,8 @@ def audio_tab(args):
         return
     about, model, transform = loaded
     describe_audio_checkpoint(about, model, args.audio_checkpoint, args.audio_results)
+    generation_section(about["kind"], model, transform)
+    st.subheader("Reconstruct")
     controls, output = st.columns([2, 3], gap="large")
     with controls:
         name, wave = choose_recording(about, transform.sample_rate)
@@ -527,6 +532,64 @@ def audio_tab(args):
             return
         show_reconstruction(shown)
     st.image(shown.spectrograms, caption="Original, reconstruction and Griffin-Lim oracle, each the log-mel of the audio played above")
+
+
+@dataclass
+class Generated:
+    """One click's generated clips, kept in the session."""
+    seed: int
+    wavs: list               # WAV files, 16 kHz mono
+    grid: bytes              # PNG of their spectrograms
+    seconds: float
+
+
+def generation_section(kind, model, transform):
+    """The Generate panel for a VAE; for a plain autoencoder, a line on how to get one."""
+    st.subheader("Generate")
+    if kind != "vae":
+        st.caption("This checkpoint is a plain autoencoder: its latent has no prior to sample from. Train a VAE "
+                   "(`MODEL=vae AUDIO_DIR=~/Music audio_gen/train.sh`) and open it with "
+                   "`make demo AUDIO_CKPT=audio_gen/models/audio_vae.pt` to generate music.")
+        return
+    generate_panel(model, transform)
+
+
+@st.fragment
+def generate_panel(model, transform):
+    """Count, seed, Generate and the clips. A fragment: a click reruns only this panel."""
+    with errors_as_messages():
+        controls, output = st.columns([2, 3], gap="large")
+        with controls:
+            count = st.slider("Clips", 1, MAX_GENERATED, 2, key="generate_count")
+            seed = int(st.number_input("Seed (the same seed gives the same clips, as --mode generate)", 0,
+                                       2**31 - 1, 0, key="generate_seed"))
+            clicked = st.button("Generate", type="primary", key="generate_audio")
+        with output:
+            if clicked:
+                with st.spinner(f"Decoding {count} prior samples and running Griffin-Lim ..."):
+                    st.session_state["generated"] = generate_clips(model, transform, count, seed)
+            shown = st.session_state.get("generated")
+            if shown is None:
+                return
+            for i, wav in enumerate(shown.wavs):
+                st.markdown(f"**Clip {i}** (seed {shown.seed})")
+                st.audio(wav, format="audio/wav")
+            st.caption(f"{len(shown.wavs)} clips of 5 s generated in {shown.seconds:.1f} s "
+                       f"({GRIFFIN_LIM_ITERS} Griffin-Lim iterations).")
+        st.image(shown.grid, caption="Log-mel spectrograms of the generated clips, before Griffin-Lim")
+
+
+def generate_clips(model, transform, count, seed):
+    """`count` clips from the VAE's prior with audio_gen's generate functions, so a seed gives what
+    `--mode generate --seed` gives: WAVs and a spectrogram grid."""
+    start = time.perf_counter()
+    log_mels = generate_log_mels(model, count, transform.frames, seed)
+    audio = to_audio(transform, log_mels, seed, "Griffin-Lim")
+    grid = io.BytesIO()
+    plot_spectrogram_grid(log_mels, [f"clip {i}" for i in range(count)], grid, f"Prior samples, seed {seed}",
+                          columns=min(4, count))
+    return Generated(seed, [wav_bytes(a, transform.sample_rate) for a in audio], grid.getvalue(),
+                     time.perf_counter() - start)
 
 
 def choose_window(wave, transform):

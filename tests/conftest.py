@@ -192,7 +192,7 @@ def write_music_file(path, seconds, seed):
 @pytest.fixture(scope="session")
 def demo_checkpoints(ig, ag, mnist_dir, tmp_path_factory):
     """Checkpoints trained here for one epoch each: a class-conditional and an unconditional DDPM and a
-    class-conditional GAN on the IDX digits, and an autoencoder on a folder of music whose test split holds two 12-s files (the demo's
+    class-conditional GAN on the IDX digits, and an autoencoder and a VAE on a folder of music whose test split holds two 12-s files (the demo's
     test clips). Returns {name: path}, with the results folders the demo reads metrics.json from."""
     root = tmp_path_factory.mktemp("demo_checkpoints")
     gan = ["--epochs", "1", "--fid_samples", "0", "--base_channels", "8", "--batch_size", "32", "--num_samples", "2",
@@ -209,6 +209,35 @@ def demo_checkpoints(ig, ag, mnist_dir, tmp_path_factory):
              "--griffin_lim_iters", "4", "--audio_eval_clips", "1", "--warmup_steps", "2", "--device", "cpu",
              "--checkpoint", str(root / "ae.pt"), "--results_dir", str(root / "audio_results"),
              "--cache_dir", str(root / "cache")])
+    ag.main(["--model", "vae", "--epochs", "1", "--audio_dir", str(music), "--batch_size", "2", "--hidden", "16",
+             "--latent_dim", "8", "--time_downsample", "8", "--griffin_lim_iters", "4", "--audio_eval_clips", "0",
+             "--warmup_steps", "2", "--kl_warmup_steps", "2", "--device", "cpu", "--checkpoint", str(root / "vae.pt"),
+             "--results_dir", str(root / "audio_vae_results"), "--cache_dir", str(root / "cache")])
     return {"image": root / "ddpm.pt", "image_unconditional": root / "ddpm_unconditional.pt", "gan": root / "gan.pt",
-            "audio": root / "ae.pt",
+            "audio": root / "ae.pt", "vae": root / "vae.pt",
             "image_results": root / "image_results", "audio_results": root / "audio_results", "music": music}
+
+
+@pytest.fixture(scope="session")
+def music_split(tmp_path_factory):
+    """A folder of music with train/valid/test subfolders in five formats, plus files to skip."""
+    root = tmp_path_factory.mktemp("music")
+    for seed, name in enumerate(["train/a.wav", "train/b.flac", "train/album/c.opus", "train/d.m4a",
+                                 "valid/e.wav", "test/f.wav", "test/g.flac"]):
+        write_music_file(root / name, 6.0, seed)
+    (root / "train" / "broken.mp3").write_bytes(np.random.default_rng(4096).bytes(4096))
+    import soundfile as sf
+
+    sf.write(str(root / "train" / "silent.wav"), np.zeros(44_100 * 6, np.float32), 44_100)
+    write_music_file(root / "train" / "short.wav", 2.0, 99)
+    (root / "train" / "notes.txt").write_text("not audio, not listed")
+    return root
+
+
+@pytest.fixture(scope="session")
+def music_other(tmp_path_factory):
+    """Music from 'elsewhere', with no split: infer scores all of it."""
+    root = tmp_path_factory.mktemp("other_music")
+    for seed, name in enumerate(["x.wav", "deep/y.opus"], start=50):
+        write_music_file(root / name, 7.0, seed)
+    return root

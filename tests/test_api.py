@@ -235,6 +235,33 @@ def test_bad_audio_requests(client, ckpt, tmp_path):
     assert "file: Field required" in error_of(missing, 400)["message"]
 
 
+def test_audio_generation_from_a_vae_and_its_refusals(client, ckpt, tmp_path):
+    refused = client.post("/v1/audio/generations", json={"n": 1})  # the default server holds the plain autoencoder
+    assert "plain autoencoder" in error_of(refused, 400)["message"]
+    s = Server("--audio_checkpoint", str(ckpt["vae"]))
+    try:
+        with httpx.Client(base_url=s.url, timeout=120) as c:
+            assert c.get("/health").json()["models"][0]["can_generate"] is True
+            response = c.post("/v1/audio/generations", json={"n": 2, "seed": 3})
+            assert response.status_code == 200, response.text
+            result = response.json()
+            assert result["model"] == "mel-vae" and result["seed"] == 3 and len(result["data"]) == 2
+            clips = [base64.b64decode(d["b64_wav"]) for d in result["data"]]
+            for data in clips:
+                audio, rate = sf.read(io.BytesIO(data))
+                assert rate == 16000 and audio.shape == (80000,)
+            again = c.post("/v1/audio/generations", json={"n": 1, "seed": 3}).json()
+            assert base64.b64decode(again["data"][0]["b64_wav"]) == clips[0]  # seeded: the same first clip
+            assert "limit of 4 clips" in error_of(c.post("/v1/audio/generations", json={"n": 5}), 400)["message"]
+            assert "n: Input should be greater than or equal to 1" in error_of(
+                c.post("/v1/audio/generations", json={"n": 0}), 400)["message"]
+            assert "Extra inputs are not permitted" in error_of(
+                c.post("/v1/audio/generations", json={"prompt": "jazz"}), 400)["message"]
+            assert isinstance(c.post("/v1/audio/generations", json={}).json()["seed"], int)  # a random seed, returned
+    finally:
+        s.stop()
+
+
 def raw_request(url, head, body=b""):
     """Send a request by hand and return (status, the response's body): for bodies httpx would not send."""
     host, port = url.removeprefix("http://").split(":")

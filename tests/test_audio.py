@@ -36,29 +36,6 @@ def tf():
     return LogMelTransform(griffin_lim_iters=8)
 
 
-@pytest.fixture(scope="session")
-def music_split(tmp_path_factory):
-    """A folder of music with train/valid/test subfolders in five formats, plus files to skip."""
-    root = tmp_path_factory.mktemp("music")
-    for seed, name in enumerate(["train/a.wav", "train/b.flac", "train/album/c.opus", "train/d.m4a",
-                                 "valid/e.wav", "test/f.wav", "test/g.flac"]):
-        write_music_file(root / name, 6.0, seed)
-    (root / "train" / "broken.mp3").write_bytes(np.random.default_rng(4096).bytes(4096))
-    sf.write(str(root / "train" / "silent.wav"), np.zeros(44_100 * 6, np.float32), 44_100)
-    write_music_file(root / "train" / "short.wav", 2.0, 99)
-    (root / "train" / "notes.txt").write_text("not audio, not listed")
-    return root
-
-
-@pytest.fixture(scope="session")
-def music_other(tmp_path_factory):
-    """Music from 'elsewhere', with no split: infer scores all of it."""
-    root = tmp_path_factory.mktemp("other_music")
-    for seed, name in enumerate(["x.wav", "deep/y.opus"], start=50):
-        write_music_file(root / name, 7.0, seed)
-    return root
-
-
 # --- decoding and data -------------------------------------------------------------------------
 
 def test_layout_detection(musdb_stems, musdb_wav, tmp_path):
@@ -310,7 +287,7 @@ def test_autoencoder_shapes_and_compression(time_downsample, latent_frames, comp
     model = AudioAutoencoder(n_mels=128, latent_dim=128, hidden=32, time_downsample=time_downsample)
     x = torch.randn(2, 128, 256)
     assert model.encode(x).shape == (2, 128, latent_frames) and model.compression == compression
-    assert model(x).shape == x.shape
+    assert model(x)[0].shape == x.shape
     with pytest.raises(ValueError, match=f"multiple of {time_downsample}"):
         model.encode(torch.randn(1, 128, 250))
 
@@ -333,7 +310,7 @@ def test_pca_path_starts_as_the_pca_of_the_training_patches():
     expected = (patches - mean) @ basis.T @ basis + mean
     clips = x[:, :256 * 20].reshape(n_mels, 20, 256).permute(1, 0, 2)  # 20 clips of 256 frames
     with torch.no_grad():
-        out = model(clips)
+        out = model(clips)[0]
         assert torch.equal(model.encoder(clips), torch.zeros_like(model.encoder(clips)))
     got = out.reshape(20, n_mels, 128, k).permute(0, 2, 1, 3).reshape(-1, n_mels * k).double()
     # the decoder's bias is per mel bin, so both frames of a patch get their average mean: ~1e-3 here
@@ -351,7 +328,7 @@ def test_checkpoints_without_the_pca_path_still_load():
     model = model_from_checkpoint({"model_config": config, "model": old.state_dict()}, torch.device("cpu"))
     assert model.linear_encoder is None
     x = torch.randn(1, 16, 64)
-    torch.testing.assert_close(model(x), old.eval()(x))
+    torch.testing.assert_close(model(x)[0], old.eval()(x)[0])
 
 
 def test_cosine_schedule_warms_up_decays_and_extends_without_a_jump():
@@ -371,9 +348,9 @@ def test_trainer_overfits_one_batch():
     model = AudioAutoencoder(n_mels=32, latent_dim=32, hidden=64)
     trainer = AudioTrainer(model, torch.device("cpu"), CosineSchedule(3e-3, 80, warmup_steps=5))
     batch = torch.randn(4, 32, 64)
-    first = trainer.train_step(batch).item()
+    first = trainer.train_step(batch)[0].item()
     for _ in range(80):
-        last = trainer.train_step(batch).item()
+        last = trainer.train_step(batch)[0].item()
     assert last < 0.3 * first and trainer.step == 81
 
 
@@ -515,7 +492,8 @@ def test_checkpoint_describes_itself(trained, music_split):
     assert state["format"] == CHECKPOINT_FORMAT and state["epoch"] == 3 and not state["interrupted"]
     assert state["partial_epoch"] is None
     assert state["model_config"] == {"n_mels": 128, "latent_dim": 32, "hidden": 16, "time_downsample": 2, "dropout": 0.0,
-                                     "pca_path": True}
+                                     "pca_path": True, "variational": False}
+    assert state["kind"] == "ae" and state["version"] == 3
     assert state["transform_config"]["hop_length"] == 313 and state["model"]["mel_mean"].shape == (128,)
     assert state["data"]["audio_dir"] == str(music_split.resolve())
     assert {"model", "optimizer", "schedule", "step", "rng", "history", "args"} <= set(state)

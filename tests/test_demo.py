@@ -337,6 +337,27 @@ def test_an_uploaded_file_gives_three_players_spectrograms_and_scores(app, tmp_p
     assert not run(app).get("audio")
 
 
+def test_a_vae_checkpoint_generates_what_generate_mode_writes(monkeypatch, demo_checkpoints, ag, tmp_path):
+    at = page(monkeypatch, *demo_args(demo_checkpoints, audio_checkpoint=demo_checkpoints["vae"]))
+    assert f"Checkpoint `{demo_checkpoints['vae']}`, a VAE: epoch 1, 128x compression" in texts(at.markdown)
+    at.slider(key="generate_count").set_value(2)
+    at.number_input(key="generate_seed").set_value(3)
+    at.button(key="generate_audio").click()
+    run(at)
+    shown = at.session_state["generated"]
+    assert shown.seed == 3 and len(shown.wavs) == 2 and len(at.get("audio")) == 2
+    assert Image.open(io.BytesIO(shown.grid)).size[0] > 400
+    ag.main(["--mode", "generate", "--checkpoint", str(demo_checkpoints["vae"]), "--num_samples", "2", "--seed", "3",
+             "--device", "cpu", "--results_dir", str(tmp_path)])
+    for i, data in enumerate(shown.wavs):  # the same clips, byte for byte, as the command line's
+        assert data == (tmp_path / f"generated_{i:03d}.wav").read_bytes()
+
+
+def test_a_plain_autoencoder_says_how_to_get_a_vae(app):
+    assert "plain autoencoder" in texts(app.caption)
+    assert "generate_audio" not in [b.key for b in app.button]
+
+
 def test_a_test_clip_of_the_checkpoint_data(app):
     source = app.radio(key="audio_source")
     source.set_value(source.options[1])

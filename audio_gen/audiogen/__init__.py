@@ -6,12 +6,15 @@
     data        folders of music and their splits, the per-file log-mel cache, build_splits
     clips       MelClips: a split's log-mels as scoring windows and random training crops
     transform   LogMelTransform (waveform <-> log-mel, Griffin-Lim) and per-bin normalisation statistics
-    model       AudioAutoencoder: residual Conv1d encoder/decoder with a PCA-initialised linear path
-    trainer     the cosine schedule, the loss, AdamW steps and resumable epochs
+    model       AudioAutoencoder: residual Conv1d encoder/decoder with a PCA-initialised linear path; as a
+                VAE, the posterior, reparameterisation and the KL term
+    trainer     the cosine schedule, the loss (and the VAE's KL weight), AdamW steps and resumable epochs
     checkpoint  the checkpoint format: save, load, rebuild the model
     metrics     mel metrics, PESQ/STOI against the Griffin-Lim oracle, split scores
-    plots       training curves and spectrogram comparisons
+    fad         Frechet audio distance and its embeddings (aisfx, VGGish, log-mel frames)
+    plots       training curves, spectrogram comparisons and grids
     train       the train command
     infer       the infer command
+    generate    the generate command: prior samples, their scores against real music, memorisation
     benchmark   the benchmark command
 """

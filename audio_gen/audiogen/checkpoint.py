@@ -8,12 +8,19 @@ from . import common
 from .model import AudioAutoencoder
 
 CHECKPOINT_FORMAT = "imageaudiogen.audio_autoencoder"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: "kind" ('ae' or 'vae') and the KL weight; version 2 files are plain autoencoders
 
 
 def load_checkpoint(path):
     """The audio autoencoder checkpoint in `path`; a missing, damaged or foreign file ends the program with one line."""
-    return common.load_checkpoint(path, CHECKPOINT_FORMAT, (CHECKPOINT_VERSION,))
+    state = common.load_checkpoint(path, CHECKPOINT_FORMAT, (2, CHECKPOINT_VERSION))
+    state.setdefault("kind", "ae")
+    return state
+
+
+def checkpoint_kind(model):
+    """'vae' or 'ae': what the checkpoint of `model` records as its kind."""
+    return "vae" if model.variational else "ae"
 
 
 def rng_state():
@@ -42,7 +49,7 @@ def make_checkpoint(run, data, command_line, rank_rngs=None):
     `data`: the DataConfig trained on; `command_line`: the options as given, a plain dict kept as "args".
     `rank_rngs`: with several processes, each one's rng_state() (their dropout differs), kept as "rank_rng"."""
     return {**({"rank_rng": rank_rngs, "processes": len(rank_rngs)} if rank_rngs else {}),
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": checkpoint_kind(run.trainer.model),
         "model_config": dict(run.trainer.model.config), "transform_config": run.transform.config,
         **run.trainer.state_dict(), "epoch": run.epoch, "partial_epoch": run.progress,
         "interrupted": run.progress is not None, "rng": rng_state(), "history": run.history,

@@ -77,6 +77,16 @@ def paired_speech_scores(reference, estimate, oracle, sample_rate):
             "stoi": mean([s[0] for s in stoi_rows]), "oracle_stoi": mean([s[1] for s in stoi_rows])}
 
 
+def invert_seeded(transform, log_mels, seed):
+    """(n, n_mels, frames) log-mels -> (n, clip_samples) audio on the CPU, Griffin-Lim starting from the
+    random phase that `seed` draws. The same start each time keeps scores comparable; forking leaves the
+    global RNG untouched, so a resumed training run matches an uninterrupted one."""
+    device = transform.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return transform.invert(log_mels).cpu()
+
+
 def spread_positions(n, k):
     """min(n, k) distinct positions spread evenly over range(n), first and last included."""
     if k >= n:
@@ -97,12 +107,7 @@ class AudioEvaluator:
 
     def invert(self, log_mels):
         """(n, n_mels, frames) log-mels -> (n, clip_samples) audio on the CPU, from the same random phase each time."""
-        # The same start each time keeps scores comparable; forking leaves the training RNG untouched,
-        # so a resumed run matches an uninterrupted one.
-        device = self.transform.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
-            return self.transform.invert(log_mels).cpu()
+        return invert_seeded(self.transform, log_mels, self.seed)
 
     def __call__(self, model):
         """(paired scores, (n, samples) autoencoder audio, (n, n_mels, frames) reconstructed log-mels)."""

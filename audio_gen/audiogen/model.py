@@ -1,5 +1,6 @@
 """The autoencoder: residual Conv1d encoder and decoder over time with the mel bins as channels, a linear
-path initialised as PCA beside them, and the normalisation that travels with the weights."""
+path initialised as PCA beside them, and the normalisation that travels with the weights. The same network
+is a VAE when its encoder also gives a log-variance: then the linear path starts as probabilistic PCA."""
 from __future__ import annotations
 
 import math
@@ -9,14 +10,19 @@ import torch
 import torch.nn as nn
 
 
+MODEL_KINDS = ("ae", "vae")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape of a new autoencoder (what --n_mels, --latent_dim, --hidden, --time_downsample, --dropout say)."""
+    """The shape of a new autoencoder (what --n_mels, --latent_dim, --hidden, --time_downsample, --dropout
+    say) and whether it is variational (--model vae)."""
     n_mels: int
     latent_dim: int
     hidden: int
     time_downsample: int
     dropout: float
+    variational: bool = False
 
 
 class ResBlock1d(nn.Module):
@@ -68,12 +74,19 @@ class AudioAutoencoder(nn.Module):
     over non-overlapping patches of `time_downsample` frames and its transpose. `init_pca` sets them to
     the principal components of the training patches and the deep paths start at zero, so training
     starts from the best linear code of that size (PCA) and learns what PCA cannot.
+
+    `variational` makes it a VAE (Kingma & Welling 2014): the encoder's last conv gives twice `latent_dim`
+    channels, the posterior mean and log-variance of q(z|x) = N(mean, exp(log_variance)); the linear path
+    adds to the mean only. Training decodes a reparameterised sample, evaluation the mean, and `decode`
+    of N(0, I) latents generates.
     """
 
-    def __init__(self, n_mels=128, latent_dim=128, hidden=128, time_downsample=2, dropout=0.0, pca_path=True):
+    def __init__(self, n_mels=128, latent_dim=128, hidden=128, time_downsample=2, dropout=0.0, pca_path=True,
+                 variational=False):
         super().__init__()
         self.config = {"n_mels": n_mels, "latent_dim": latent_dim, "hidden": hidden,
-                       "time_downsample": time_downsample, "dropout": dropout, "pca_path": pca_path}
+                       "time_downsample": time_downsample, "dropout": dropout, "pca_path": pca_path,
+                       "variational": variational}
         self.register_buffer("mel_mean", torch.zeros(n_mels))
         self.register_buffer("mel_std", torch.ones(n_mels))
         strides = stage_strides(time_downsample)
@@ -83,7 +96,9 @@ class AudioAutoencoder(nn.Module):
                             nn.Conv1d(hidden, hidden, 3, padding=1), ResBlock1d(hidden, dilation=2))
               for s in reversed(strides)]
         # No normalisation layer on the main path: it would strip each clip's level, which the output needs.
-        self.encoder = nn.Sequential(nn.Conv1d(n_mels, hidden, 3, padding=1), *down, nn.Conv1d(hidden, latent_dim, 1))
+        posterior_channels = 2 * latent_dim if variational else latent_dim  # (mean, log-variance) for a VAE
+        self.encoder = nn.Sequential(nn.Conv1d(n_mels, hidden, 3, padding=1), *down,
+                                     nn.Conv1d(hidden, posterior_channels, 1))
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Sequential(nn.Conv1d(latent_dim, hidden, 1), *up, nn.Conv1d(hidden, n_mels, 3, padding=1))
         for conv in [self.encoder[0], *(stage[0] for stage in self.encoder[1:-1]), self.encoder[-1],
@@ -101,7 +116,14 @@ class AudioAutoencoder(nn.Module):
     def init_pca(self, log_mels, max_patches=200_000):
         """Set the linear path to PCA of the training data: `log_mels` (n_mels, frames) un-normalised,
         cut into patches of time_downsample frames (n_mels * time_downsample numbers each), whose top
-        latent_dim principal directions become the encoder rows and decoder columns."""
+        latent_dim principal directions become the encoder rows and decoder columns.
+
+        A VAE starts instead at the maximum-likelihood probabilistic PCA (Tipping & Bishop 1999, eqs. 7
+        and 12), the optimum of a linear VAE (Lucas et al. 2019): with eigenvalues `eigenvalues_i` of the
+        kept directions u_i and noise `noise_variance` (the mean discarded eigenvalue), the decoder column
+        is u_i sqrt(eigenvalues_i - noise_variance), the posterior mean u_i^T x sqrt(eigenvalues_i -
+        noise_variance) / eigenvalues_i and the posterior variance noise_variance / eigenvalues_i. So its
+        latents start with unit variance over the data, as the N(0, I) prior asks."""
         k, latent = self.config["time_downsample"], self.config["latent_dim"]
         x = self.normalize(log_mels.float())
         count = x.shape[1] // k
@@ -109,14 +131,26 @@ class AudioAutoencoder(nn.Module):
         if count > max_patches:  # an evenly spaced subset is plenty for a 2048-d covariance at most
             patches = patches[torch.linspace(0, count - 1, max_patches).long()]
         mean = patches.mean(0)
-        _, vectors = torch.linalg.eigh(torch.cov((patches - mean).T))  # ascending eigenvalues
-        components = vectors.flip(1)[:, :latent].T  # (<= latent, n_mels * k), strongest first
-        weight = torch.zeros(latent, patches.shape[1], dtype=torch.float64)
-        weight[:len(components)] = components
-        weight = weight.view(latent, x.shape[0], k)
-        self.linear_encoder.weight.copy_(weight)
-        self.linear_encoder.bias.copy_(-(weight.flatten(1) @ mean))
-        self.linear_decoder.weight.copy_(weight)
+        eigenvalues, vectors = torch.linalg.eigh(torch.cov((patches - mean).T))  # ascending
+        eigenvalues, vectors = eigenvalues.flip(0).clamp(min=0), vectors.flip(1)
+        components = vectors[:, :latent].T  # (<= latent, n_mels * k), strongest first
+        kept = len(components)
+        encoder_rows = torch.zeros(latent, patches.shape[1], dtype=torch.float64)
+        decoder_columns = torch.zeros_like(encoder_rows)
+        encoder_rows[:kept] = decoder_columns[:kept] = components
+        if self.config["variational"]:
+            kept_eigenvalues = eigenvalues[:kept].clamp(min=1e-8)
+            noise_variance = eigenvalues[kept:].mean() if len(eigenvalues) > kept else eigenvalues.new_tensor(1e-8)
+            noise_variance = noise_variance.clamp(min=1e-8, max=float(kept_eigenvalues[-1]))
+            scale = (kept_eigenvalues - noise_variance).sqrt()
+            encoder_rows[:kept] *= (scale / kept_eigenvalues)[:, None]
+            decoder_columns[:kept] *= scale[:, None]
+            log_variance_bias = torch.zeros(latent, dtype=torch.float64)  # directions past `kept`: the prior
+            log_variance_bias[:kept] = (noise_variance / kept_eigenvalues).log()
+            self.encoder[-1].bias[latent:] = log_variance_bias.float()
+        self.linear_encoder.weight.copy_(encoder_rows.view(latent, x.shape[0], k))
+        self.linear_encoder.bias.copy_(-(encoder_rows @ mean))
+        self.linear_decoder.weight.copy_(decoder_columns.view(latent, x.shape[0], k))
         self.linear_decoder.bias.copy_(mean.view(x.shape[0], k).mean(1))
 
     @property
@@ -138,13 +172,30 @@ class AudioAutoencoder(nn.Module):
         """The inverse of `normalize`."""
         return x * self.mel_std[:, None] + self.mel_mean[:, None]
 
-    def encode(self, x):
-        """(batch, n_mels, frames) normalised log-mel -> latent z (batch, latent_dim, frames / time_downsample)."""
+    @property
+    def variational(self):
+        return self.config["variational"]
+
+    def latent_shape(self, frames):
+        """(latent_dim, latent frames) of the code of a clip of `frames` frames."""
+        return self.config["latent_dim"], frames // self.config["time_downsample"]
+
+    def posterior(self, x):
+        """(batch, n_mels, frames) normalised log-mel -> (mean, log_variance) of q(z|x), each (batch,
+        latent_dim, frames / time_downsample); log_variance is None for the plain autoencoder."""
         step = self.config["time_downsample"]
         if x.shape[-1] % step:
             raise ValueError(f"frames must be a multiple of {step}, got {x.shape[-1]}")
-        z = self.encoder(x)
-        return z if self.linear_encoder is None else z + self.linear_encoder(x)
+        h = self.encoder(x)
+        mean, log_variance = h.chunk(2, dim=1) if self.variational else (h, None)
+        if self.linear_encoder is not None:
+            mean = mean + self.linear_encoder(x)
+        return mean, log_variance
+
+    def encode(self, x):
+        """(batch, n_mels, frames) normalised log-mel -> latent z (batch, latent_dim, frames / time_downsample):
+        the code, or for a VAE the posterior mean."""
+        return self.posterior(x)[0]
 
     def decode(self, z):
         """Latent z (batch, latent_dim, latent frames) -> (batch, n_mels, frames) normalised log-mel."""
@@ -152,7 +203,26 @@ class AudioAutoencoder(nn.Module):
         return y if self.linear_decoder is None else y + self.linear_decoder(z)
 
     def forward(self, x):
-        return self.decode(self.dropout(self.encode(x)))
+        """(batch, n_mels, frames) normalised log-mel -> (reconstruction of the same shape, kl): a VAE in
+        training mode decodes a reparameterised posterior sample, in eval mode the posterior mean; kl is
+        KL(q(z|x) || N(0, I)) summed over a clip's latent and averaged over the batch (0 for the plain AE)."""
+        mean, log_variance = self.posterior(x)
+        if log_variance is None:
+            return self.decode(self.dropout(mean)), mean.new_zeros(())
+        z = reparameterize(mean, log_variance) if self.training else mean
+        return self.decode(self.dropout(z)), gaussian_kl(mean, log_variance).flatten(1).sum(1).mean()
+
+
+def reparameterize(mean, log_variance):
+    """z = mean + exp(log_variance / 2) * eps, eps ~ N(0, I): a sample of N(mean, exp(log_variance)) through
+    which gradients reach both (Kingma & Welling 2014, eq. 10)."""
+    return mean + (0.5 * log_variance).exp() * torch.randn_like(mean)
+
+
+def gaussian_kl(mean, log_variance):
+    """Elementwise KL(N(mean, exp(log_variance)) || N(0, 1)) = (mean^2 + exp(log_variance) - 1 - log_variance) / 2
+    (Kingma & Welling 2014, appendix B), in nats."""
+    return 0.5 * (mean.pow(2) + log_variance.exp() - 1 - log_variance)
 
 
 @torch.no_grad()
@@ -160,6 +230,16 @@ def reconstruct(model, log_mels, batch_size=64):
     """Eval-mode reconstruction of (n, n_mels, frames) log-mels, in log-mel units, on the model's device."""
     model.eval()
     device = model.mel_mean.device
-    parts = [model.denormalize(model(model.normalize(log_mels[i:i + batch_size].to(device))))
+    parts = [model.denormalize(model(model.normalize(log_mels[i:i + batch_size].to(device)))[0])
              for i in range(0, len(log_mels), batch_size)]
     return torch.cat(parts) if parts else log_mels.to(device).clone()
+
+
+@torch.no_grad()
+def decode_latents(model, latents, batch_size=64):
+    """(n, latent_dim, latent frames) latents -> (n, n_mels, frames) log-mels, on the model's device."""
+    model.eval()
+    device = model.mel_mean.device
+    parts = [model.denormalize(model.decode(latents[i:i + batch_size].to(device)))
+             for i in range(0, len(latents), batch_size)]
+    return torch.cat(parts)

@@ -83,3 +83,21 @@ def plot_spectrograms(originals, reconstructions, titles, path, suptitle, oracle
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_spectrogram_grid(log_mels, titles, path, suptitle, columns=4):
+    """(clips, n_mels, frames) log-mels as a grid of spectrograms on one shared colour scale, `columns` wide."""
+    plt = pyplot()
+    rows = -(-len(log_mels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.6 * rows), dpi=100, squeeze=False)
+    low, high = float(log_mels.min()), float(log_mels.max())
+    for ax in axes.flat[len(log_mels):]:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, log_mels.cpu().numpy(), titles):
+        shown = ax.imshow(image, origin="lower", aspect="auto", extent=(0, 5, 0, image.shape[0]), cmap="magma",
+                          vmin=low, vmax=high)
+        ax.set(title=title, xlabel="time (s)", ylabel="mel bin")
+    fig.colorbar(shown, ax=axes, label="log magnitude", shrink=0.8)
+    fig.suptitle(suptitle)
+    fig.savefig(path)
+    plt.close(fig)

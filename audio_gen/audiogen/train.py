@@ -9,20 +9,21 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, rng_state, set_rng_state
-from .common import StopRequest, World, atomic_torch_save, read_json, write_json_atomic
+from .common import StopRequest, World, atomic_torch_save, read_json, usage_error, write_json_atomic
 from .data import DataConfig, build_splits
 from .metrics import AudioEvaluator, evaluate, require_speech_metrics, score_split, spread_positions, versus_baseline
 from .model import AudioAutoencoder, ModelConfig, reconstruct
 from .plots import plot_spectrograms, plot_training_curves
-from .trainer import AudioTrainer, CosineSchedule, epoch_crops, run_epoch, steps_per_epoch
+from .trainer import AudioTrainer, CosineSchedule, KlWeight, epoch_crops, run_epoch, steps_per_epoch
 from .transform import LogMelTransform, compute_normalization
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What the train command reads. `model` shapes a new model (a resumed one keeps its own);
-    `command_line` is the options as given, stored in the checkpoint as "args". `world`: the processes that
-    torchrun started (World); `batch_size` is the global batch, which they share equally."""
+    """What the train command reads. `model` shapes a new model (a resumed one keeps its own, and its KL
+    weight); `command_line` is the options as given, stored in the checkpoint as "args". `world`: the
+    processes that torchrun started (World); `batch_size` is the global batch, which they share equally.
+    `kl_weight`: the VAE's KlWeight (ignored by the plain autoencoder)."""
     data: DataConfig
     model: ModelConfig
     epochs: int
@@ -39,6 +40,7 @@ class TrainConfig:
     audio_eval_clips: int
     command_line: dict
     world: World = field(default_factory=World)
+    kl_weight: KlWeight = field(default_factory=KlWeight)
 
 
 @dataclass
@@ -76,6 +78,10 @@ def start_run(config):
     rank_seed, and a checkpoint keeps them all, so a resume with as many processes is exact."""
     world = config.world
     state = load_checkpoint(config.checkpoint) if config.resume else None
+    kind = "vae" if config.model.variational else "ae"
+    if state and state["kind"] != kind:
+        usage_error(f"--model {kind} cannot resume {config.checkpoint}, a checkpoint of kind '{state['kind']}': "
+                    f"resume it with --model {state['kind']}")
     transform = (LogMelTransform.from_config(state["transform_config"], config.griffin_lim_iters, config.device)
                  if state else LogMelTransform(n_mels=config.model.n_mels, griffin_lim_iters=config.griffin_lim_iters,
                                                device=config.device))
@@ -87,8 +93,10 @@ def start_run(config):
     model = model_from_checkpoint(state, config.device) if state else new_model(config.model, splits["train"])
     steps = steps_per_epoch(splits["train"], config.batch_size)
     total = config.epochs * steps
+    if state is None and config.checkpoint.exists():
+        print(f"note: starting a new run; {config.checkpoint} will be overwritten (use --resume to continue it)")
     trainer = AudioTrainer(model, config.device, CosineSchedule(config.learning_rate, total, config.warmup_steps),
-                           world=world)
+                           kl_weight=KlWeight(config.kl_weight.weight, config.kl_weight.warmup_steps), world=world)
     run = Run(transform, splits, trainer, steps, history=[])
     if state:
         trainer.load_state_dict(state)
@@ -105,8 +113,6 @@ def start_run(config):
     else:
         if world.active and not world.is_main:
             torch.manual_seed(rank_seed(config.seed, world.rank, 0))
-        if config.checkpoint.exists():
-            print(f"note: starting a new run; {config.checkpoint} will be overwritten (use --resume to continue it)")
     return run
 
 
@@ -139,6 +145,8 @@ def epoch_record(epoch, progress, trainer, splits, evaluators, milestone, eval_l
     record = {"epoch": epoch, "step": trainer.step, "train_seconds": progress["seconds"],
               "clips_per_s": steps * progress["batch_size"] / max(progress["seconds"], 1e-9),
               "train": {"loss_during_epoch": progress["loss_sum"] / steps,
+                        **({"kl_per_clip": progress.get("kl_sum", 0.0) / steps,
+                            "kl_weight": trainer.kl_weight(trainer.step - 1)} if trainer.model.variational else {}),
                         **score_split(trainer.model, splits["train"], eval_limit)},
               "valid": score_split(trainer.model, splits["valid"], eval_limit)}
     if record["valid"]:  # the loss is MSE + L1 in the same normalised units
@@ -154,6 +162,8 @@ def epoch_line(record, epochs):
     """The one line printed after an epoch."""
     t, v = record["train"], record.get("valid", {})
     line = f"epoch {record['epoch']:3d}/{epochs}  loss {t['loss_during_epoch']:.4f}  train mse {t['mse']:.4f}"
+    if "kl_per_clip" in t:
+        line += f"  KL {t['kl_per_clip']:.0f} nats/clip (weight {t['kl_weight']:.3g})"
     if v:
         line += f"  unseen mse {v['mse']:.4f} ({versus_baseline(v)} than baseline) cos {v['cosine']:.3f}"
     for split, name in (("audio_valid", "unseen"), ("audio_train", "train")):
@@ -203,7 +213,9 @@ def train(config):
     evaluators = make_evaluators(splits, run.transform, config.audio_eval_clips, config.seed) if world.is_main else {}
     processes = (f" in {world.size} processes ({config.batch_size // world.size} clips each per step of "
                  f"{config.batch_size})" if world.active else "")
-    print(f"Training on {len(splits['train'].recordings)} recordings ({len(splits['train'])} clip windows), "
+    kind = (f"VAE (KL weight {run.trainer.kl_weight.weight:g}, warm-up {run.trainer.kl_weight.warmup_steps} steps)"
+            if model.variational else "autoencoder")
+    print(f"Training the {kind} on {len(splits['train'].recordings)} recordings ({len(splits['train'])} clip windows), "
           f"{len(splits['valid'])} unseen validation clips; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"parameters, {model.compression:g}x compression, device {config.device}{processes}, {run.steps} steps/epoch")
     with StopRequest(world) as stop:

@@ -50,6 +50,30 @@ def reconstruction_loss(reconstruction, target):
     return F.mse_loss(reconstruction, target) + F.l1_loss(reconstruction, target)
 
 
+class KlWeight:
+    """The VAE's KL weight at a step: `weight` after a linear warm-up from 0 over `warmup_steps` (KL
+    annealing, Bowman et al. 2016), so the decoder learns to use the code before the KL term closes it.
+
+    The KL term is KL(q(z|x) || N(0, I)) of a clip divided by the clip's input values (n_mels * frames),
+    the units of the per-value reconstruction loss: with a Gaussian decoder of variance s^2 the negative
+    ELBO per value is MSE / (2 s^2) + KL / values, so weight w stands for a beta-VAE's beta = w / (2 s^2)
+    of the MSE part (Higgins et al. 2017)."""
+
+    def __init__(self, weight=0.0, warmup_steps=0):
+        self.weight, self.warmup_steps = weight, warmup_steps
+
+    def __call__(self, step):
+        if step >= self.warmup_steps:
+            return self.weight
+        return self.weight * (step + 1) / self.warmup_steps
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
 class AudioTrainer:
     """Training state: the model, AdamW (Loshchilov & Hutter 2019), the learning-rate schedule, gradient
     clipping and the step count.
@@ -58,8 +82,9 @@ class AudioTrainer:
     through DistributedDataParallel, which averages the gradients: the mean of the shares' mean losses is
     the batch's mean loss, so each step is the one-process step and the weights stay identical everywhere."""
 
-    def __init__(self, model, device, schedule, weight_decay=1e-4, grad_clip=1.0, world=None):
+    def __init__(self, model, device, schedule, kl_weight=None, weight_decay=1e-4, grad_clip=1.0, world=None):
         self.model = model.to(device)
+        self.kl_weight = kl_weight or KlWeight()
         self.device = device
         self.world = world or World()
         self.forward = self.model
@@ -72,18 +97,22 @@ class AudioTrainer:
         self.step = 0
 
     def train_step(self, log_mels):
-        """One AdamW step on a (batch, n_mels, frames) batch of un-normalised log-mels; the loss, on device."""
+        """One AdamW step on a (batch, n_mels, frames) batch of un-normalised log-mels; on device, (2,):
+        the loss and the KL term in nats per clip (0 for the plain autoencoder)."""
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule(self.step)
         target = self.model.normalize(log_mels.to(self.device, non_blocking=True))
-        loss = reconstruction_loss(self.forward(target), target)
+        reconstruction, kl = self.forward(target)
+        loss = reconstruction_loss(reconstruction, target)
+        if self.model.variational:
+            loss = loss + self.kl_weight(self.step) * kl / target[0].numel()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return loss.detach()
+        return torch.stack([loss.detach(), kl.detach()])
 
     def share(self, rows):
         """This process's equal share of a batch's `rows` (all of them in one process)."""
@@ -91,12 +120,13 @@ class AudioTrainer:
 
     def state_dict(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "step": self.step}
+                "schedule": self.schedule.state_dict(), "kl_weight": self.kl_weight.state_dict(), "step": self.step}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+        self.kl_weight.load_state_dict(state.get("kl_weight", {}))  # version 2 checkpoints: plain autoencoders
         self.step = state["step"]
 
 
@@ -132,9 +162,11 @@ def run_epoch(trainer, train_set, plan, progress, epoch, epochs, stop, check_eve
         pending.append(trainer.train_step(train_set.crops(trainer.share(plan[step]))))
         stop.poll()
         if len(pending) == check_every or step == len(plan) - 1 or stop.requested:
-            losses = trainer.world.mean(torch.stack(pending)).tolist()  # one host sync per `check_every` steps
+            rows = trainer.world.mean(torch.stack(pending)).tolist()  # one host sync per `check_every` steps
+            losses = [loss for loss, _ in rows]
             check_finite(losses, epoch, step + 1 - len(losses))
             progress["loss_sum"] += sum(losses)
+            progress["kl_sum"] = progress.get("kl_sum", 0.0) + sum(kl for _, kl in rows)
             progress["steps_done"] = step + 1
             progress["seconds"] += time.perf_counter() - start
             start, pending = time.perf_counter(), []

@@ -1,0 +1,243 @@
+"""The generate command: new music from a VAE checkpoint. Latents drawn from the N(0, I) prior are decoded to
+log-mels and turned into audio by Griffin-Lim; given a folder of real music, the samples are scored against
+it beside the references that give the scores a meaning (real music, the Griffin-Lim oracle, shaped noise),
+and each sample's distance to its nearest training window tells whether it copies."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .audio_io import write_wav
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .common import progress_bar, read_json, usage_error, write_json_atomic
+from .data import DataConfig, build_splits
+from .fad import frechet_distance, make_embedding
+from .metrics import invert_seeded, spread_positions
+from .model import decode_latents
+from .plots import plot_spectrogram_grid
+from .transform import LogMelTransform
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """What the generate command reads. `reference`: a folder of real music to score the samples against
+    (None: no scores); `cache_dir`: where log-mels of that folder and of the training data are cached; `embeddings`: the FAD embeddings to score in (fad.EMBEDDINGS); `vggish_weights`: the
+    VGGish file (None: torch.hub)."""
+    checkpoint: Path
+    results_dir: Path
+    device: torch.device
+    num_samples: int
+    seed: int
+    griffin_lim_iters: int
+    cache_dir: Path
+    reference: DataConfig | None = None
+    embeddings: tuple = ("aisfx", "mel-frames")
+    vggish_weights: Path | None = None
+
+
+def require_vae(state, path):
+    """A plain autoencoder's latent has no distribution to sample from: its checkpoint is a usage error."""
+    if state["kind"] != "vae":
+        usage_error(f"{path} is a plain autoencoder (kind '{state['kind']}'), whose latent has no prior to sample "
+                    f"from; --mode generate needs a VAE (train one with --model vae)")
+
+
+def sample_prior(model, count, frames, seed):
+    """(count, latent_dim, latent frames) latents from N(0, I), clip i drawn i-th from one generator seeded
+    with `seed`: the same seed gives the same clips, and a larger count only adds clips."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = model.latent_shape(frames)
+    return torch.stack([torch.randn(shape, generator=generator) for _ in range(count)])
+
+
+def generate_log_mels(model, count, frames, seed):
+    """(count, n_mels, frames) log-mels decoded from `count` prior latents, on the CPU. One clip at a time:
+    a batched convolution may round differently with the batch's size, and clip i must not depend on count."""
+    return decode_latents(model, sample_prior(model, count, frames, seed), batch_size=1).cpu()
+
+
+def shaped_noise_log_mels(model, count, frames):
+    """The naive baseline: stationary noise with the training music's mean log-mel spectrum (the model's
+    per-bin mean, held over time), (count, n_mels, frames); Griffin-Lim's random phase makes it noise."""
+    return model.mel_mean.cpu()[None, :, None].expand(count, -1, frames).clone()
+
+
+def to_audio(transform, log_mels, seed, desc):
+    """(n, n_mels, frames) log-mels -> (n, clip_samples) audio by Griffin-Lim, clip i from the phase that seed + i
+    draws, one clip at a time (so that clip i never depends on n), with progress."""
+    parts = [invert_seeded(transform, log_mels[i:i + 1], seed + i)
+             for i in progress_bar(range(len(log_mels)), desc, unit="clips")]
+    return torch.cat(parts) if parts else torch.zeros(0, transform.clip_samples)
+
+
+def level_dbfs(audio):
+    """(n, samples) -> (n,) RMS level in dB relative to full scale."""
+    return 20 * torch.log10(audio.pow(2).mean(dim=1).sqrt().clamp(min=1e-10))
+
+
+# --- scores against real music ------------------------------------------------------------------
+
+def real_halves(reference, transform, count, trained_on=None):
+    """Two disjoint sets of `count` real clips (each (count, clip_samples)) spread over the scoring windows
+    of the folder's music the model never heard, and where they come from: the first is what every row is
+    scored against, the second the real-against-real floor. Fewer clips when there are fewer than 2 * count
+    windows. Unheard music: an unsplit folder whole, but the test split of a folder with train/valid/test
+    subfolders or of the folder the model trained on (`trained_on`, its resolved path as the checkpoint
+    records it)."""
+    same_folder = trained_on is not None and str(Path(reference.audio_dir).resolve()) == trained_on
+    clips = build_splits(reference, transform, whole_folder=not same_folder)["test"]
+    if len(clips) < 4:
+        raise SystemExit(f"error: {clips.origin} holds {len(clips)} usable 5-s windows; scoring needs at least 4")
+    positions = spread_positions(len(clips), min(2 * count, len(clips) - len(clips) % 2))
+    waves = clips.waveforms(positions)
+    return waves[0::2], waves[1::2], clips.origin
+
+
+def frechet_table(rows, reference_waves, embedders, sample_rate):
+    """{row: {embedding: Frechet distance to the reference clips}} for {row: (n, samples) waveforms}."""
+    table = {name: {} for name in rows}
+    for embedder in embedders:
+        reference = embedder(reference_waves, sample_rate)
+        for name, waves in rows.items():
+            table[name][embedder.name] = frechet_distance(embedder(waves, sample_rate), reference)
+    return table
+
+
+def format_table(table, counts):
+    """The Frechet table as aligned text lines, one row per set."""
+    embeddings = list(next(iter(table.values())))
+    lines = [f"{'':32s}" + "".join(f"{e:>14s}" for e in embeddings)]
+    for name, row in table.items():
+        lines.append(f"{name + f' (N={counts[name]})':32s}" + "".join(f"{row[e]:14.3f}" for e in embeddings))
+    return lines
+
+
+# --- memorisation -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def nearest_window_distances(log_mels, corpus, model, hop=16, chunk=512):
+    """For each (n, n_mels, frames) log-mel, the RMS distance (normalised log-mel units) to the nearest
+    window of the same length among every crop of the MelClips `corpus` starting `hop` frames apart: (n,)."""
+    queries = model.normalize(log_mels.float().to(model.mel_mean.device)).flatten(1)
+    best = torch.full((len(queries),), math.inf, device=queries.device)
+    frames = log_mels.shape[-1]
+    for r in range(len(corpus.recordings)):
+        start, end = int(corpus.offsets[r]), int(corpus.offsets[r + 1])
+        if end - start < frames:
+            continue
+        recording = model.normalize(corpus.log_mels[:, start:end].float().to(queries.device))
+        windows = recording.unfold(1, frames, hop).permute(1, 0, 2).flatten(1)  # (crops, n_mels * frames)
+        for i in range(0, len(windows), chunk):
+            best = torch.minimum(best, torch.cdist(queries, windows[i:i + chunk]).amin(dim=1))
+    return (best / math.sqrt(queries.shape[1])).cpu()
+
+
+def distance_summary(distances):
+    """Quantiles of (n,) distances."""
+    q = torch.quantile(distances.double(), torch.tensor([0.0, 0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
+    return {"n": len(distances), "min": q[0], "p10": q[1], "median": q[2], "p90": q[3]}
+
+
+def training_set_of(state, transform, cache_dir):
+    """The training split the checkpoint's run used (from its cached log-mels), or None when that data is gone."""
+    record = state["data"]
+    if record.get("audio_dir") and Path(record["audio_dir"]).is_dir():
+        data = DataConfig(Path(record["audio_dir"]), None, "none", ("mixture",), cache_dir)
+    elif record.get("musdb_root") and Path(record["musdb_root"]).is_dir():
+        data = DataConfig(None, Path(record["musdb_root"]), "none", tuple(record["sources"]), cache_dir)
+    else:
+        return None
+    return build_splits(data, transform)
+
+
+def memorisation(samples, unseen, state, model, transform, cache_dir):
+    """Each sample's distance to its nearest training window beside the same for unseen real clips; None
+    when the training data is not on this machine any more."""
+    splits = training_set_of(state, transform, cache_dir)
+    if splits is None or not len(splits["train"]):
+        print("Memorisation check skipped: the training data the checkpoint names is not here.")
+        return None
+    if unseen is None:
+        held_out = splits["test"] if len(splits["test"]) else splits["valid"]
+        unseen = held_out.clips(spread_positions(len(held_out), len(samples))) if len(held_out) else None
+    print(f"Distances to the nearest of every training window (hop 16 frames) in {splits['train'].origin} ...",
+          flush=True)
+    result = {"training": splits["train"].origin, "units": "RMS distance, normalised log-mel (per-bin z-scores)",
+              "samples": distance_summary(nearest_window_distances(samples, splits["train"], model))}
+    if unseen is not None and len(unseen):
+        result["unseen_real"] = distance_summary(nearest_window_distances(unseen, splits["train"], model))
+    return result
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def write_samples(audio, log_mels, results, title, rate):
+    """generated_000.wav ... and generated_spectrograms.png (up to 16 clips) in `results`."""
+    results.mkdir(parents=True, exist_ok=True)
+    for old in results.glob("generated_[0-9]*.wav"):
+        old.unlink()  # a run with fewer samples must not leave stale files behind
+    names = [f"generated_{i:03d}.wav" for i in range(len(audio))]
+    for name, clip in zip(names, audio):
+        write_wav(results / name, clip, rate)
+    shown = min(16, len(log_mels))
+    plot_spectrogram_grid(log_mels[:shown], names[:shown], results / "generated_spectrograms.png", title)
+    return names
+
+
+def score_samples(config, state, model, transform, audio, count):
+    """Frechet distances of the samples and of the reference rows against real clips of `config.reference`;
+    also returns the real clips' log-mels (the unseen clips of the memorisation check)."""
+    reference, floor, origin = real_halves(config.reference, transform, count, state["data"]["audio_dir"])
+    n = len(reference)
+    print(f"Scoring {min(n, len(audio))} samples against {n} real clips of {origin} "
+          f"({', '.join(config.embeddings)}) ...", flush=True)
+    rows = {"real music (floor)": floor,
+            "real through Griffin-Lim": to_audio(transform, transform(floor).cpu(), config.seed, "Griffin-Lim oracle"),
+            "generated": audio[:n],
+            "shaped noise": to_audio(transform, shaped_noise_log_mels(model, n, transform.frames), config.seed,
+                                     "shaped noise")}
+    embedders = [make_embedding(name, transform, config.device, config.vggish_weights) for name in config.embeddings]
+    table = frechet_table(rows, reference, embedders, transform.sample_rate)
+    counts = {name: len(waves) for name, waves in rows.items()}
+    for line in format_table(table, counts):
+        print("  " + line)
+    return {"against": origin, "reference_clips": n, "clips": counts, "frechet": table,
+            "embeddings": list(config.embeddings)}, transform(reference).cpu()
+
+
+def generate(config):
+    """Generate as `config` (a GenerateConfig) says: WAVs and their spectrograms, then scores in metrics.json."""
+    state = load_checkpoint(config.checkpoint)
+    require_vae(state, config.checkpoint)
+    transform = LogMelTransform.from_config(state["transform_config"], config.griffin_lim_iters, config.device)
+    model = model_from_checkpoint(state, config.device)
+    latent = model.latent_shape(transform.frames)
+    print(f"Generating {config.num_samples} clips from the N(0, I) prior ({latent[0]} x {latent[1]} latents, "
+          f"seed {config.seed}), Griffin-Lim {config.griffin_lim_iters} iterations ...", flush=True)
+    log_mels = generate_log_mels(model, config.num_samples, transform.frames, config.seed)
+    audio = to_audio(transform, log_mels, config.seed, "Griffin-Lim")
+    names = write_samples(audio, log_mels, config.results_dir,
+                          f"Prior samples of {config.checkpoint.name} (seed {config.seed})", transform.sample_rate)
+    print(f"Wrote {len(names)} WAVs and generated_spectrograms.png to {config.results_dir}", flush=True)
+    result = {"checkpoint": str(config.checkpoint), "epoch": state["epoch"], "seed": config.seed,
+              "num_samples": config.num_samples, "latent_shape": list(latent), "prior": "N(0, I)",
+              "griffin_lim_iters": config.griffin_lim_iters,
+              "samples": [{"file": n, "level_dbfs": round(float(d), 2)} for n, d in zip(names, level_dbfs(audio))]}
+    unseen = None
+    if config.reference is not None:
+        result["scores"], unseen = score_samples(config, state, model, transform, audio, config.num_samples)
+    result["memorisation"] = memorisation(log_mels, unseen, state, model, transform, config.cache_dir)
+    if result["memorisation"]:
+        m = result["memorisation"]
+        line = f"Nearest training window: samples median {m['samples']['median']:.3f} (min {m['samples']['min']:.3f})"
+        if "unseen_real" in m:
+            line += f", unseen real clips median {m['unseen_real']['median']:.3f} (min {m['unseen_real']['min']:.3f})"
+        print(line)
+    metrics = read_json(config.results_dir / "metrics.json")
+    metrics["generate"] = result
+    write_json_atomic(metrics, config.results_dir / "metrics.json")
+    print(f"Scores written to {config.results_dir / 'metrics.json'}")
+    return result

@@ -1,0 +1,75 @@
+"""The generation table: Frechet audio distances of several audio checkpoints' N(0, I) samples against real
+music, beside the rows that give them a meaning, all against the same real clips in one run.
+
+    python scripts/audio_generation_table.py --audio_dir ~/OtherMusic \
+        --checkpoints audio_gen/models/audio_vae.pt audio_gen/models/audio_autoencoder.pt --num_samples 128
+
+Rows: real music against real music (the floor: a disjoint half of the folder's clips), the same real
+clips through the mel and Griffin-Lim (the oracle), each checkpoint's samples, and stationary noise with
+the first checkpoint's mean training spectrum. A plain autoencoder's checkpoint is decoded from N(0, I)
+latents as well: the naive baseline a VAE must beat (`audio_gen.py --mode generate` refuses it).
+Prints the table and writes it as JSON (--out).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+AUDIO_GEN = Path(__file__).resolve().parents[1] / "audio_gen"
+sys.path.insert(0, str(AUDIO_GEN))  # the audio package, imported as audio_gen.py imports it
+from audiogen.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from audiogen.common import number, write_json_atomic  # noqa: E402
+from audiogen.data import DataConfig  # noqa: E402
+from audiogen.fad import EMBEDDINGS, make_embedding  # noqa: E402
+from audiogen.generate import (format_table, frechet_table, generate_log_mels, real_halves,  # noqa: E402
+                               shaped_noise_log_mels, to_audio)
+from audiogen.transform import LogMelTransform  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--audio_dir", required=True, help="real music the rows are scored against (scored whole)")
+    p.add_argument("--checkpoints", nargs="+", required=True, help="audio_gen checkpoints (VAE or plain AE)")
+    p.add_argument("--num_samples", type=number(int, 2, 4096), default=128,
+                   help="clips per row (and as many real clips again for the floor, when the folder has them)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="latents' and Griffin-Lim's seed")
+    p.add_argument("--griffin_lim_iters", type=number(int, 1, 10_000), default=64, help="Griffin-Lim iterations")
+    p.add_argument("--fad_embedding", nargs="+", choices=EMBEDDINGS, default=["aisfx", "mel-frames"],
+                   help="embeddings to score in")
+    p.add_argument("--fad_weights", default=None, help="VGGish weights file for --fad_embedding vggish")
+    p.add_argument("--cache_dir", default="audio_gen/data/cache", help="log-mel cache of --audio_dir")
+    p.add_argument("--out", default="generation_table.json", help="the JSON file to write")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    states = [(Path(path), load_checkpoint(path)) for path in args.checkpoints]
+    transform = LogMelTransform.from_config(states[0][1]["transform_config"], args.griffin_lim_iters, "cpu")
+    data = DataConfig(Path(args.audio_dir), None, "none", ("mixture",), Path(args.cache_dir))
+    reference, floor, origin = real_halves(data, transform, args.num_samples, states[0][1]["data"]["audio_dir"])
+    n = len(reference)
+    rows = {"real music (floor)": floor,
+            "real through Griffin-Lim": to_audio(transform, transform(floor), args.seed, "Griffin-Lim oracle")}
+    models = {}
+    for path, state in states:
+        model = models[path] = model_from_checkpoint(state, torch.device("cpu"))
+        name = f"{path.stem} ({state['kind']}, {model.compression:g}x, N(0, I) latents)"
+        rows[name] = to_audio(transform, generate_log_mels(model, n, transform.frames, args.seed), args.seed, name)
+    first = models[states[0][0]]
+    rows["shaped noise"] = to_audio(transform, shaped_noise_log_mels(first, n, transform.frames), args.seed, "noise")
+    embedders = [make_embedding(name, transform, "cpu", args.fad_weights) for name in dict.fromkeys(args.fad_embedding)]
+    table = frechet_table(rows, reference, embedders, transform.sample_rate)
+    counts = {name: len(waves) for name, waves in rows.items()}
+    print(f"Frechet distances to {n} real clips of {origin} (seed {args.seed}, Griffin-Lim {args.griffin_lim_iters}):")
+    for line in format_table(table, counts):
+        print("  " + line)
+    write_json_atomic({"against": origin, "reference_clips": n, "clips": counts, "frechet": table,
+                       "seed": args.seed, "checkpoints": [str(p) for p, _ in states]}, Path(args.out))
+    print(f"Written to {args.out}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
