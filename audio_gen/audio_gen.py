@@ -104,7 +104,7 @@ def build_parser():
                              help="linear warm-up steps before the cosine decay")
     train_group.add_argument("--seed", type=number(int, 0), default=0,
                              help="random seed (also of Griffin-Lim's starting phase in every mode)")
-    train_group.add_argument("--kl_weight", type=number(float, 0.0, 100.0), default=1.0,
+    train_group.add_argument("--kl_weight", type=number(float, 0.0, 100.0), default=0.1,
                              help="--model vae: weight of KL(q(z|x) || N(0, I)) per input value beside the "
                                   "reconstruction loss (0: an autoencoder with a noisy code)")
     train_group.add_argument("--kl_warmup_steps", type=number(int, 0), default=1000,

@@ -4,6 +4,7 @@ memorisation distance."""
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -216,11 +217,11 @@ def test_vae_trains_and_its_checkpoint_says_so(vae_run):
     tmp, stdout = vae_run
     state = load_checkpoint(tmp / "vae.pt")
     assert state["kind"] == "vae" and state["model_config"]["variational"] is True
-    assert state["model_config"]["latent_dim"] == 8 and state["kl_weight"] == {"weight": 1.0, "warmup_steps": 4}
+    assert state["model_config"]["latent_dim"] == 8 and state["kl_weight"] == {"weight": 0.1, "warmup_steps": 4}
     history = state["history"]
-    assert "Training the VAE (KL weight 1, warm-up 4 steps)" in stdout
-    assert history[-1]["train"]["kl_weight"] == 1.0 and history[0]["train"]["kl_per_clip"] > 0
-    assert history[0]["train"]["kl_weight"] == 1.0  # 4 steps per epoch: the warm-up ends with epoch 1
+    assert "Training the VAE (KL weight 0.1, warm-up 4 steps)" in stdout
+    assert history[-1]["train"]["kl_weight"] == 0.1 and history[0]["train"]["kl_per_clip"] > 0
+    assert history[0]["train"]["kl_weight"] == 0.1  # 4 steps per epoch: the warm-up ends with epoch 1
 
 
 def test_generate_writes_seeded_clips_a_grid_and_scores(vae_run, music_other):
@@ -304,3 +305,15 @@ def test_the_generation_table_scores_several_checkpoints_against_one_reference(v
                                       "vae (vae, 128x, N(0, I) latents)", "shaped noise"]
     assert table["reference_clips"] == 2 and all(n == 2 for n in table["clips"].values())
     assert "Frechet distances to 2 real clips" in result.stdout
+
+
+def test_generate_wrapper_passes_its_variables(vae_run, tmp_path):
+    tmp, _ = vae_run
+    env = {**os.environ, "PYTHON": sys.executable, "CHECKPOINT": str(tmp / "vae.pt"), "NUM_SAMPLES": "2",
+           "SEED": "4", "RESULTS_DIR": "r", "GRIFFIN_LIM_ITERS": "2", "DEVICE": "cpu", "CACHE_DIR": str(tmp / "cache")}
+    result = subprocess.run([str(ROOT / "audio_gen" / "generate.sh")], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())["generate"]
+    assert metrics["seed"] == 4 and metrics["griffin_lim_iters"] == 2
+    assert sorted(p.name for p in (tmp_path / "r").glob("generated_*.wav")) == ["generated_000.wav", "generated_001.wav"]

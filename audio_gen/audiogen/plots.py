@@ -86,17 +86,23 @@ def plot_spectrograms(originals, reconstructions, titles, path, suptitle, oracle
 
 
 def plot_spectrogram_grid(log_mels, titles, path, suptitle, columns=4):
-    """(clips, n_mels, frames) log-mels as a grid of spectrograms on one shared colour scale, `columns` wide."""
+    """(clips, n_mels, frames) log-mels as a grid of spectrograms on one shared colour scale, `columns` wide;
+    axis labels on the outer panels only."""
     plt = pyplot()
     rows = -(-len(log_mels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.6 * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns + 1.2, 2.4 * rows + 0.8), dpi=100,
+                             squeeze=False, sharex=True, sharey=True, constrained_layout=True)
     low, high = float(log_mels.min()), float(log_mels.max())
     for ax in axes.flat[len(log_mels):]:
         ax.axis("off")
-    for ax, image, title in zip(axes.flat, log_mels.cpu().numpy(), titles):
+    for i, (ax, image, title) in enumerate(zip(axes.flat, log_mels.cpu().numpy(), titles)):
         shown = ax.imshow(image, origin="lower", aspect="auto", extent=(0, 5, 0, image.shape[0]), cmap="magma",
                           vmin=low, vmax=high)
-        ax.set(title=title, xlabel="time (s)", ylabel="mel bin")
+        ax.set_title(title, fontsize=9)
+        if i % columns == 0:
+            ax.set_ylabel("mel bin")
+        if i + columns >= len(log_mels):
+            ax.set_xlabel("time (s)")
     fig.colorbar(shown, ax=axes, label="log magnitude", shrink=0.8)
     fig.suptitle(suptitle)
     fig.savefig(path)
