@@ -23,7 +23,7 @@ from audiogen.model import AudioAutoencoder, gaussian_kl, reparameterize
 from audiogen.trainer import AudioTrainer, CosineSchedule, KlWeight
 from audiogen.transform import LogMelTransform, compute_normalization
 from conftest import ROOT
-from test_audio import TINY, run_cli
+from test_audio import INFER_TINY, TINY, run_cli
 
 CLIP = 80_000
 
@@ -85,6 +85,17 @@ def test_the_vae_starts_as_probabilistic_pca_with_unit_variance_latents():
         out = model(clips)[0]
     got = out.reshape(30, 16, 128, 2).permute(0, 2, 1, 3).reshape(-1, 32).double()
     torch.testing.assert_close(got, expected[:len(got)], atol=2e-2, rtol=0)
+
+
+def test_the_log_variance_is_capped_smoothly_at_the_priors():
+    model = AudioAutoencoder(n_mels=16, latent_dim=4, hidden=16, variational=True, pca_path=False)
+    with torch.no_grad():
+        model.encoder[-1].bias[4:] = torch.tensor([-40.0, -3.0, 0.0, 60.0])
+        model.encoder[-1].weight.zero_()
+    _, log_variance = model.posterior(torch.randn(1, 16, 32))
+    got = log_variance[0, :, 0]
+    assert got[0].item() == pytest.approx(-40.0) and got[1].item() == pytest.approx(-3.0486, abs=1e-3)
+    assert got[2].item() == pytest.approx(-math.log(2)) and -1e-6 < got[3].item() <= 0
 
 
 def test_training_mode_samples_the_posterior_and_eval_decodes_its_mean():
@@ -317,3 +328,22 @@ def test_generate_wrapper_passes_its_variables(vae_run, tmp_path):
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())["generate"]
     assert metrics["seed"] == 4 and metrics["griffin_lim_iters"] == 2
     assert sorted(p.name for p in (tmp_path / "r").glob("generated_*.wav")) == ["generated_000.wav", "generated_001.wav"]
+
+
+def test_version_2_checkpoints_load_as_plain_autoencoders_and_infer(vae_run, music_split, tmp_path):
+    """A checkpoint written before the VAE (version 2: no kind, no KL weight, no 'variational') still infers."""
+    tmp, _ = vae_run
+    ae = run_cli(["--epochs", "1", "--audio_dir", str(music_split), *TINY, "--checkpoint", str(tmp_path / "ae.pt"),
+                  "--results_dir", str(tmp_path / "r"), "--cache_dir", str(tmp / "cache"), "--audio_eval_clips", "0"])
+    assert ae.returncode == 0, ae.stderr
+    state = torch.load(tmp_path / "ae.pt", weights_only=True)
+    state["version"] = 2
+    for key in ("kind", "kl_weight"):
+        del state[key]
+    del state["model_config"]["variational"]
+    torch.save(state, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["kind"] == "ae"
+    infer = run_cli(["--mode", "infer", "--checkpoint", str(tmp_path / "old.pt"), "--audio_dir", str(music_split),
+                     "--results_dir", str(tmp_path / "i"), "--cache_dir", str(tmp / "cache"), *INFER_TINY])
+    assert infer.returncode == 0, infer.stderr
+    assert json.loads((tmp_path / "i" / "metrics.json").read_text())["infer"]["test"]["clips"] == 4

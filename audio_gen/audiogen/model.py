@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 MODEL_KINDS = ("ae", "vae")
@@ -145,9 +146,10 @@ class AudioAutoencoder(nn.Module):
             scale = (kept_eigenvalues - noise_variance).sqrt()
             encoder_rows[:kept] *= (scale / kept_eigenvalues)[:, None]
             decoder_columns[:kept] *= scale[:, None]
-            log_variance_bias = torch.zeros(latent, dtype=torch.float64)  # directions past `kept`: the prior
-            log_variance_bias[:kept] = (noise_variance / kept_eigenvalues).log()
-            self.encoder[-1].bias[latent:] = log_variance_bias.float()
+            log_variance = torch.full((latent,), -1e-4, dtype=torch.float64)  # past `kept`: about the prior
+            log_variance[:kept] = (noise_variance / kept_eigenvalues).log().clamp(max=-1e-4)
+            # the bias b with -softplus(-b) = log_variance (see posterior)
+            self.encoder[-1].bias[latent:] = (-torch.log(torch.expm1(-log_variance))).float()
         self.linear_encoder.weight.copy_(encoder_rows.view(latent, x.shape[0], k))
         self.linear_encoder.bias.copy_(-(encoder_rows @ mean))
         self.linear_decoder.weight.copy_(decoder_columns.view(latent, x.shape[0], k))
@@ -188,6 +190,10 @@ class AudioAutoencoder(nn.Module):
             raise ValueError(f"frames must be a multiple of {step}, got {x.shape[-1]}")
         h = self.encoder(x)
         mean, log_variance = h.chunk(2, dim=1) if self.variational else (h, None)
+        if log_variance is not None:
+            # A posterior wider than the N(0, I) prior carries nothing, and an unbounded log-variance let one
+            # step on a loud clip reach 52 (exp: 4e22) and the loss NaN: capped smoothly at 0 instead.
+            log_variance = -F.softplus(-log_variance)
         if self.linear_encoder is not None:
             mean = mean + self.linear_encoder(x)
         return mean, log_variance
