@@ -10,7 +10,7 @@ import torch
 from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, wav_bytes
 from audiogen.checkpoint import load_checkpoint as load_audio_checkpoint
 from audiogen.checkpoint import model_from_checkpoint
-from audiogen.generate import generate_log_mels, to_audio
+from audiogen.generate import draw_clips
 from audiogen.metrics import score_clip
 from audiogen.transform import LogMelTransform
 from imagegen.checkpoint import checkpoint_guidance, checkpoint_position
@@ -173,8 +173,8 @@ class AudioModel:
     def generate(self, count, seed):
         """`count` clips from the VAE's N(0, I) prior as WAV bytes: what `audio_gen.py --mode generate --seed`
         writes for the same seed."""
-        log_mels = generate_log_mels(self.model, count, self.transform.frames, seed)
-        return [wav_bytes(a, self.transform.sample_rate) for a in to_audio(self.transform, log_mels, seed, "Griffin-Lim")]
+        _, audio = draw_clips(self.model, self.transform, count, seed)
+        return [wav_bytes(a, self.transform.sample_rate) for a in audio]
 
     @property
     def clip_seconds(self):

@@ -48,7 +48,7 @@ from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, de
 from audiogen.checkpoint import load_checkpoint as load_audio_state  # noqa: E402
 from audiogen.checkpoint import model_from_checkpoint  # noqa: E402
 from audiogen.data import folder_splits  # noqa: E402
-from audiogen.generate import generate_log_mels, to_audio  # noqa: E402
+from audiogen.generate import draw_clips  # noqa: E402
 from audiogen.metrics import score_clip, versus_baseline  # noqa: E402
 from audiogen.musdb import detect_layout, musdb_splits  # noqa: E402
 from audiogen.plots import plot_spectrogram_grid, plot_spectrograms  # noqa: E402
@@ -583,8 +583,7 @@ def generate_clips(model, transform, count, seed):
     """`count` clips from the VAE's prior with audio_gen's generate functions, so a seed gives what
     `--mode generate --seed` gives: WAVs and a spectrogram grid."""
     start = time.perf_counter()
-    log_mels = generate_log_mels(model, count, transform.frames, seed)
-    audio = to_audio(transform, log_mels, seed, "Griffin-Lim")
+    log_mels, audio = draw_clips(model, transform, count, seed)
     grid = io.BytesIO()
     plot_spectrogram_grid(log_mels, [f"clip {i}" for i in range(count)], grid, f"Prior samples, seed {seed}",
                           columns=min(4, count))

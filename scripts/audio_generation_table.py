@@ -22,8 +22,7 @@ from audiogen.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: 
 from audiogen.common import number, write_json_atomic  # noqa: E402
 from audiogen.data import DataConfig  # noqa: E402
 from audiogen.fad import EMBEDDINGS, make_embedding  # noqa: E402
-from audiogen.generate import (format_table, frechet_table, generate_log_mels, real_halves,  # noqa: E402
-                               shaped_noise_log_mels, to_audio)
+from audiogen.generate import draw_clips, format_table, frechet_table, real_halves, scored_rows  # noqa: E402
 from audiogen.transform import LogMelTransform  # noqa: E402
 
 
@@ -50,15 +49,13 @@ def main(argv=None):
     data = DataConfig(Path(args.audio_dir), None, "none", ("mixture",), Path(args.cache_dir))
     reference, floor, origin = real_halves(data, transform, args.num_samples, states[0][1]["data"]["audio_dir"])
     n = len(reference)
-    rows = {"real music (floor)": floor,
-            "real through Griffin-Lim": to_audio(transform, transform(floor), args.seed, "Griffin-Lim oracle")}
-    models = {}
+    models, samples = [], {}
     for path, state in states:
-        model = models[path] = model_from_checkpoint(state, torch.device("cpu"))
+        model = model_from_checkpoint(state, torch.device("cpu"))
+        models.append(model)
         name = f"{path.stem} ({state['kind']}, {model.compression:g}x, N(0, I) latents)"
-        rows[name] = to_audio(transform, generate_log_mels(model, n, transform.frames, args.seed), args.seed, name)
-    first = models[states[0][0]]
-    rows["shaped noise"] = to_audio(transform, shaped_noise_log_mels(first, n, transform.frames), args.seed, "noise")
+        samples[name] = draw_clips(model, transform, n, args.seed, name)[1]
+    rows = scored_rows(transform, models[0], floor, samples, args.seed)
     embedders = [make_embedding(name, transform, "cpu", args.fad_weights) for name in dict.fromkeys(args.fad_embedding)]
     table = frechet_table(rows, reference, embedders, transform.sample_rate)
     counts = {name: len(waves) for name, waves in rows.items()}

@@ -53,10 +53,6 @@ def sample_prior(model, count, frames, seed):
     return torch.stack([torch.randn(shape, generator=generator) for _ in range(count)])
 
 
-def generate_log_mels(model, count, frames, seed):
-    """(count, n_mels, frames) log-mels decoded from `count` prior latents, on the CPU. One clip at a time:
-    a batched convolution may round differently with the batch's size, and clip i must not depend on count."""
-    return decode_latents(model, sample_prior(model, count, frames, seed), batch_size=1).cpu()
 
 
 def shaped_noise_log_mels(model, count, frames):
@@ -71,6 +67,14 @@ def to_audio(transform, log_mels, seed, desc):
     parts = [invert_seeded(transform, log_mels[i:i + 1], seed + i)
              for i in progress_bar(range(len(log_mels)), desc, unit="clips")]
     return torch.cat(parts) if parts else torch.zeros(0, transform.clip_samples)
+
+
+def draw_clips(model, transform, count, seed, desc="Griffin-Lim"):
+    """`count` clips from the prior: ((count, n_mels, frames) log-mels, (count, clip_samples) audio) on the
+    CPU. Decoded and inverted one clip at a time, because a batched convolution may round differently with
+    the batch's size and clip i must not depend on `count`: the command, the demo and the API agree."""
+    log_mels = decode_latents(model, sample_prior(model, count, transform.frames, seed), batch_size=1).cpu()
+    return log_mels, to_audio(transform, log_mels, seed, desc)
 
 
 def level_dbfs(audio):
@@ -94,6 +98,17 @@ def real_halves(reference, transform, count, trained_on=None):
     positions = spread_positions(len(clips), min(2 * count, len(clips) - len(clips) % 2))
     waves = clips.waveforms(positions)
     return waves[0::2], waves[1::2], clips.origin
+
+
+def scored_rows(transform, model, floor, samples, seed):
+    """{row: (n, clip_samples) waveforms} of one table: the `floor` clips (real music), the same through their
+    mel and Griffin-Lim (the oracle), the {name: waveforms} of `samples`, and stationary noise with `model`'s
+    mean training spectrum (the naive ceiling)."""
+    return {"real music (floor)": floor,
+            "real through Griffin-Lim": to_audio(transform, transform(floor).cpu(), seed, "Griffin-Lim oracle"),
+            **samples,
+            "shaped noise": to_audio(transform, shaped_noise_log_mels(model, len(floor), transform.frames), seed,
+                                     "shaped noise")}
 
 
 def frechet_table(rows, reference_waves, embedders, sample_rate):
@@ -194,11 +209,7 @@ def score_samples(config, state, model, transform, audio, count):
     n = len(reference)
     print(f"Scoring {min(n, len(audio))} samples against {n} real clips of {origin} "
           f"({', '.join(config.embeddings)}) ...", flush=True)
-    rows = {"real music (floor)": floor,
-            "real through Griffin-Lim": to_audio(transform, transform(floor).cpu(), config.seed, "Griffin-Lim oracle"),
-            "generated": audio[:n],
-            "shaped noise": to_audio(transform, shaped_noise_log_mels(model, n, transform.frames), config.seed,
-                                     "shaped noise")}
+    rows = scored_rows(transform, model, floor, {"generated": audio[:n]}, config.seed)
     embedders = [make_embedding(name, transform, config.device, config.vggish_weights) for name in config.embeddings]
     table = frechet_table(rows, reference, embedders, transform.sample_rate)
     counts = {name: len(waves) for name, waves in rows.items()}
@@ -217,8 +228,7 @@ def generate(config):
     latent = model.latent_shape(transform.frames)
     print(f"Generating {config.num_samples} clips from the N(0, I) prior ({latent[0]} x {latent[1]} latents, "
           f"seed {config.seed}), Griffin-Lim {config.griffin_lim_iters} iterations ...", flush=True)
-    log_mels = generate_log_mels(model, config.num_samples, transform.frames, config.seed)
-    audio = to_audio(transform, log_mels, config.seed, "Griffin-Lim")
+    log_mels, audio = draw_clips(model, transform, config.num_samples, config.seed)
     names = write_samples(audio, log_mels, config.results_dir,
                           f"Prior samples of {config.checkpoint.name} (seed {config.seed})", transform.sample_rate)
     print(f"Wrote {len(names)} WAVs and generated_spectrograms.png to {config.results_dir}", flush=True)
