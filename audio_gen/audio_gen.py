@@ -7,12 +7,15 @@
     python audio_gen/audio_gen.py --mode benchmark --audio_dir ~/Music      # preparation / training / Griffin-Lim speed
     python audio_gen/audio_gen.py --mode train --model vae --audio_dir ~/Music   # a VAE, which can generate
     python audio_gen/audio_gen.py --mode generate --checkpoint models/audio_vae.pt --audio_dir ~/OtherMusic
+    python audio_gen/audio_gen.py --mode train_prior                        # a learned prior for that VAE
+    python audio_gen/audio_gen.py --mode generate --prior models/audio_prior.pt
 
 Every clip is 5 s of mono 16 kHz audio (80,000 samples), a 128-bin log-mel spectrogram of 256 frames.
 The autoencoder squeezes it into a latent of `latent_dim` channels x 256/`time_downsample` frames
 (128 x 128 at the defaults: 2x fewer numbers, chosen from measurements in docs/audio-results.md) and back;
 Griffin-Lim turns the mel into audio again. `--model vae` makes it a VAE with a smaller latent, whose
-N(0, I) prior `--mode generate` samples new music from.
+N(0, I) prior `--mode generate` samples new music from; `--mode train_prior` fits a small diffusion model to
+its latents, a learned prior that `--mode generate --prior FILE` samples instead.
 Training draws random 5-s crops from whole recordings; scores use fixed, evenly spaced windows.
 Relative default paths (data/, models/, results/) live next to this file.
 
@@ -35,7 +38,9 @@ from audiogen.fad import EMBEDDINGS
 from audiogen.generate import GenerateConfig, generate
 from audiogen.infer import InferConfig, infer
 from audiogen.model import MODEL_KINDS, ModelConfig
+from audiogen.prior import PriorConfig, SamplerConfig
 from audiogen.train import TrainConfig, train
+from audiogen.train_prior import PriorTrainConfig, train_prior
 from audiogen.trainer import KlWeight
 
 SCRIPT_DIR = Path(__file__).resolve().parent
@@ -43,12 +48,22 @@ SHAPE = ("n_mels", "latent_dim", "hidden", "time_downsample", "dropout")
 # The latent's shape when not given: the VAE's is smaller, as generation wants (docs/audio-results.md).
 LATENT_DEFAULTS = {"ae": {"latent_dim": 128, "time_downsample": 2}, "vae": {"latent_dim": 64, "time_downsample": 8}}
 DEFAULT_CHECKPOINTS = {"ae": "models/audio_autoencoder.pt", "vae": "models/audio_vae.pt"}
+DEFAULT_PRIOR = "models/audio_prior.pt"
+# Optimisation defaults of the autoencoders (train, benchmark) and of the learned prior (train_prior).
+TRAINING_DEFAULTS = {"train": {"epochs": 60, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 100},
+                     "train_prior": {"epochs": 100, "batch_size": 64, "learning_rate": 5e-4, "warmup_steps": 200}}
 # The modes that read each option; an option left out applies to every mode. benchmark prepares its
 # data in a temporary cache and never downloads; infer and generate take the model from the checkpoint.
 MODES_OF = {
-    **{name: {"train", "benchmark"} for name in (*SHAPE, "batch_size", "learning_rate", "model")},
-    **{name: {"train"} for name in ("epochs", "warmup_steps", "resume", "eval_every", "kl_weight", "kl_warmup_steps")},
-    **{name: {"train", "infer", "generate"} for name in ("checkpoint", "results_dir", "cache_dir")},
+    **{name: {"train", "benchmark"} for name in (*SHAPE, "model")},
+    **{name: {"train", "benchmark", "train_prior"} for name in ("batch_size", "learning_rate")},
+    **{name: {"train"} for name in ("eval_every", "kl_weight", "kl_warmup_steps")},
+    **{name: {"train", "train_prior"} for name in ("epochs", "warmup_steps", "resume")},
+    **{name: {"train", "infer", "generate", "train_prior"} for name in ("checkpoint", "results_dir", "cache_dir")},
+    "prior": {"generate", "train_prior"},
+    **{name: {"train", "infer", "generate", "benchmark"} for name in ("audio_dir", "griffin_lim_iters")},
+    **{name: {"train_prior"} for name in ("prior_hidden", "prior_blocks")},
+    **{name: {"generate"} for name in ("prior_steps", "prior_eta")},
     **{name: {"train", "infer", "benchmark"} for name in ("musdb_root", "download", "sources", "audio_eval_clips")},
     "num_examples": {"infer"},
     **{name: {"generate"} for name in ("num_samples", "fad_embedding", "fad_weights")},
@@ -59,9 +74,9 @@ def build_parser():
     p = ArgumentParser(
         description="Residual Conv1d autoencoder over log-mel spectrograms of music (any folder, or MUSDB18 stems).",
         formatter_class=HelpFormatter)
-    p.add_argument("--mode", choices=["train", "infer", "generate", "benchmark"], default="train",
+    p.add_argument("--mode", choices=["train", "infer", "generate", "train_prior", "benchmark"], default="train",
                    help="train a model, reconstruct held-out clips from a checkpoint, generate new clips from a VAE "
-                        "checkpoint, or measure speed")
+                        "checkpoint, train a learned prior over a VAE's latents, or measure speed")
     data = p.add_argument_group("data")
     data.add_argument("--audio_dir", default=None,
                       help="any folder of music (wav, flac, ogg, opus, mp3, m4a/aac; searched recursively), "
@@ -91,17 +106,18 @@ def build_parser():
                             "compression = n_mels * time_downsample / latent_dim")
     model.add_argument("--hidden", type=number(int, 8, 2048), default=128, help="channels inside encoder/decoder")
     model.add_argument("--dropout", type=number(float, 0.0, 0.9), default=0.0, help="dropout on the latent")
-    train_group = p.add_argument_group("training (--batch_size and --learning_rate also set what benchmark times)")
-    train_group.add_argument("--epochs", type=number(int, 1), default=60,
+    train_group = p.add_argument_group("training (train and train_prior; --batch_size and --learning_rate also set "
+                                       "what benchmark times)")
+    train_group.add_argument("--epochs", type=number(int, 1), default=None,
                              help="training epochs (total, also with --resume); an epoch draws as many random "
-                                  "crops as the training files hold 5-s windows")
-    train_group.add_argument("--batch_size", type=number(int, 1), default=16,
+                                  "crops as the training files hold 5-s windows (default: 60; train_prior 100)")
+    train_group.add_argument("--batch_size", type=number(int, 1), default=None,
                              help="clips per training batch; under torchrun the global batch, shared equally by the "
-                                  "processes")
-    train_group.add_argument("--learning_rate", type=number(float, 1e-8, 1.0), default=1e-3,
-                             help="peak AdamW learning rate")
-    train_group.add_argument("--warmup_steps", type=number(int, 0), default=100,
-                             help="linear warm-up steps before the cosine decay")
+                                  "processes (default: 16; train_prior 64)")
+    train_group.add_argument("--learning_rate", type=number(float, 1e-8, 1.0), default=None,
+                             help="peak AdamW learning rate (default: 1e-3; train_prior 5e-4)")
+    train_group.add_argument("--warmup_steps", type=number(int, 0), default=None,
+                             help="linear warm-up steps before the cosine decay (default: 100; train_prior 200)")
     train_group.add_argument("--seed", type=number(int, 0), default=0,
                              help="random seed (also of Griffin-Lim's starting phase in every mode)")
     train_group.add_argument("--kl_weight", type=number(float, 0.0, 100.0), default=0.1,
@@ -109,16 +125,17 @@ def build_parser():
                                   "reconstruction loss (0: an autoencoder with a noisy code)")
     train_group.add_argument("--kl_warmup_steps", type=number(int, 0), default=1000,
                              help="--model vae: steps over which the KL weight rises linearly from 0")
-    train_group.add_argument("--resume", action="store_true", help="continue training from --checkpoint")
+    train_group.add_argument("--resume", action="store_true",
+                             help="continue training from --checkpoint (train_prior: from --prior)")
     train_group.add_argument("--eval_every", type=number(int, 1), default=5,
                              help="score PESQ/STOI and redraw training_curves.png every N epochs (and after the "
                                   "first and last); mel metrics are logged every epoch")
     out = p.add_argument_group("evaluation and outputs")
     out.add_argument("--checkpoint", default=DEFAULT_CHECKPOINTS["ae"],
-                     help="checkpoint path (train, infer, generate; models/audio_vae.pt by default for --model vae "
-                          "and for generate)")
+                     help="checkpoint path (train, infer, generate, train_prior; models/audio_vae.pt by default for "
+                          "--model vae, generate and train_prior, whose VAE it is)")
     out.add_argument("--results_dir", default="results",
-                     help="where plots, WAVs, metrics.json and the logs go (train, infer, generate)")
+                     help="where plots, WAVs, metrics.json and the logs go (train, infer, generate, train_prior)")
     out.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda (default: cuda if available)")
     out.add_argument("--num_examples", type=number(int, 1, 64), default=2,
                      help="infer: held-out clips written as WAV triples and drawn in inference_comparison.png")
@@ -136,6 +153,18 @@ def build_parser():
                           "'mel-frames' (log-mel frames, no network)")
     gen.add_argument("--fad_weights", default=None,
                      help="VGGish weights file (torchvggish's vggish-10086976.pth) for --fad_embedding vggish")
+    prior = p.add_argument_group("learned prior (train_prior writes it, generate samples it)")
+    prior.add_argument("--prior", default=None,
+                       help=f"learned-prior checkpoint: train_prior writes it (default {DEFAULT_PRIOR}); generate "
+                            f"samples latents from it instead of N(0, I) (default: none, N(0, I))")
+    prior.add_argument("--prior_hidden", type=number(int, 8, 2048), default=256,
+                       help="train_prior: channels inside the denoiser (a multiple of 8)")
+    prior.add_argument("--prior_blocks", type=number(int, 1, 64), default=8,
+                       help="train_prior: the denoiser's residual blocks (dilations 1, 2, 4, 8 repeating)")
+    prior.add_argument("--prior_steps", type=number(int, 1, 1000), default=50,
+                       help="generate --prior: DDIM steps of the reverse process")
+    prior.add_argument("--prior_eta", type=number(float, 0.0, 1.0), default=0.0,
+                       help="generate --prior: DDIM's stochasticity (0: deterministic; 1: DDPM's variance)")
     return p
 
 
@@ -146,6 +175,9 @@ def parse_args(argv=None, world=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     reject_flags_of_other_modes(parser, argv, args.mode, MODES_OF)
+    for name, value in TRAINING_DEFAULTS["train_prior" if args.mode == "train_prior" else "train"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     world = world or World()
     world.check_command_line(parser, args.mode, args.batch_size)
     if args.audio_dir is not None and args.musdb_root is not None:
@@ -156,7 +188,7 @@ def parse_args(argv=None, world=None):
         args.audio_dir = Path(args.audio_dir)
         if not args.audio_dir.is_dir():
             parser.error(f"--audio_dir {args.audio_dir}: no such folder")
-    elif args.mode != "generate":
+    elif args.mode not in ("generate", "train_prior"):
         args.musdb_root = resolve_path(args.musdb_root or "data/musdb18", "data/musdb18", SCRIPT_DIR)
     if args.fad_weights is not None and "vggish" not in args.fad_embedding:
         parser.error("--fad_weights is the VGGish file: add --fad_embedding vggish")
@@ -165,7 +197,15 @@ def parse_args(argv=None, world=None):
     for name, value in LATENT_DEFAULTS[args.model].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    kind = "vae" if args.mode == "generate" else args.model
+    if args.prior_hidden % 8:
+        parser.error(f"--prior_hidden {args.prior_hidden}: must be a multiple of 8 (its GroupNorm has 8 groups)")
+    if args.mode == "train_prior":
+        args.prior = resolve_path(args.prior or DEFAULT_PRIOR, DEFAULT_PRIOR, SCRIPT_DIR)
+    elif args.prior is not None:
+        args.prior = Path(args.prior)
+        if not args.prior.is_file():
+            parser.error(f"--prior {args.prior}: no such file (train one with --mode train_prior)")
+    kind = "vae" if args.mode in ("generate", "train_prior") else args.model
     if "checkpoint" not in given_flags(parser, argv):
         args.checkpoint = DEFAULT_CHECKPOINTS[kind]
     args.checkpoint = resolve_path(args.checkpoint, DEFAULT_CHECKPOINTS[kind], SCRIPT_DIR)
@@ -194,7 +234,12 @@ def configs(args, world=None):
         return GenerateConfig(args.checkpoint, args.results_dir, args.device, args.num_samples, args.seed,
                               args.griffin_lim_iters, args.cache_dir, data if args.audio_dir else None,
                               tuple(dict.fromkeys(args.fad_embedding)),
-                              Path(args.fad_weights) if args.fad_weights else None)
+                              Path(args.fad_weights) if args.fad_weights else None, args.prior,
+                              SamplerConfig(args.prior_steps, args.prior_eta))
+    if args.mode == "train_prior":
+        return PriorTrainConfig(args.checkpoint, args.prior, PriorConfig(0, args.prior_hidden, args.prior_blocks),
+                                args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
+                                args.resume, args.results_dir, args.cache_dir, args.device, as_recorded(args))
     if args.mode == "infer":
         return InferConfig(data, args.checkpoint, args.results_dir, args.device, args.num_examples, args.seed,
                            args.griffin_lim_iters, args.audio_eval_clips)
@@ -209,7 +254,7 @@ def main(argv=None):
     config = configs(args, world)
     if args.mode == "benchmark":
         return benchmark(config)
-    job = {"train": train, "infer": infer, "generate": generate}[args.mode]
+    job = {"train": train, "infer": infer, "generate": generate, "train_prior": train_prior}[args.mode]
     log = logged_to(args.results_dir / f"{args.mode}.log") if world.is_main else contextlib.nullcontext()
     with world.session(args.device), world.quiet(), log:
         return job(config)

@@ -4,8 +4,9 @@
 # Works from any folder; extra arguments go to audio_gen.py.
 #   NUM_SAMPLES=8 SEED=3 ./generate.sh
 #   AUDIO_DIR=~/OtherMusic NUM_SAMPLES=64 ./generate.sh
+#   PRIOR=models/audio_prior.pt ./generate.sh      # latents from a learned prior (./train_prior.sh)
 # Variables: CHECKPOINT AUDIO_DIR CACHE_DIR DEVICE NUM_SAMPLES SEED RESULTS_DIR GRIFFIN_LIM_ITERS
-#            FAD_EMBEDDING (space-separated) FAD_WEIGHTS
+#            FAD_EMBEDDING (space-separated) FAD_WEIGHTS PRIOR PRIOR_STEPS PRIOR_ETA
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
@@ -24,5 +25,8 @@ if [[ -n "${FAD_EMBEDDING:-}" ]]; then
   args+=(--fad_embedding "${embeddings[@]}")
 fi
 flag --fad_weights FAD_WEIGHTS
+flag --prior PRIOR
+flag --prior_steps PRIOR_STEPS
+flag --prior_eta PRIOR_ETA
 
 exec "$(python_bin)" "$here/audio_gen.py" "${args[@]}" "$@"

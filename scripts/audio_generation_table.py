@@ -1,11 +1,14 @@
-"""The generation table: Frechet audio distances of several audio checkpoints' N(0, I) samples against real
-music, beside the rows that give them a meaning, all against the same real clips in one run.
+"""The generation table: Frechet audio distances of several audio checkpoints' N(0, I) samples (and of learned
+priors' samples) against real music, beside the rows that give them a meaning, all against the same real
+clips in one run.
 
     python scripts/audio_generation_table.py --audio_dir ~/OtherMusic \
-        --checkpoints audio_gen/models/audio_vae.pt audio_gen/models/audio_autoencoder.pt --num_samples 128
+        --checkpoints audio_gen/models/audio_vae.pt audio_gen/models/audio_autoencoder.pt --num_samples 128 \
+        --priors audio_gen/models/audio_prior.pt
 
 Rows: real music against real music (the floor: a disjoint half of the folder's clips), the same real
-clips through the mel and Griffin-Lim (the oracle), each checkpoint's samples, and stationary noise with
+clips through the mel and Griffin-Lim (the oracle), each checkpoint's samples, each learned prior's samples
+(after the row of the VAE it belongs to), and stationary noise with
 the first checkpoint's mean training spectrum. A plain autoencoder's checkpoint is decoded from N(0, I)
 latents as well: the naive baseline a VAE must beat (`audio_gen.py --mode generate` refuses it).
 Prints the table and writes it as JSON (--out).
@@ -18,11 +21,13 @@ import torch
 
 AUDIO_GEN = Path(__file__).resolve().parents[1] / "audio_gen"
 sys.path.insert(0, str(AUDIO_GEN))  # the audio package, imported as audio_gen.py imports it
-from audiogen.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from audiogen.checkpoint import (load_checkpoint, load_prior_checkpoint, model_from_checkpoint,  # noqa: E402
+                                 prior_from_checkpoint, weights_fingerprint)
 from audiogen.common import number, write_json_atomic  # noqa: E402
 from audiogen.data import DataConfig  # noqa: E402
 from audiogen.fad import EMBEDDINGS, make_embedding  # noqa: E402
 from audiogen.generate import draw_clips, format_table, frechet_table, real_halves, scored_rows  # noqa: E402
+from audiogen.prior import SamplerConfig  # noqa: E402
 from audiogen.transform import LogMelTransform  # noqa: E402
 
 
@@ -30,6 +35,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--audio_dir", required=True, help="real music the rows are scored against (scored whole)")
     p.add_argument("--checkpoints", nargs="+", required=True, help="audio_gen checkpoints (VAE or plain AE)")
+    p.add_argument("--priors", nargs="+", default=[],
+                   help="learned-prior checkpoints (audio_gen.py --mode train_prior), each of a VAE in --checkpoints")
+    p.add_argument("--prior_steps", type=number(int, 1, 1000), default=50, help="DDIM steps of the learned priors")
     p.add_argument("--num_samples", type=number(int, 2, 4096), default=128,
                    help="clips per row (and as many real clips again for the floor, when the folder has them)")
     p.add_argument("--seed", type=number(int, 0), default=0, help="latents' and Griffin-Lim's seed")
@@ -49,12 +57,24 @@ def main(argv=None):
     data = DataConfig(Path(args.audio_dir), None, "none", ("mixture",), Path(args.cache_dir))
     reference, floor, origin = real_halves(data, transform, args.num_samples, states[0][1]["data"]["audio_dir"])
     n = len(reference)
+    priors = [(Path(path), load_prior_checkpoint(path)) for path in args.priors]
+    fingerprints = {weights_fingerprint(state["model"]) for _, state in states}
+    for path, prior_state in priors:
+        if prior_state["vae"]["fingerprint"] not in fingerprints:
+            raise SystemExit(f"error: {path} is the prior of {prior_state['vae']['checkpoint']}, not of a checkpoint "
+                             f"in --checkpoints")
+    sampler = SamplerConfig(args.prior_steps)
     models, samples = [], {}
     for path, state in states:
         model = model_from_checkpoint(state, torch.device("cpu"))
         models.append(model)
         name = f"{path.stem} ({state['kind']}, {model.compression:g}x, N(0, I) latents)"
         samples[name] = draw_clips(model, transform, n, args.seed, name)[1]
+        for prior_path, prior_state in priors:
+            if prior_state["vae"]["fingerprint"] == weights_fingerprint(state["model"]):
+                name = f"{path.stem} + learned prior {prior_path.stem} ({sampler.name})"
+                prior = prior_from_checkpoint(prior_state, torch.device("cpu"))
+                samples[name] = draw_clips(model, transform, n, args.seed, name, prior, sampler)[1]
     rows = scored_rows(transform, models[0], floor, samples, args.seed)
     embedders = [make_embedding(name, transform, "cpu", args.fad_weights) for name in dict.fromkeys(args.fad_embedding)]
     table = frechet_table(rows, reference, embedders, transform.sample_rate)
@@ -63,7 +83,8 @@ def main(argv=None):
     for line in format_table(table, counts):
         print("  " + line)
     write_json_atomic({"against": origin, "reference_clips": n, "clips": counts, "frechet": table,
-                       "seed": args.seed, "checkpoints": [str(p) for p, _ in states]}, Path(args.out))
+                       "seed": args.seed, "checkpoints": [str(p) for p, _ in states],
+                       "priors": [str(p) for p, _ in priors], "prior_sampler": sampler.name}, Path(args.out))
     print(f"Written to {args.out}")
     return table
 

@@ -1,4 +1,4 @@
-# Helpers sourced by image_gen/{train,infer}.sh and audio_gen/{train,infer,generate}.sh.
+# Helpers sourced by image_gen/{train,infer}.sh and audio_gen/{train,infer,generate,train_prior}.sh.
 # python_bin: $PYTHON if set, else the repository's .venv, else python3.
 # flag NAME VAR: append "NAME value" to the array `args` when environment variable VAR is set and non-empty.
 # switch NAME VAR: append "NAME" when VAR is 1, true or yes.

@@ -148,6 +148,9 @@ def test_frechet_distance_of_gaussians_matches_the_formula():
     # ||mu||^2 + 3 * (1 + 4 - 2 * 2) = 1 + 3
     assert frechet_distance(b, a) == pytest.approx(4.0, rel=0.05)
     assert abs(frechet_distance(a, a)) < 1e-6
+    overflowed = b.clone()
+    overflowed[3, 1] = math.nan  # a sample whose audio overflowed: inf, not a crash in the matrix square root
+    assert frechet_distance(overflowed, a) == math.inf
 
 
 def test_vggish_follows_the_standard_framing_with_any_weights():

@@ -9,12 +9,14 @@
     model       AudioAutoencoder: residual Conv1d encoder/decoder with a PCA-initialised linear path; as a
                 VAE, the posterior, reparameterisation and the KL term
     trainer     the cosine schedule, the loss (and the VAE's KL weight), AdamW steps and resumable epochs
-    checkpoint  the checkpoint format: save, load, rebuild the model
+    prior       the learned prior: a small diffusion model over a VAE's latents, its math and DDIM sampling
+    checkpoint  the checkpoint formats (the autoencoder's, the learned prior's): save, load, rebuild
     metrics     mel metrics, PESQ/STOI against the Griffin-Lim oracle, split scores
     fad         Frechet audio distance and its embeddings (aisfx, VGGish, log-mel frames)
     plots       training curves, spectrogram comparisons and grids
     train       the train command
     infer       the infer command
     generate    the generate command: prior samples, their scores against real music, memorisation
+    train_prior the train_prior command: the learned prior, fitted to the VAE's training latents
     benchmark   the benchmark command
 """

@@ -2,13 +2,18 @@
 (optimizer, schedule, RNG, history). Its keys and format version stay stable: older files still load."""
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from . import common
 from .model import AudioAutoencoder
+from .prior import LatentPrior
 
 CHECKPOINT_FORMAT = "imageaudiogen.audio_autoencoder"
 CHECKPOINT_VERSION = 3  # 3: "kind" ('ae' or 'vae') and the KL weight; version 2 files are plain autoencoders
+PRIOR_FORMAT = "imageaudiogen.audio_latent_prior"
+PRIOR_VERSION = 1
 
 
 def load_checkpoint(path):
@@ -16,6 +21,13 @@ def load_checkpoint(path):
     state = common.load_checkpoint(path, CHECKPOINT_FORMAT, (2, CHECKPOINT_VERSION))
     state.setdefault("kind", "ae")
     return state
+
+
+def require_vae(state, path, mode):
+    """A plain autoencoder's latent has no distribution to sample from: its checkpoint is a usage error."""
+    if state["kind"] != "vae":
+        common.usage_error(f"{path} is a plain autoencoder (kind '{state['kind']}'), whose latent has no prior to "
+                           f"sample from; --mode {mode} needs a VAE (train one with --model vae)")
 
 
 def checkpoint_kind(model):
@@ -62,3 +74,31 @@ def model_from_checkpoint(state, device):
     model = AudioAutoencoder(**{"pca_path": False, **state["model_config"]})  # older checkpoints had none
     model.load_state_dict(state["model"])
     return model.to(device).eval()
+
+
+# --- the learned prior ------------------------------------------------------------------------
+
+def weights_fingerprint(weights):
+    """16 hex digits of SHA-256 over a state dict's names and values: which VAE a prior was trained on."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_prior_checkpoint(path, vae_state=None, vae_path=None):
+    """The learned-prior checkpoint in `path`; with `vae_state`, also checked to belong to that VAE (a prior
+    is meaningless over another VAE's latents): a mismatch is a one-line usage error."""
+    state = common.load_checkpoint(path, PRIOR_FORMAT, (PRIOR_VERSION,))
+    if vae_state is not None and state["vae"]["fingerprint"] != weights_fingerprint(vae_state["model"]):
+        common.usage_error(f"{path} is the learned prior of another VAE ({state['vae']['checkpoint']}, epoch "
+                           f"{state['vae']['epoch']}), not of {vae_path}: train one for it with --mode train_prior")
+    return state
+
+
+def prior_from_checkpoint(state, device):
+    """The learned prior of a loaded prior checkpoint, with its averaged (EMA) weights, in eval mode on `device`."""
+    prior = LatentPrior(**state["prior_config"])
+    prior.load_state_dict(state["ema"])
+    return prior.to(device).eval()

@@ -186,3 +186,15 @@ def build_splits(data, transform, whole_folder=False):
                   f"({stats['decoded']} decoded in {stats['seconds']:.1f}s; skipped: {len(stats['unreadable'])} unreadable, "
                   f"{stats['silent']} silent, {stats['too_short']} shorter than 5 s)")
     return splits
+
+
+def training_splits(record, transform, cache_dir):
+    """The splits of the data a checkpoint's run trained on, from its "data" `record` (read through the log-mel
+    cache), or None when that data is not on this machine any more."""
+    if record.get("audio_dir") and Path(record["audio_dir"]).is_dir():
+        data = DataConfig(Path(record["audio_dir"]), None, "none", ("mixture",), cache_dir)
+    elif record.get("musdb_root") and Path(record["musdb_root"]).is_dir():
+        data = DataConfig(None, Path(record["musdb_root"]), "none", tuple(record["sources"]), cache_dir)
+    else:
+        return None
+    return build_splits(data, transform)

@@ -13,6 +13,7 @@ Every embedder maps (clips, samples) 16 kHz waveforms to (vectors, dim) float64:
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import torch
@@ -36,8 +37,12 @@ class _Identity(nn.Module):
 
 def frechet_distance(features, reference):
     """The Frechet distance ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)) (Dowson & Landau 1982)
-    between Gaussians fitted to (n, d) `features` and (m, d) `reference`, by torchmetrics' FID code."""
+    between Gaussians fitted to (n, d) `features` and (m, d) `reference`, by torchmetrics' FID code; inf when
+    `features` hold a NaN or infinity (audio that overflowed), where the matrix square root would crash."""
     from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if not torch.isfinite(features).all():
+        return math.inf
 
     metric = FrechetInceptionDistance(feature=_Identity(features.shape[1]))
     metric.update(reference.double(), real=True)

@@ -1,5 +1,5 @@
-"""The generate command: new music from a VAE checkpoint. Latents drawn from the N(0, I) prior are decoded to
-log-mels and turned into audio by Griffin-Lim; given a folder of real music, the samples are scored against
+"""The generate command: new music from a VAE checkpoint. Latents drawn from the N(0, I) prior (or from a learned
+prior, prior.py) are decoded to log-mels and turned into audio by Griffin-Lim; given a folder of real music, the samples are scored against
 it beside the references that give the scores a meaning (real music, the Griffin-Lim oracle, shaped noise),
 and each sample's distance to its nearest training window tells whether it copies."""
 from __future__ import annotations
@@ -11,21 +11,23 @@ from pathlib import Path
 import torch
 
 from .audio_io import write_wav
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .common import progress_bar, read_json, usage_error, write_json_atomic
-from .data import DataConfig, build_splits
+from .checkpoint import load_checkpoint, load_prior_checkpoint, model_from_checkpoint, prior_from_checkpoint, require_vae
+from .common import progress_bar, read_json, write_json_atomic
+from .data import DataConfig, build_splits, training_splits
 from .fad import frechet_distance, make_embedding
 from .metrics import invert_seeded, spread_positions
 from .model import decode_latents
 from .plots import plot_spectrogram_grid
+from .prior import SamplerConfig, sample_latents
 from .transform import LogMelTransform
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
     """What the generate command reads. `reference`: a folder of real music to score the samples against
-    (None: no scores); `cache_dir`: where log-mels of that folder and of the training data are cached; `embeddings`: the FAD embeddings to score in (fad.EMBEDDINGS); `vggish_weights`: the
-    VGGish file (None: torch.hub)."""
+    (None: no scores); `cache_dir`: where log-mels of that folder and of the training data are cached;
+    `embeddings`: the FAD embeddings to score in (fad.EMBEDDINGS); `vggish_weights`: the VGGish file (None:
+    torch.hub); `prior`: a learned prior's checkpoint (None: N(0, I)), sampled as `sampler` says."""
     checkpoint: Path
     results_dir: Path
     device: torch.device
@@ -36,13 +38,8 @@ class GenerateConfig:
     reference: DataConfig | None = None
     embeddings: tuple = ("aisfx", "mel-frames")
     vggish_weights: Path | None = None
-
-
-def require_vae(state, path):
-    """A plain autoencoder's latent has no distribution to sample from: its checkpoint is a usage error."""
-    if state["kind"] != "vae":
-        usage_error(f"{path} is a plain autoencoder (kind '{state['kind']}'), whose latent has no prior to sample "
-                    f"from; --mode generate needs a VAE (train one with --model vae)")
+    prior: Path | None = None
+    sampler: SamplerConfig = SamplerConfig()
 
 
 def sample_prior(model, count, frames, seed):
@@ -69,11 +66,16 @@ def to_audio(transform, log_mels, seed, desc):
     return torch.cat(parts) if parts else torch.zeros(0, transform.clip_samples)
 
 
-def draw_clips(model, transform, count, seed, desc="Griffin-Lim"):
-    """`count` clips from the prior: ((count, n_mels, frames) log-mels, (count, clip_samples) audio) on the
-    CPU. Decoded and inverted one clip at a time, because a batched convolution may round differently with
-    the batch's size and clip i must not depend on `count`: the command, the demo and the API agree."""
-    log_mels = decode_latents(model, sample_prior(model, count, transform.frames, seed), batch_size=1).cpu()
+def draw_clips(model, transform, count, seed, desc="Griffin-Lim", prior=None, sampler=SamplerConfig()):
+    """`count` clips from the N(0, I) prior, or from the learned `prior` run as `sampler` says: ((count, n_mels,
+    frames) log-mels, (count, clip_samples) audio) on the CPU. Sampled, decoded and inverted one clip at a
+    time, because a batched convolution may round differently with the batch's size and clip i must not
+    depend on `count`: the command, the demo and the API agree."""
+    frames = model.latent_shape(transform.frames)[1]
+    latents = (sample_prior(model, count, transform.frames, seed) if prior is None
+               else sample_latents(prior, count, frames, seed, sampler,
+                                   lambda clips: progress_bar(clips, f"learned prior, {sampler.name}", unit="clips")))
+    log_mels = decode_latents(model, latents, batch_size=1).cpu()
     return log_mels, to_audio(transform, log_mels, seed, desc)
 
 
@@ -156,22 +158,10 @@ def distance_summary(distances):
     return {"n": len(distances), "min": q[0], "p10": q[1], "median": q[2], "p90": q[3]}
 
 
-def training_set_of(state, transform, cache_dir):
-    """The training split the checkpoint's run used (from its cached log-mels), or None when that data is gone."""
-    record = state["data"]
-    if record.get("audio_dir") and Path(record["audio_dir"]).is_dir():
-        data = DataConfig(Path(record["audio_dir"]), None, "none", ("mixture",), cache_dir)
-    elif record.get("musdb_root") and Path(record["musdb_root"]).is_dir():
-        data = DataConfig(None, Path(record["musdb_root"]), "none", tuple(record["sources"]), cache_dir)
-    else:
-        return None
-    return build_splits(data, transform)
-
-
 def memorisation(samples, unseen, state, model, transform, cache_dir):
     """Each sample's distance to its nearest training window beside the same for unseen real clips; None
     when the training data is not on this machine any more."""
-    splits = training_set_of(state, transform, cache_dir)
+    splits = training_splits(state["data"], transform, cache_dir)
     if splits is None or not len(splits["train"]):
         print("Memorisation check skipped: the training data the checkpoint names is not here.")
         return None
@@ -219,21 +209,32 @@ def score_samples(config, state, model, transform, audio, count):
             "embeddings": list(config.embeddings)}, transform(reference).cpu()
 
 
+def learned_prior(config, state):
+    """(the learned prior that `config.prior` names, checked to belong to the VAE of `state`, or None; its name)."""
+    if config.prior is None:
+        return None, "N(0, I)"
+    prior_state = load_prior_checkpoint(config.prior, state, config.checkpoint)
+    name = f"learned prior {config.prior.name} (epoch {prior_state['epoch']}, {config.sampler.name})"
+    return prior_from_checkpoint(prior_state, config.device), name
+
+
 def generate(config):
     """Generate as `config` (a GenerateConfig) says: WAVs and their spectrograms, then scores in metrics.json."""
     state = load_checkpoint(config.checkpoint)
-    require_vae(state, config.checkpoint)
+    require_vae(state, config.checkpoint, "generate")
     transform = LogMelTransform.from_config(state["transform_config"], config.griffin_lim_iters, config.device)
     model = model_from_checkpoint(state, config.device)
+    prior, prior_name = learned_prior(config, state)
     latent = model.latent_shape(transform.frames)
-    print(f"Generating {config.num_samples} clips from the N(0, I) prior ({latent[0]} x {latent[1]} latents, "
+    print(f"Generating {config.num_samples} clips from the {prior_name} ({latent[0]} x {latent[1]} latents, "
           f"seed {config.seed}), Griffin-Lim {config.griffin_lim_iters} iterations ...", flush=True)
-    log_mels, audio = draw_clips(model, transform, config.num_samples, config.seed)
+    log_mels, audio = draw_clips(model, transform, config.num_samples, config.seed, prior=prior, sampler=config.sampler)
+    title = "Prior samples" if prior is None else "Learned-prior samples"
     names = write_samples(audio, log_mels, config.results_dir,
-                          f"Prior samples of {config.checkpoint.name} (seed {config.seed})", transform.sample_rate)
+                          f"{title} of {config.checkpoint.name} (seed {config.seed})", transform.sample_rate)
     print(f"Wrote {len(names)} WAVs and generated_spectrograms.png to {config.results_dir}", flush=True)
     result = {"checkpoint": str(config.checkpoint), "epoch": state["epoch"], "seed": config.seed,
-              "num_samples": config.num_samples, "latent_shape": list(latent), "prior": "N(0, I)",
+              "num_samples": config.num_samples, "latent_shape": list(latent), "prior": prior_name,
               "griffin_lim_iters": config.griffin_lim_iters,
               "samples": [{"file": n, "level_dbfs": round(float(d), 2)} for n, d in zip(names, level_dbfs(audio))]}
     unseen = None

@@ -1,6 +1,8 @@
 """Figures a run writes: training curves against training time, and log-mel spectrograms side by side."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .common import pyplot
@@ -105,5 +107,24 @@ def plot_spectrogram_grid(log_mels, titles, path, suptitle, columns=4):
             ax.set_xlabel("time (s)")
     fig.colorbar(shown, ax=axes, label="log magnitude", shrink=0.8)
     fig.suptitle(suptitle)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_prior_curves(history, path, origin):
+    """The learned prior's diffusion loss (v-prediction MSE, averaged over t) during each epoch and on unseen clips
+    with the EMA weights, against minutes of training."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    minutes = np.cumsum([h["train_seconds"] for h in history]) / 60
+    dots = {"marker": "o", "markersize": 3} if len(history) <= 60 else {}
+    ax.plot(minutes, [h["train_loss"] for h in history], color="black", label="training crops, during epoch", **dots)
+    ax.plot(minutes, [h["valid_loss_ema"] for h in history], color="tab:red", label="unseen clips, EMA weights", **dots)
+    ax.set(title=f"Learned prior: diffusion loss over the VAE's latents\n({origin})", xlabel="training time (min)",
+           ylabel="v-prediction MSE (1 = predicting 0)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
