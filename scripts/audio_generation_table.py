@@ -58,20 +58,20 @@ def main(argv=None):
     reference, floor, origin = real_halves(data, transform, args.num_samples, states[0][1]["data"]["audio_dir"])
     n = len(reference)
     priors = [(Path(path), load_prior_checkpoint(path)) for path in args.priors]
-    fingerprints = {weights_fingerprint(state["model"]) for _, state in states}
+    fingerprints = [weights_fingerprint(state["model"]) for _, state in states]
     for path, prior_state in priors:
         if prior_state["vae"]["fingerprint"] not in fingerprints:
             raise SystemExit(f"error: {path} is the prior of {prior_state['vae']['checkpoint']}, not of a checkpoint "
                              f"in --checkpoints")
     sampler = SamplerConfig(args.prior_steps)
     models, samples = [], {}
-    for path, state in states:
+    for (path, state), fingerprint in zip(states, fingerprints):
         model = model_from_checkpoint(state, torch.device("cpu"))
         models.append(model)
         name = f"{path.stem} ({state['kind']}, {model.compression:g}x, N(0, I) latents)"
         samples[name] = draw_clips(model, transform, n, args.seed, name)[1]
         for prior_path, prior_state in priors:
-            if prior_state["vae"]["fingerprint"] == weights_fingerprint(state["model"]):
+            if prior_state["vae"]["fingerprint"] == fingerprint:
                 name = f"{path.stem} + learned prior {prior_path.stem} ({sampler.name})"
                 prior = prior_from_checkpoint(prior_state, torch.device("cpu"))
                 samples[name] = draw_clips(model, transform, n, args.seed, name, prior, sampler)[1]

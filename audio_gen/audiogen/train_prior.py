@@ -150,14 +150,18 @@ def start(config):
     return vae_state, splits, trainer, state
 
 
-def prior_checkpoint(trainer, vae_state, config, epoch, progress, history):
-    """Everything to sample (config, EMA weights with the latent statistics) and to resume exactly, and the
-    fingerprint of the VAE whose latents it models."""
+def vae_record(vae_state, path):
+    """The prior checkpoint's "vae" entry: the VAE's path, epoch and weight fingerprint (hashed once a run)."""
+    return {"checkpoint": str(path), "epoch": vae_state["epoch"], "fingerprint": weights_fingerprint(vae_state["model"])}
+
+
+def prior_checkpoint(trainer, vae, config, epoch, progress, history):
+    """Everything to sample (config, EMA weights with the latent statistics) and to resume exactly, and `vae`:
+    the vae_record of the VAE whose latents it models."""
     return {"format": PRIOR_FORMAT, "version": PRIOR_VERSION, "prior_config": dict(trainer.model.config),
             **trainer.state_dict(), "epoch": epoch, "partial_epoch": progress, "rng": rng_state(),
             "history": history, "args": dict(config.command_line),
-            "vae": {"checkpoint": str(config.vae_checkpoint), "epoch": vae_state["epoch"],
-                    "fingerprint": weights_fingerprint(vae_state["model"])}}
+            "vae": vae}
 
 
 def train_prior(config):
@@ -181,8 +185,10 @@ def train_prior(config):
         print(f"Resuming {config.checkpoint} at " + (f"epoch {epoch + 1}, step {progress['steps_done']}" if progress
                                                        else f"the end of epoch {epoch}"))
 
+    vae = vae_record(vae_state, config.vae_checkpoint)
+
     def save():
-        atomic_torch_save(prior_checkpoint(trainer, vae_state, config, epoch, progress, history), config.checkpoint)
+        atomic_torch_save(prior_checkpoint(trainer, vae, config, epoch, progress, history), config.checkpoint)
 
     with StopRequest() as stop:
         try:
