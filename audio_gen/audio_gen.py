@@ -51,7 +51,7 @@ DEFAULT_CHECKPOINTS = {"ae": "models/audio_autoencoder.pt", "vae": "models/audio
 DEFAULT_PRIOR = "models/audio_prior.pt"
 # Optimisation defaults of the autoencoders (train, benchmark) and of the learned prior (train_prior).
 TRAINING_DEFAULTS = {"train": {"epochs": 60, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 100},
-                     "train_prior": {"epochs": 100, "batch_size": 64, "learning_rate": 5e-4, "warmup_steps": 200}}
+                     "train_prior": {"epochs": 280, "batch_size": 64, "learning_rate": 5e-4, "warmup_steps": 200}}
 # The modes that read each option; an option left out applies to every mode. benchmark prepares its
 # data in a temporary cache and never downloads; infer and generate take the model from the checkpoint.
 MODES_OF = {
@@ -62,7 +62,7 @@ MODES_OF = {
     **{name: {"train", "infer", "generate", "train_prior"} for name in ("checkpoint", "results_dir", "cache_dir")},
     "prior": {"generate", "train_prior"},
     **{name: {"train", "infer", "generate", "benchmark"} for name in ("audio_dir", "griffin_lim_iters")},
-    **{name: {"train_prior"} for name in ("prior_hidden", "prior_blocks")},
+    **{name: {"train_prior"} for name in ("prior_hidden", "prior_blocks", "prior_clip_context")},
     **{name: {"generate"} for name in ("prior_steps", "prior_eta")},
     **{name: {"train", "infer", "benchmark"} for name in ("musdb_root", "download", "sources", "audio_eval_clips")},
     "num_examples": {"infer"},
@@ -110,7 +110,7 @@ def build_parser():
                                        "what benchmark times)")
     train_group.add_argument("--epochs", type=number(int, 1), default=None,
                              help="training epochs (total, also with --resume); an epoch draws as many random "
-                                  "crops as the training files hold 5-s windows (default: 60; train_prior 100)")
+                                  "crops as the training files hold 5-s windows (default: 60; train_prior 280)")
     train_group.add_argument("--batch_size", type=number(int, 1), default=None,
                              help="clips per training batch; under torchrun the global batch, shared equally by the "
                                   "processes (default: 16; train_prior 64)")
@@ -157,10 +157,13 @@ def build_parser():
     prior.add_argument("--prior", default=None,
                        help=f"learned-prior checkpoint: train_prior writes it (default {DEFAULT_PRIOR}); generate "
                             f"samples latents from it instead of N(0, I) (default: none, N(0, I))")
-    prior.add_argument("--prior_hidden", type=number(int, 8, 2048), default=256,
+    prior.add_argument("--prior_hidden", type=number(int, 8, 2048), default=128,
                        help="train_prior: channels inside the denoiser (a multiple of 8)")
     prior.add_argument("--prior_blocks", type=number(int, 1, 64), default=8,
                        help="train_prior: the denoiser's residual blocks (dilations 1, 2, 4, 8 repeating)")
+    prior.add_argument("--prior_clip_context", type=number(int, 0, 1), default=1,
+                       help="train_prior: 1 tells every block the clip's mean latent (what carries loudness and "
+                            "colour at high noise); 0 does not, as version-1 priors did")
     prior.add_argument("--prior_steps", type=number(int, 1, 1000), default=50,
                        help="generate --prior: DDIM steps of the reverse process")
     prior.add_argument("--prior_eta", type=number(float, 0.0, 1.0), default=0.0,
@@ -237,7 +240,8 @@ def configs(args, world=None):
                               Path(args.fad_weights) if args.fad_weights else None, args.prior,
                               SamplerConfig(args.prior_steps, args.prior_eta))
     if args.mode == "train_prior":
-        return PriorTrainConfig(args.checkpoint, args.prior, PriorConfig(0, args.prior_hidden, args.prior_blocks),
+        return PriorTrainConfig(args.checkpoint, args.prior, PriorConfig(0, args.prior_hidden, args.prior_blocks,
+                                                                           bool(args.prior_clip_context)),
                                 args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
                                 args.resume, args.results_dir, args.cache_dir, args.device, as_recorded(args))
     if args.mode == "infer":

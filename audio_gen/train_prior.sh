@@ -5,7 +5,7 @@
 #   ./train_prior.sh                                  # models/audio_vae.pt -> models/audio_prior.pt
 #   CHECKPOINT=models/my_vae.pt PRIOR=models/my_prior.pt EPOCHS=50 ./train_prior.sh
 # Variables: CHECKPOINT (the VAE) PRIOR CACHE_DIR EPOCHS BATCH_SIZE LEARNING_RATE WARMUP_STEPS PRIOR_HIDDEN
-#            PRIOR_BLOCKS SEED DEVICE RESULTS_DIR RESUME=1
+#            PRIOR_BLOCKS PRIOR_CLIP_CONTEXT SEED DEVICE RESULTS_DIR RESUME=1
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/wrapper.sh"
@@ -20,6 +20,7 @@ flag --learning_rate LEARNING_RATE
 flag --warmup_steps WARMUP_STEPS
 flag --prior_hidden PRIOR_HIDDEN
 flag --prior_blocks PRIOR_BLOCKS
+flag --prior_clip_context PRIOR_CLIP_CONTEXT
 flag --seed SEED
 flag --device DEVICE
 flag --results_dir RESULTS_DIR

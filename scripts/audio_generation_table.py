@@ -8,9 +8,15 @@ clips in one run.
 
 Rows: real music against real music (the floor: a disjoint half of the folder's clips), the same real
 clips through the mel and Griffin-Lim (the oracle), each checkpoint's samples, each learned prior's samples
-(after the row of the VAE it belongs to), and stationary noise with
-the first checkpoint's mean training spectrum. A plain autoencoder's checkpoint is decoded from N(0, I)
-latents as well: the naive baseline a VAE must beat (`audio_gen.py --mode generate` refuses it).
+(after the row of the VAE it belongs to), and stationary noise with the first checkpoint's mean training
+spectrum. A plain autoencoder's checkpoint is decoded from N(0, I) latents as well: the naive baseline a
+VAE must beat (`audio_gen.py --mode generate` refuses it).
+
+With --training_rows, two rows bound what a learned prior can reach: real clips of the music the first
+checkpoint trained on, and the first VAE decoding z ~ q(z|x) of those clips. That is the distribution a
+learned prior is fitted to, so a perfect prior would score what it scores. Against other music, the first
+row's distance is the price of the training music's own style.
+
 Prints the table and writes it as JSON (--out).
 """
 import argparse
@@ -24,10 +30,14 @@ sys.path.insert(0, str(AUDIO_GEN))  # the audio package, imported as audio_gen.p
 from audiogen.checkpoint import (load_checkpoint, load_prior_checkpoint, model_from_checkpoint,  # noqa: E402
                                  prior_from_checkpoint, weights_fingerprint)
 from audiogen.common import number, write_json_atomic  # noqa: E402
-from audiogen.data import DataConfig  # noqa: E402
+from audiogen.data import DataConfig, training_splits  # noqa: E402
 from audiogen.fad import EMBEDDINGS, make_embedding  # noqa: E402
-from audiogen.generate import draw_clips, format_table, frechet_table, real_halves, scored_rows  # noqa: E402
+from audiogen.generate import (draw_clips, format_table, frechet_table, real_halves, scored_rows,  # noqa: E402
+                               to_audio)
+from audiogen.metrics import spread_positions  # noqa: E402
+from audiogen.model import decode_latents  # noqa: E402
 from audiogen.prior import SamplerConfig  # noqa: E402
+from audiogen.train_prior import posterior_samples  # noqa: E402
 from audiogen.transform import LogMelTransform  # noqa: E402
 
 
@@ -38,6 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--priors", nargs="+", default=[],
                    help="learned-prior checkpoints (audio_gen.py --mode train_prior), each of a VAE in --checkpoints")
     p.add_argument("--prior_steps", type=number(int, 1, 1000), default=50, help="DDIM steps of the learned priors")
+    p.add_argument("--prior_eta", type=number(float, 0.0, 1.0), default=0.0,
+                   help="DDIM eta of the learned priors (0: deterministic, 1: DDPM-like noise)")
+    p.add_argument("--training_rows", action="store_true",
+                   help="add real training clips and the first VAE's decoded posterior draws of them")
     p.add_argument("--num_samples", type=number(int, 2, 4096), default=128,
                    help="clips per row (and as many real clips again for the floor, when the folder has them)")
     p.add_argument("--seed", type=number(int, 0), default=0, help="latents' and Griffin-Lim's seed")
@@ -48,6 +62,24 @@ def parse_args(argv=None):
     p.add_argument("--cache_dir", default="audio_gen/data/cache", help="log-mel cache of --audio_dir")
     p.add_argument("--out", default="generation_table.json", help="the JSON file to write")
     return p.parse_args(argv)
+
+
+def training_rows(states, models, transform, count, seed, cache_dir):
+    """{row: (count, clip_samples) waveforms}: `count` real clips spread over the first checkpoint's training
+    windows and, for the first VAE among the checkpoints, its decoding of one draw z ~ q(z|x) of each."""
+    splits = training_splits(states[0][1]["data"], transform, cache_dir)
+    if splits is None or not len(splits["train"]):
+        raise SystemExit(f"error: --training_rows: the training data of {states[0][0]} is not on this machine")
+    clips = splits["train"]
+    positions = spread_positions(len(clips), min(count, len(clips)))
+    rows = {"training music (real)": clips.waveforms(positions)}
+    for (path, state), model in zip(states, models):
+        if state["kind"] == "vae":
+            latents = posterior_samples(model, clips.clips(positions), torch.Generator().manual_seed(seed))
+            log_mels = decode_latents(model, latents, batch_size=1).cpu()
+            rows[f"{path.stem} decoding z ~ q(z|x) of them"] = to_audio(transform, log_mels, seed, "posterior draws")
+            break
+    return rows
 
 
 def main(argv=None):
@@ -63,7 +95,7 @@ def main(argv=None):
         if prior_state["vae"]["fingerprint"] not in fingerprints:
             raise SystemExit(f"error: {path} is the prior of {prior_state['vae']['checkpoint']}, not of a checkpoint "
                              f"in --checkpoints")
-    sampler = SamplerConfig(args.prior_steps)
+    sampler = SamplerConfig(args.prior_steps, args.prior_eta)
     models, samples = [], {}
     for (path, state), fingerprint in zip(states, fingerprints):
         model = model_from_checkpoint(state, torch.device("cpu"))
@@ -75,6 +107,8 @@ def main(argv=None):
                 name = f"{path.stem} + learned prior {prior_path.stem} ({sampler.name})"
                 prior = prior_from_checkpoint(prior_state, torch.device("cpu"))
                 samples[name] = draw_clips(model, transform, n, args.seed, name, prior, sampler)[1]
+    if args.training_rows:
+        samples = {**training_rows(states, models, transform, n, args.seed, Path(args.cache_dir)), **samples}
     rows = scored_rows(transform, models[0], floor, samples, args.seed)
     embedders = [make_embedding(name, transform, "cpu", args.fad_weights) for name in dict.fromkeys(args.fad_embedding)]
     table = frechet_table(rows, reference, embedders, transform.sample_rate)
@@ -84,7 +118,8 @@ def main(argv=None):
         print("  " + line)
     write_json_atomic({"against": origin, "reference_clips": n, "clips": counts, "frechet": table,
                        "seed": args.seed, "checkpoints": [str(p) for p, _ in states],
-                       "priors": [str(p) for p, _ in priors], "prior_sampler": sampler.name}, Path(args.out))
+                       "priors": [str(p) for p, _ in priors], "prior_sampler": sampler.name,
+                       "training_rows": args.training_rows}, Path(args.out))
     print(f"Written to {args.out}")
     return table
 

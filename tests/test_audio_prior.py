@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from audiogen.checkpoint import load_prior_checkpoint, weights_fingerprint
+from audiogen.checkpoint import load_prior_checkpoint, prior_from_checkpoint, weights_fingerprint
 from audiogen.prior import LatentDiffusion, LatentPrior, SamplerConfig, sample_latents, timestep_embedding
 from audiogen.train_prior import PriorTrainer
 from conftest import ROOT
@@ -111,6 +111,19 @@ def test_the_denoiser_starts_predicting_zero_and_hears_the_whole_clip():
     assert e.shape == (2, 16) and torch.equal(e[0], torch.cat([torch.ones(8), torch.zeros(8)]))
 
 
+def test_the_clip_context_hears_the_clip_mean_at_unit_scale():
+    """The blocks' FiLM gets mean_t(z_t) * sqrt(frames): N(0, 1) per channel in pure noise."""
+    prior = LatentPrior(8, hidden=16, blocks=2)
+    heard = []
+    prior.denoiser.clip_mlp.register_forward_hook(lambda module, inputs, output: heard.append(inputs[0]))
+    z = torch.randn(4096, 8, 32, generator=torch.Generator().manual_seed(0))
+    prior(z, torch.full((4096,), 999))
+    torch.testing.assert_close(heard[0], z.mean(dim=2) * 32 ** 0.5)
+    assert abs(float(heard[0].std()) - 1) < 0.02
+    plain = LatentPrior(8, hidden=16, blocks=2, clip_context=False)
+    assert plain.denoiser.clip_mlp is None and plain.config["clip_context"] is False
+
+
 def test_latent_statistics_standardise_and_invert():
     prior = LatentPrior(4, hidden=8, blocks=1)
     latents = torch.randn(50, 4, 16) * torch.tensor([1.0, 2.0, 0.5, 3.0])[:, None] + 5
@@ -192,7 +205,9 @@ def test_train_prior_writes_a_checkpoint_tied_to_its_vae(prior_run):
     vae = torch.load(tmp / "vae.pt", weights_only=True)
     state = load_prior_checkpoint(tmp / "prior.pt", vae, tmp / "vae.pt")
     assert state["vae"]["fingerprint"] == weights_fingerprint(vae["model"]) and state["epoch"] == 2
-    assert state["prior_config"] == {"latent_dim": 8, "hidden": 16, "blocks": 2, "timesteps": 1000}
+    assert state["prior_config"] == {"latent_dim": 8, "hidden": 16, "blocks": 2, "clip_context": True,
+                                     "timesteps": 1000}
+    assert "denoiser.clip_mlp.0.weight" in state["ema"]
     assert [h["epoch"] for h in state["history"]] == [1, 2] and 0 < state["history"][-1]["valid_loss_ema"] < 2
     assert "over the (8, 32) latents of vae.pt" in stdout and "--mode generate --prior" in stdout
     assert (tmp / "prior.pt_results" / "prior_training.png").read_bytes()[:4] == b"\x89PNG"
@@ -212,6 +227,19 @@ def test_generate_with_the_learned_prior_is_seeded_and_named(prior_run):
     assert (tmp / "gp1" / "generated_000.wav").read_bytes() == clip
     assert (tmp / "gn1" / "generated_000.wav").read_bytes() != clip  # the learned prior, not N(0, I)
     assert json.loads((tmp / "gn1" / "metrics.json").read_text())["generate"]["prior"] == "N(0, I)"
+
+
+def test_a_version_1_prior_without_clip_context_still_loads(prior_run, tmp_path):
+    tmp, _ = prior_run
+    state = torch.load(tmp / "prior.pt", weights_only=True)
+    old = LatentPrior(8, hidden=16, blocks=2, clip_context=False)
+    config = dict(old.config)
+    del config["clip_context"]
+    torch.save({**state, "version": 1, "prior_config": config, "ema": old.state_dict()}, tmp_path / "v1.pt")
+    loaded = load_prior_checkpoint(tmp_path / "v1.pt")
+    assert loaded["prior_config"]["clip_context"] is False
+    z, t = torch.randn(1, 8, 32), torch.tensor([500])
+    torch.testing.assert_close(prior_from_checkpoint(loaded, torch.device("cpu"))(z, t), old.eval()(z, t))
 
 
 def test_a_prior_belongs_to_one_vae_and_needs_a_vae(prior_run, music_split, tmp_path):
@@ -270,6 +298,8 @@ def test_train_prior_resumes_at_the_exact_step_after_ctrl_c(ag, vae_run, tmp_pat
     (["--mode", "generate", "--prior_steps", "0"], "--prior_steps: must be in [1, 1000]"),
     (["--mode", "generate", "--prior_eta", "2"], "--prior_eta: must be in [0.0, 1.0]"),
     (["--mode", "train_prior", "--prior_hidden", "20"], "must be a multiple of 8"),
+    (["--mode", "train_prior", "--prior_clip_context", "2"], "--prior_clip_context: must be in [0, 1]"),
+    (["--mode", "generate", "--prior_clip_context", "0"], "--prior_clip_context applies to --mode train_prior"),
     (["--mode", "train_prior", "--prior_steps", "5"], "--prior_steps applies to --mode generate"),
     (["--mode", "train_prior", "--audio_dir", "."], "--audio_dir applies to"),
     (["--mode", "train", "--prior_hidden", "64"], "--prior_hidden applies to --mode train_prior"),
@@ -284,7 +314,7 @@ def test_bad_prior_arguments(flags, expected):
 def test_train_prior_has_its_own_defaults(ag):
     args = ag.parse_args(["--mode", "train_prior"])
     assert args.checkpoint.name == "audio_vae.pt" and args.prior.name == "audio_prior.pt"
-    assert (args.epochs, args.batch_size, args.learning_rate, args.warmup_steps) == (100, 64, 5e-4, 200)
+    assert (args.epochs, args.batch_size, args.learning_rate, args.warmup_steps) == (280, 64, 5e-4, 200)
     train = ag.parse_args(["--mode", "train", "--audio_dir", "."])
     assert (train.epochs, train.batch_size, train.learning_rate, train.warmup_steps) == (60, 16, 1e-3, 100)
     assert ag.parse_args(["--mode", "generate"]).prior is None
@@ -293,13 +323,14 @@ def test_train_prior_has_its_own_defaults(ag):
 def test_the_wrappers_train_and_sample_a_prior(vae_run, tmp_path):  # noqa: F811
     tmp, _ = vae_run
     env = {**os.environ, "PYTHON": sys.executable, "CHECKPOINT": str(tmp / "vae.pt"), "PRIOR": str(tmp_path / "p.pt"),
-           "EPOCHS": "1", "PRIOR_HIDDEN": "16", "PRIOR_BLOCKS": "1", "BATCH_SIZE": "2", "DEVICE": "cpu",
-           "CACHE_DIR": str(tmp / "cache"), "RESULTS_DIR": str(tmp_path / "r")}
+           "EPOCHS": "1", "PRIOR_HIDDEN": "16", "PRIOR_BLOCKS": "1", "PRIOR_CLIP_CONTEXT": "0", "BATCH_SIZE": "2",
+           "DEVICE": "cpu", "CACHE_DIR": str(tmp / "cache"), "RESULTS_DIR": str(tmp_path / "r")}
     trained = subprocess.run([str(ROOT / "audio_gen" / "train_prior.sh")], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr
     state = torch.load(tmp_path / "p.pt", weights_only=True)
-    assert state["epoch"] == 1 and (state["prior_config"]["hidden"], state["prior_config"]["blocks"]) == (16, 1)
+    assert state["epoch"] == 1 and state["prior_config"]["hidden"] == 16
+    assert (state["prior_config"]["blocks"], state["prior_config"]["clip_context"]) == (1, False)
     env.update(PRIOR_STEPS="3", PRIOR_ETA="0.5", NUM_SAMPLES="1", GRIFFIN_LIM_ITERS="2")
     sampled = subprocess.run([str(ROOT / "audio_gen" / "generate.sh")], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=300)
@@ -314,11 +345,12 @@ def test_the_generation_table_adds_a_row_for_a_learned_prior(prior_run, music_ot
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "audio_generation_table.py"), "--audio_dir", str(music_other),
          "--checkpoints", str(tmp / "vae.pt"), "--priors", str(tmp / "prior.pt"), "--prior_steps", "3",
-         "--num_samples", "2", "--griffin_lim_iters", "4", "--fad_embedding", "mel-frames",
+         "--num_samples", "2", "--griffin_lim_iters", "4", "--fad_embedding", "mel-frames", "--training_rows",
          "--cache_dir", str(tmp / "cache"), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     table = json.loads(out.read_text())
-    assert list(table["frechet"]) == ["real music (floor)", "real through Griffin-Lim",
-                                      "vae (vae, 128x, N(0, I) latents)", "vae + learned prior prior (ddim-3)",
-                                      "shaped noise"]
+    assert list(table["frechet"]) == ["real music (floor)", "real through Griffin-Lim", "training music (real)",
+                                      "vae decoding z ~ q(z|x) of them", "vae (vae, 128x, N(0, I) latents)",
+                                      "vae + learned prior prior (ddim-3)", "shaped noise"]
+    assert set(table["clips"].values()) == {2} and table["training_rows"] is True
     assert table["priors"] == [str(tmp / "prior.pt")] and table["prior_sampler"] == "ddim-3"

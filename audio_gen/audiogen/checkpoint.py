@@ -13,7 +13,7 @@ from .prior import LatentPrior
 CHECKPOINT_FORMAT = "imageaudiogen.audio_autoencoder"
 CHECKPOINT_VERSION = 3  # 3: "kind" ('ae' or 'vae') and the KL weight; version 2 files are plain autoencoders
 PRIOR_FORMAT = "imageaudiogen.audio_latent_prior"
-PRIOR_VERSION = 1
+PRIOR_VERSION = 2  # 2 added clip_context to prior_config; a version-1 prior has none
 
 
 def load_checkpoint(path):
@@ -90,7 +90,8 @@ def weights_fingerprint(weights):
 def load_prior_checkpoint(path, vae_state=None, vae_path=None):
     """The learned-prior checkpoint in `path`; with `vae_state`, also checked to belong to that VAE (a prior
     is meaningless over another VAE's latents): a mismatch is a one-line usage error."""
-    state = common.load_checkpoint(path, PRIOR_FORMAT, (PRIOR_VERSION,))
+    state = common.load_checkpoint(path, PRIOR_FORMAT, (1, PRIOR_VERSION))
+    state["prior_config"].setdefault("clip_context", False)
     if vae_state is not None and state["vae"]["fingerprint"] != weights_fingerprint(vae_state["model"]):
         common.usage_error(f"{path} is the learned prior of another VAE ({state['vae']['checkpoint']}, epoch "
                            f"{state['vae']['epoch']}), not of {vae_path}: train one for it with --mode train_prior")

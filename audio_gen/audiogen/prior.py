@@ -3,7 +3,8 @@
 every latent value as independent of every other; this one learns how a clip's latent frames follow each
 other and how its channels move together, from the latents of the VAE's training music.
 
-    LatentDenoiser     v_theta(z_t, t): dilated residual Conv1d blocks over the latent frames
+    LatentDenoiser     v_theta(z_t, t): dilated residual Conv1d blocks over the latent frames, told the
+                       clip's mean latent as well as the timestep
     LatentPrior        the denoiser and the per-channel statistics that standardise the latents
     LatentDiffusion    the math: cosine schedule, forward process, loss, the DDIM reverse process
     SamplerConfig      the reverse process's settings, as one value
@@ -21,10 +22,12 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class PriorConfig:
     """The denoiser's shape: `latent_dim` channels (the VAE's), `hidden` channels inside, `blocks` residual
-    blocks, and the diffusion's `timesteps`."""
+    blocks, whether the blocks are told the clip's mean latent (`clip_context`), and the diffusion's
+    `timesteps`."""
     latent_dim: int
-    hidden: int = 256
+    hidden: int = 128
     blocks: int = 8
+    clip_context: bool = True
     timesteps: int = 1000
 
 
@@ -77,14 +80,22 @@ class DenoiserBlock(nn.Module):
 
 class LatentDenoiser(nn.Module):
     """v_theta(z_t, t): (batch, latent_dim, frames) noisy standardised latents and (batch,) timesteps ->
-    the predicted velocity v (LatentDiffusion), same shape. Dilations cycle 1, 2, 4, 8, so 8 blocks see 76 latent frames (a clip
-    has 32 at the defaults): every output frame hears the whole clip."""
+    the predicted velocity v (LatentDiffusion), same shape. Dilations cycle 1, 2, 4, 8, so 8 blocks see 76
+    latent frames (a clip has 32 at the defaults).
 
-    def __init__(self, latent_dim, hidden=256, blocks=8):
+    With `clip_context`, the FiLM of every block also hears the mean of z_t over the clip's frames, times
+    sqrt(frames) so that it has unit variance in pure noise. A clip's loudness and colour are shared by all
+    of its frames; at high noise they show only in that mean, 1/sqrt(frames) as strong as the per-frame
+    noise. Without it the prior's samples kept half of the training latents' clip-level variance
+    (docs/audio-results.md)."""
+
+    def __init__(self, latent_dim, hidden=128, blocks=8, clip_context=True):
         super().__init__()
         self.hidden = hidden
         embedding_dim = 4 * hidden
         self.time_mlp = nn.Sequential(nn.Linear(hidden, embedding_dim), nn.SiLU(), nn.Linear(embedding_dim, embedding_dim))
+        self.clip_mlp = (nn.Sequential(nn.Linear(latent_dim, embedding_dim), nn.SiLU(),
+                                       nn.Linear(embedding_dim, embedding_dim)) if clip_context else None)
         self.inp = nn.Conv1d(latent_dim, hidden, 3, padding=1)
         self.blocks = nn.ModuleList(DenoiserBlock(hidden, embedding_dim, 2 ** (i % 4)) for i in range(blocks))
         self.out = nn.Sequential(nn.GroupNorm(8, hidden), nn.SiLU(), nn.Conv1d(hidden, latent_dim, 3, padding=1))
@@ -93,6 +104,8 @@ class LatentDenoiser(nn.Module):
 
     def forward(self, z_t, t):
         embedding = self.time_mlp(timestep_embedding(t, self.hidden))
+        if self.clip_mlp is not None:
+            embedding = embedding + self.clip_mlp(z_t.mean(dim=2) * math.sqrt(z_t.shape[2]))
         h = self.inp(z_t)
         for block in self.blocks:
             h = block(h, embedding)
@@ -105,10 +118,11 @@ class LatentPrior(nn.Module):
     (z - latent_mean) / latent_std, whose scale its schedule assumes (latent diffusion's scale factor,
     per channel here)."""
 
-    def __init__(self, latent_dim, hidden=256, blocks=8, timesteps=1000):
+    def __init__(self, latent_dim, hidden=128, blocks=8, clip_context=True, timesteps=1000):
         super().__init__()
-        self.config = {"latent_dim": latent_dim, "hidden": hidden, "blocks": blocks, "timesteps": timesteps}
-        self.denoiser = LatentDenoiser(latent_dim, hidden, blocks)
+        self.config = {"latent_dim": latent_dim, "hidden": hidden, "blocks": blocks, "clip_context": clip_context,
+                       "timesteps": timesteps}
+        self.denoiser = LatentDenoiser(latent_dim, hidden, blocks, clip_context)
         self.register_buffer("latent_mean", torch.zeros(latent_dim))
         self.register_buffer("latent_std", torch.ones(latent_dim))
 
