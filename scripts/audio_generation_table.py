@@ -32,12 +32,11 @@ from audiogen.checkpoint import (load_checkpoint, load_prior_checkpoint, model_f
 from audiogen.common import number, write_json_atomic  # noqa: E402
 from audiogen.data import DataConfig, training_splits  # noqa: E402
 from audiogen.fad import EMBEDDINGS, make_embedding  # noqa: E402
-from audiogen.generate import (draw_clips, format_table, frechet_table, real_halves, scored_rows,  # noqa: E402
-                               to_audio)
+from audiogen.generate import (decoded_clips, draw_clips, format_table, frechet_table, real_halves,  # noqa: E402
+                               scored_rows)
 from audiogen.metrics import spread_positions  # noqa: E402
-from audiogen.model import decode_latents  # noqa: E402
 from audiogen.prior import SamplerConfig  # noqa: E402
-from audiogen.train_prior import posterior_samples  # noqa: E402
+from audiogen.train_prior import latents_of  # noqa: E402
 from audiogen.transform import LogMelTransform  # noqa: E402
 
 
@@ -71,13 +70,12 @@ def training_rows(states, models, transform, count, seed, cache_dir):
     if splits is None or not len(splits["train"]):
         raise SystemExit(f"error: --training_rows: the training data of {states[0][0]} is not on this machine")
     clips = splits["train"]
-    positions = spread_positions(len(clips), min(count, len(clips)))
-    rows = {"training music (real)": clips.waveforms(positions)}
+    rows = {"training music (real)": clips.waveforms(spread_positions(len(clips), min(count, len(clips))))}
     for (path, state), model in zip(states, models):
-        if state["kind"] == "vae":
-            latents = posterior_samples(model, clips.clips(positions), torch.Generator().manual_seed(seed))
-            log_mels = decode_latents(model, latents, batch_size=1).cpu()
-            rows[f"{path.stem} decoding z ~ q(z|x) of them"] = to_audio(transform, log_mels, seed, "posterior draws")
+        if state["kind"] == "vae":  # latents_of draws from the same evenly spread windows
+            latents = latents_of(model, clips, seed, count)
+            rows[f"{path.stem} decoding z ~ q(z|x) of them"] = decoded_clips(model, transform, latents, seed,
+                                                                            "posterior draws")[1]
             break
     return rows
 

@@ -75,6 +75,12 @@ def draw_clips(model, transform, count, seed, desc="Griffin-Lim", prior=None, sa
     latents = (sample_prior(model, count, transform.frames, seed) if prior is None
                else sample_latents(prior, count, frames, seed, sampler,
                                    lambda clips: progress_bar(clips, f"learned prior, {sampler.name}", unit="clips")))
+    return decoded_clips(model, transform, latents, seed, desc)
+
+
+def decoded_clips(model, transform, latents, seed, desc="Griffin-Lim"):
+    """(n, latent_dim, latent frames) latents -> ((n, n_mels, frames) log-mels, (n, clip_samples) audio) on the
+    CPU, decoded and inverted one clip at a time (see draw_clips)."""
     log_mels = decode_latents(model, latents, batch_size=1).cpu()
     return log_mels, to_audio(transform, log_mels, seed, desc)
 
