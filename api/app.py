@@ -167,7 +167,7 @@ def create_app(image_model, audio_model, options, device, batcher):
               response_model=None)
     async def reconstruct_audio(file: UploadFile = File(..., description="any audio file FFmpeg decodes"),
                                 start: float = Form(0.0, ge=0, description="window start in seconds"),
-                                oracle: bool = Form(False, description="also return the Griffin-Lim oracle"),
+                                oracle: bool = Form(False, description="also return the oracle (the true mel through the same inverse)"),
                                 response_format: Literal["json", "wav"] = Form(
                                     "json", description="json (base64 WAVs and scores) or wav (the "
                                                         "reconstruction; scores in the X-Scores header)"),

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, wav_bytes
 from audiogen.checkpoint import load_checkpoint as load_audio_checkpoint
-from audiogen.checkpoint import model_from_checkpoint
+from audiogen.checkpoint import load_inverse, model_from_checkpoint
 from audiogen.generate import draw_clips
+from audiogen.inverse import InverseConfig
 from audiogen.metrics import score_clip
 from audiogen.transform import LogMelTransform
 from imagegen.checkpoint import checkpoint_guidance, checkpoint_position
@@ -22,7 +23,6 @@ from imagegen.plots import png_bytes
 from imagegen.sampling import class_seed, ema_sampler_from_checkpoint
 
 RANDOM_PROMPTS = ("random", "unconditional", "none")
-GRIFFIN_LIM_ITERS = 64  # audio_gen's default
 
 
 class BadRequest(ValueError):
@@ -146,21 +146,26 @@ class ImageModel:
 
 @dataclass
 class AudioModel:
-    """The mel autoencoder (or VAE) of a checkpoint and its log-mel transform with Griffin-Lim."""
+    """The mel autoencoder (or VAE) of a checkpoint, its log-mel transform and the inverse that voices its mels
+    (audio_gen's default)."""
     path: Path
     sha256: str
     state: dict
     model: object
-    transform: LogMelTransform
+    inverse: object
     results_dir: Path | None = None
 
     @classmethod
-    def load(cls, path, device, results_dir=None):
+    def load(cls, path, device, results_dir=None, inverse=InverseConfig()):
         state = load_audio_checkpoint(path)
         model = model_from_checkpoint(state, device)
-        transform = LogMelTransform.from_config(state["transform_config"], GRIFFIN_LIM_ITERS, device)
+        inverse = load_inverse(inverse, LogMelTransform.from_config(state["transform_config"], device))
         light = {k: v for k, v in state.items() if k in ("epoch", "history", "data", "args", "model_config", "kind")}
-        return cls(Path(path), file_sha256(path), light, model, transform, results_dir)
+        return cls(Path(path), file_sha256(path), light, model, inverse, results_dir)
+
+    @property
+    def transform(self):
+        return self.inverse.transform
 
     @property
     def kind(self):
@@ -173,7 +178,7 @@ class AudioModel:
     def generate(self, count, seed):
         """`count` clips from the VAE's N(0, I) prior as WAV bytes: what `audio_gen.py --mode generate --seed`
         writes for the same seed."""
-        _, audio = draw_clips(self.model, self.transform, count, seed)
+        _, audio = draw_clips(self.model, self.inverse, count, seed)
         return [wav_bytes(a, self.transform.sample_rate) for a in audio]
 
     @property
@@ -185,8 +190,8 @@ class AudioModel:
         return decode_music_bytes(data, name, self.transform.sample_rate)
 
     def reconstruct(self, wave, start, with_oracle):
-        """The `clip_seconds` window from `start` s of a decoded waveform through the autoencoder and
-        Griffin-Lim, scored beside the Griffin-Lim oracle: (WAV bytes, oracle WAV bytes or None, scores)."""
+        """The `clip_seconds` window from `start` s of a decoded waveform through the autoencoder and the
+        inverse, scored beside the oracle (the true mel, same inverse): (WAV bytes, oracle WAV bytes or None, scores)."""
         rate = self.transform.sample_rate
         duration = len(wave) / rate
         if start >= duration:
@@ -194,14 +199,14 @@ class AudioModel:
         clip = self.transform.cut(torch.from_numpy(wave), int(start * rate))
         if float(clip.pow(2).mean().sqrt()) < SILENCE_RMS:
             raise UnusableAudio(f"the {self.clip_seconds:g} s from {start:g} s are silent (below -60 dBFS)")
-        result = score_clip(self.model, self.transform, clip)
+        result = score_clip(self.model, self.inverse, clip)
         oracle = wav_bytes(result["oracle"], rate) if with_oracle else None
         return wav_bytes(result["audio"], rate), oracle, {"audio": result["scores"], "mel": result["mel"],
                                                           "duration_seconds": duration}
 
     def health(self):
         return {"id": self.id, "kind": "vae" if self.kind == "vae" else "autoencoder", "checkpoint": str(self.path),
-                "sha256": self.sha256, "can_generate": self.kind == "vae",
+                "sha256": self.sha256, "can_generate": self.kind == "vae", "inverse": self.inverse.name,
                 "dataset": self.state["data"].get("audio_dir") or f"MUSDB18 {self.state['data'].get('musdb_root')}",
                 "epochs": self.state["epoch"]}
 

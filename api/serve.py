@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
+from audiogen.inverse import INVERSES, InverseConfig
 from imagegen.common import ArgumentParser, HelpFormatter, number, resolve_device
 
 from . import ROOT
@@ -48,6 +49,10 @@ def build_parser():
         models.add_argument(f"--{kind}_results", type=Path, default=None,
                             help=f"{kind}_gen results folder whose metrics.json scores are served with the model "
                                  f"(default: {DEFAULTS[f'{kind}_results'].relative_to(ROOT)})")
+    models.add_argument("--audio_inverse", choices=INVERSES, default=InverseConfig.kind,
+                        help="how the audio model's log-mels become audio (audio_gen.py --inverse); the vocoder "
+                             "kinds need --vocoder")
+    models.add_argument("--vocoder", type=Path, default=None, help="audio_gen vocoder checkpoint (--mode train_vocoder)")
     models.add_argument("--device", default=None, help="torch device, cpu or cuda (default: cuda if available)")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1",
@@ -80,7 +85,7 @@ def is_loopback(host):
         return False
 
 
-def load_model(parser, cls, kind, path, results, device):
+def load_model(parser, cls, kind, path, results, device, **options):
     """The model at `path` (an explicit path must load), or at the script's default path when present."""
     explicit = path is not None
     path = path or DEFAULTS[f"{kind}_checkpoint"]
@@ -91,7 +96,7 @@ def load_model(parser, cls, kind, path, results, device):
         print(f"note: no {kind} checkpoint at {path}: the {kind} endpoints answer 400 "
               f"(train one with {kind}_gen/train.sh, or pass --{kind}_checkpoint)", flush=True)
         return None
-    model = cls.load(path, device, results)
+    model = cls.load(path, device, results, **options)
     print(f"{kind} model {model.id}: {path} ({model.health()['epochs']} epochs, sha256 {model.sha256[:12]})",
           flush=True)
     return model
@@ -101,13 +106,18 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     device = resolve_device(args.device, parser)
+    if args.audio_inverse.startswith("vocoder") != (args.vocoder is not None):
+        parser.error("--vocoder goes with --audio_inverse vocoder or vocoder-pghi, and they with it")
+    if args.vocoder is not None and not args.vocoder.is_file():
+        parser.error(f"--vocoder {args.vocoder}: no such file")
     api_key = os.environ.get(API_KEY_VARIABLE) or None
     if not is_loopback(args.host) and api_key is None:
         parser.error(f"--host {args.host} would open the API to the network: set {API_KEY_VARIABLE} to a secret "
                      f"token first (clients send it as 'Authorization: Bearer <token>')")
     torch.set_grad_enabled(False)
     image = load_model(parser, ImageModel, "image", args.image_checkpoint, args.image_results, device)
-    audio = load_model(parser, AudioModel, "audio", args.audio_checkpoint, args.audio_results, device)
+    audio = load_model(parser, AudioModel, "audio", args.audio_checkpoint, args.audio_results, device,
+                       inverse=InverseConfig(args.audio_inverse, vocoder=args.vocoder))
     if image is None and audio is None:
         raise SystemExit("error: no checkpoint to serve: train a model first (make run) or pass "
                          "--image_checkpoint / --audio_checkpoint")

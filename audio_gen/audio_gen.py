@@ -9,11 +9,13 @@
     python audio_gen/audio_gen.py --mode generate --checkpoint models/audio_vae.pt --audio_dir ~/OtherMusic
     python audio_gen/audio_gen.py --mode train_prior                        # a learned prior for that VAE
     python audio_gen/audio_gen.py --mode generate --prior models/audio_prior.pt
+    python audio_gen/audio_gen.py --mode train_vocoder --audio_dir ~/Music  # a vocoder for that music
+    python audio_gen/audio_gen.py --mode infer --audio_dir ~/OtherMusic --inverse vocoder
 
 Every clip is 5 s of mono 16 kHz audio (80,000 samples), a 128-bin log-mel spectrogram of 256 frames.
 The autoencoder squeezes it into a latent of `latent_dim` channels x 256/`time_downsample` frames
 (128 x 128 at the defaults: 2x fewer numbers, chosen from measurements in docs/audio-results.md) and back;
-Griffin-Lim turns the mel into audio again. `--model vae` makes it a VAE with a smaller latent, whose
+NNLS, PGHI and fast Griffin-Lim turn the mel into audio again, or a vocoder trained with --mode train_vocoder. `--model vae` makes it a VAE with a smaller latent, whose
 N(0, I) prior `--mode generate` samples new music from; `--mode train_prior` fits a small diffusion model to
 its latents, a learned prior that `--mode generate --prior FILE` samples instead.
 Training draws random 5-s crops from whole recordings; scores use fixed, evenly spaced windows.
@@ -37,10 +39,12 @@ from audiogen.data import DataConfig
 from audiogen.fad import EMBEDDINGS
 from audiogen.generate import GenerateConfig, generate
 from audiogen.infer import InferConfig, infer
+from audiogen.inverse import INVERSES, InverseConfig
 from audiogen.model import MODEL_KINDS, ModelConfig
 from audiogen.prior import PriorConfig, SamplerConfig
 from audiogen.train import TrainConfig, train
 from audiogen.train_prior import PriorTrainConfig, train_prior
+from audiogen.train_vocoder import VocoderShape, VocoderTrainConfig, train_vocoder
 from audiogen.trainer import KlWeight
 
 SCRIPT_DIR = Path(__file__).resolve().parent
@@ -49,22 +53,29 @@ SHAPE = ("n_mels", "latent_dim", "hidden", "time_downsample", "dropout")
 LATENT_DEFAULTS = {"ae": {"latent_dim": 128, "time_downsample": 2}, "vae": {"latent_dim": 64, "time_downsample": 8}}
 DEFAULT_CHECKPOINTS = {"ae": "models/audio_autoencoder.pt", "vae": "models/audio_vae.pt"}
 DEFAULT_PRIOR = "models/audio_prior.pt"
+DEFAULT_VOCODER = "models/audio_vocoder.pt"
 # Optimisation defaults of the autoencoders (train, benchmark) and of the learned prior (train_prior).
 TRAINING_DEFAULTS = {"train": {"epochs": 60, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 100},
-                     "train_prior": {"epochs": 280, "batch_size": 64, "learning_rate": 5e-4, "warmup_steps": 200}}
+                     "train_prior": {"epochs": 280, "batch_size": 64, "learning_rate": 5e-4, "warmup_steps": 200},
+                     "train_vocoder": {"epochs": 36, "batch_size": 16, "learning_rate": 5e-4, "warmup_steps": 500}}
 # The modes that read each option; an option left out applies to every mode. benchmark prepares its
 # data in a temporary cache and never downloads; infer and generate take the model from the checkpoint.
 MODES_OF = {
     **{name: {"train", "benchmark"} for name in (*SHAPE, "model")},
-    **{name: {"train", "benchmark", "train_prior"} for name in ("batch_size", "learning_rate")},
-    **{name: {"train"} for name in ("eval_every", "kl_weight", "kl_warmup_steps")},
-    **{name: {"train", "train_prior"} for name in ("epochs", "warmup_steps", "resume")},
-    **{name: {"train", "infer", "generate", "train_prior"} for name in ("checkpoint", "results_dir", "cache_dir")},
+    **{name: {"train", "benchmark", "train_prior", "train_vocoder"} for name in ("batch_size", "learning_rate")},
+    **{name: {"train", "train_vocoder"} for name in ("eval_every",)},
+    **{name: {"train"} for name in ("kl_weight", "kl_warmup_steps")},
+    **{name: {"train", "train_prior", "train_vocoder"} for name in ("epochs", "warmup_steps", "resume")},
+    **{name: {"train", "infer", "generate", "train_prior"} for name in ("checkpoint",)},
+    **{name: {"train", "infer", "generate", "train_prior", "train_vocoder"} for name in ("results_dir", "cache_dir")},
+    **{name: {"train_vocoder"} for name in ("vocoder_dim", "vocoder_blocks", "segment_frames")},
     "prior": {"generate", "train_prior"},
-    **{name: {"train", "infer", "generate", "benchmark"} for name in ("audio_dir", "griffin_lim_iters")},
+    "audio_dir": {"train", "infer", "generate", "benchmark", "train_vocoder"},
+    **{name: {"train", "infer", "generate", "benchmark"} for name in ("griffin_lim_iters", "inverse")},
     **{name: {"train_prior"} for name in ("prior_hidden", "prior_blocks", "prior_clip_context")},
     **{name: {"generate"} for name in ("prior_steps", "prior_eta")},
-    **{name: {"train", "infer", "benchmark"} for name in ("musdb_root", "download", "sources", "audio_eval_clips")},
+    **{name: {"train", "infer", "benchmark", "train_vocoder"} for name in ("musdb_root", "download", "sources",
+                                                                          "audio_eval_clips")},
     "num_examples": {"infer"},
     **{name: {"generate"} for name in ("num_samples", "fad_embedding", "fad_weights")},
 }
@@ -74,9 +85,11 @@ def build_parser():
     p = ArgumentParser(
         description="Residual Conv1d autoencoder over log-mel spectrograms of music (any folder, or MUSDB18 stems).",
         formatter_class=HelpFormatter)
-    p.add_argument("--mode", choices=["train", "infer", "generate", "train_prior", "benchmark"], default="train",
+    p.add_argument("--mode", choices=["train", "infer", "generate", "train_prior", "train_vocoder", "benchmark"],
+                   default="train",
                    help="train a model, reconstruct held-out clips from a checkpoint, generate new clips from a VAE "
-                        "checkpoint, train a learned prior over a VAE's latents, or measure speed")
+                        "checkpoint, train a learned prior over a VAE's latents, train a vocoder on the music, or "
+                        "measure speed")
     data = p.add_argument_group("data")
     data.add_argument("--audio_dir", default=None,
                       help="any folder of music (wav, flac, ogg, opus, mp3, m4a/aac; searched recursively), "
@@ -119,7 +132,7 @@ def build_parser():
     train_group.add_argument("--warmup_steps", type=number(int, 0), default=None,
                              help="linear warm-up steps before the cosine decay (default: 100; train_prior 200)")
     train_group.add_argument("--seed", type=number(int, 0), default=0,
-                             help="random seed (also of Griffin-Lim's starting phase in every mode)")
+                             help="random seed (also of the random starting phase of --inverse griffinlim, in every mode)")
     train_group.add_argument("--kl_weight", type=number(float, 0.0, 100.0), default=0.1,
                              help="--model vae: weight of KL(q(z|x) || N(0, I)) per input value beside the "
                                   "reconstruction loss (0: an autoencoder with a noisy code)")
@@ -139,8 +152,14 @@ def build_parser():
     out.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda (default: cuda if available)")
     out.add_argument("--num_examples", type=number(int, 1, 64), default=2,
                      help="infer: held-out clips written as WAV triples and drawn in inference_comparison.png")
-    out.add_argument("--griffin_lim_iters", type=number(int, 1, 10_000), default=64,
-                     help="Griffin-Lim iterations (momentum 0.99)")
+    out.add_argument("--inverse", choices=INVERSES, default="pghi",
+                     help="how log-mels become audio: 'pghi' (NNLS magnitude, Phase Gradient Heap Integration, fast "
+                          "Griffin-Lim; deterministic), 'griffinlim' (least squares and fast Griffin-Lim from a random "
+                          "phase, the chain before PGHI), 'vocoder' (the network that --vocoder names), 'vocoder-pghi' (its "
+                          "magnitude with PGHI's phase); the "
+                          "oracle rows use the same inverse")
+    out.add_argument("--griffin_lim_iters", type=number(int, 0, 10_000), default=64,
+                     help="fast Griffin-Lim iterations (momentum 0.99) after PGHI or from the random phase")
     out.add_argument("--audio_eval_clips", type=number(int, 0, 1000), default=8,
                      help="clips per split scored with PESQ/STOI after Griffin-Lim (0 skips)")
     gen = p.add_argument_group("generate (a VAE checkpoint)")
@@ -153,6 +172,15 @@ def build_parser():
                           "'mel-frames' (log-mel frames, no network)")
     gen.add_argument("--fad_weights", default=None,
                      help="VGGish weights file (torchvggish's vggish-10086976.pth) for --fad_embedding vggish")
+    voc = p.add_argument_group("vocoder (train_vocoder writes it; --inverse vocoder voices mels with it)")
+    voc.add_argument("--vocoder", default=None,
+                     help=f"vocoder checkpoint: train_vocoder writes it (default {DEFAULT_VOCODER}); infer, generate and "
+                          f"benchmark read it with --inverse vocoder (default: {DEFAULT_VOCODER})")
+    voc.add_argument("--vocoder_dim", type=number(int, 16, 2048), default=256,
+                     help="train_vocoder: channels of the ConvNeXt blocks (their expansion is 3x)")
+    voc.add_argument("--vocoder_blocks", type=number(int, 1, 64), default=8, help="train_vocoder: ConvNeXt blocks")
+    voc.add_argument("--segment_frames", type=number(int, 8, 1024), default=48,
+                     help="train_vocoder: mel frames per training segment ((frames - 1) * 313 samples: 0.92 s at 48)")
     prior = p.add_argument_group("learned prior (train_prior writes it, generate samples it)")
     prior.add_argument("--prior", default=None,
                        help=f"learned-prior checkpoint: train_prior writes it (default {DEFAULT_PRIOR}); generate "
@@ -178,7 +206,7 @@ def parse_args(argv=None, world=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     reject_flags_of_other_modes(parser, argv, args.mode, MODES_OF)
-    for name, value in TRAINING_DEFAULTS["train_prior" if args.mode == "train_prior" else "train"].items():
+    for name, value in TRAINING_DEFAULTS[args.mode if args.mode in TRAINING_DEFAULTS else "train"].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     world = world or World()
@@ -208,6 +236,14 @@ def parse_args(argv=None, world=None):
         args.prior = Path(args.prior)
         if not args.prior.is_file():
             parser.error(f"--prior {args.prior}: no such file (train one with --mode train_prior)")
+    if args.mode == "train_vocoder":
+        args.vocoder = resolve_path(args.vocoder or DEFAULT_VOCODER, DEFAULT_VOCODER, SCRIPT_DIR)
+    elif args.inverse.startswith("vocoder"):
+        args.vocoder = resolve_path(args.vocoder or DEFAULT_VOCODER, DEFAULT_VOCODER, SCRIPT_DIR)
+        if not args.vocoder.is_file():
+            parser.error(f"--vocoder {args.vocoder}: no such file (train one with --mode train_vocoder)")
+    elif args.vocoder is not None:
+        parser.error("--vocoder is read with --inverse vocoder (or written by --mode train_vocoder)")
     kind = "vae" if args.mode in ("generate", "train_prior") else args.model
     if "checkpoint" not in given_flags(parser, argv):
         args.checkpoint = DEFAULT_CHECKPOINTS[kind]
@@ -224,6 +260,12 @@ def as_recorded(args):
     return {k: v if v is None or isinstance(v, (bool, int, float, str, list)) else str(v) for k, v in vars(args).items()}
 
 
+def inverse_config(args):
+    """How the chosen mode turns log-mels into audio."""
+    return InverseConfig(args.inverse, args.griffin_lim_iters,
+                         vocoder=args.vocoder if args.inverse.startswith("vocoder") else None)
+
+
 def configs(args, world=None):
     """The config object of the chosen mode, built from the checked options."""
     data = DataConfig(args.audio_dir, args.musdb_root, args.download, tuple(args.sources), args.cache_dir)
@@ -231,11 +273,11 @@ def configs(args, world=None):
     if args.mode == "train":
         return TrainConfig(data, shape, args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
                            args.resume, args.eval_every, args.checkpoint, args.results_dir, args.device,
-                           args.griffin_lim_iters, args.audio_eval_clips, as_recorded(args), world or World(),
+                           inverse_config(args), args.audio_eval_clips, as_recorded(args), world or World(),
                            KlWeight(args.kl_weight, args.kl_warmup_steps))
     if args.mode == "generate":
         return GenerateConfig(args.checkpoint, args.results_dir, args.device, args.num_samples, args.seed,
-                              args.griffin_lim_iters, args.cache_dir, data if args.audio_dir else None,
+                              inverse_config(args), args.cache_dir, data if args.audio_dir else None,
                               tuple(dict.fromkeys(args.fad_embedding)),
                               Path(args.fad_weights) if args.fad_weights else None, args.prior,
                               SamplerConfig(args.prior_steps, args.prior_eta))
@@ -244,10 +286,16 @@ def configs(args, world=None):
                                                                            bool(args.prior_clip_context)),
                                 args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
                                 args.resume, args.results_dir, args.cache_dir, args.device, as_recorded(args))
+    if args.mode == "train_vocoder":
+        return VocoderTrainConfig(data, args.vocoder, VocoderShape(args.vocoder_dim, 3 * args.vocoder_dim,
+                                                                   args.vocoder_blocks),
+                                  args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
+                                  args.resume, args.eval_every, args.results_dir, args.device, as_recorded(args),
+                                  args.segment_frames, min(args.audio_eval_clips, 16))
     if args.mode == "infer":
         return InferConfig(data, args.checkpoint, args.results_dir, args.device, args.num_examples, args.seed,
-                           args.griffin_lim_iters, args.audio_eval_clips)
-    return BenchmarkConfig(data, shape, args.device, args.batch_size, args.learning_rate, args.griffin_lim_iters,
+                           inverse_config(args), args.audio_eval_clips)
+    return BenchmarkConfig(data, shape, args.device, args.batch_size, args.learning_rate, inverse_config(args),
                            args.audio_eval_clips, args.seed)
 
 
@@ -258,7 +306,8 @@ def main(argv=None):
     config = configs(args, world)
     if args.mode == "benchmark":
         return benchmark(config)
-    job = {"train": train, "infer": infer, "generate": generate, "train_prior": train_prior}[args.mode]
+    job = {"train": train, "infer": infer, "generate": generate, "train_prior": train_prior,
+           "train_vocoder": train_vocoder}[args.mode]
     log = logged_to(args.results_dir / f"{args.mode}.log") if world.is_main else contextlib.nullcontext()
     with world.session(args.device), world.quiet(), log:
         return job(config)

@@ -34,8 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 MAX_IMAGES = 64         # per click: 4x the time of 16 digits (README), under half a minute of one CPU core
 MAX_UPLOAD_MB = 50      # about an hour of compressed music, several minutes of WAV
-GRIFFIN_LIM_ITERS = 64  # audio_gen's default: most of the quality of 128 iterations for half the time
-MAX_GENERATED = 8       # clips per click of the audio Generate panel: a few seconds of Griffin-Lim on a CPU
+MAX_GENERATED = 8       # clips per click of the audio Generate panel: a few seconds of mel inversion on a CPU
 
 
 for folder in ("image_gen", "audio_gen"):  # each model's script and package live in its folder
@@ -46,9 +45,10 @@ import audio_gen as ag  # noqa: E402  the command lines: their defaults and fold
 import image_gen as ig  # noqa: E402
 from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, decode_music_file, wav_bytes  # noqa: E402
 from audiogen.checkpoint import load_checkpoint as load_audio_state  # noqa: E402
-from audiogen.checkpoint import model_from_checkpoint  # noqa: E402
+from audiogen.checkpoint import load_inverse, model_from_checkpoint  # noqa: E402
 from audiogen.data import folder_splits  # noqa: E402
 from audiogen.generate import draw_clips  # noqa: E402
+from audiogen.inverse import INVERSES, InverseConfig  # noqa: E402
 from audiogen.metrics import score_clip, versus_baseline  # noqa: E402
 from audiogen.musdb import detect_layout, musdb_splits  # noqa: E402
 from audiogen.plots import plot_spectrogram_grid, plot_spectrograms  # noqa: E402
@@ -97,6 +97,9 @@ def parse_args(argv):
                    help="image_gen results folder whose metrics.json holds infer's FID for the checkpoint")
     p.add_argument("--audio_results", type=Path, default=script_default(ag, "results_dir"),
                    help="audio_gen results folder whose metrics.json holds infer's scores for the checkpoint")
+    p.add_argument("--audio_inverse", choices=INVERSES, default=InverseConfig.kind,
+                   help="how audio_gen's log-mels become audio (audio_gen.py --inverse); the vocoder kinds need --vocoder")
+    p.add_argument("--vocoder", type=Path, default=None, help="audio_gen vocoder checkpoint (--mode train_vocoder)")
     p.add_argument("--device", default=None, help="torch device, cpu or cuda (default: cuda if available)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="the U-Net's arithmetic for digits. auto: bf16 on a CPU with bfloat16 instructions "
@@ -106,6 +109,10 @@ def parse_args(argv):
                         "time, less with torch's compile cache), so every click samples ~1.6x faster; falls back "
                         "to eager sampling, saying so, where compiling fails")
     args = p.parse_args(argv)
+    if args.audio_inverse.startswith("vocoder") != (args.vocoder is not None):
+        p.error("--vocoder goes with --audio_inverse vocoder or vocoder-pghi, and they with it")
+    if args.vocoder is not None and not args.vocoder.is_file():
+        p.error(f"--vocoder {args.vocoder}: no such file")
     args.device = resolve_device(args.device, p)
     args.precision = resolve_precision(args.precision, args.device)
     return args
@@ -154,14 +161,15 @@ def load_image_checkpoint(path, stamp, device, precision="fp32", compile_model=F
 
 
 @st.cache_resource(show_spinner="Loading the audio checkpoint ...", max_entries=2)
-def load_audio_checkpoint(path, stamp, device):
-    """(what the page says about the checkpoint, the autoencoder, its log-mel transform): read once per
-    server and file version."""
+def load_audio_checkpoint(path, stamp, device, inverse_kind=InverseConfig.kind, vocoder=None):
+    """(what the page says about the checkpoint, the autoencoder, the MelInverse that voices its mels, audio_gen's
+    default, or `inverse_kind` with the `vocoder` file): read once per server and file version."""
     state = load_audio_state(path)
     model = model_from_checkpoint(state, torch.device(device))
-    transform = LogMelTransform.from_config(state["transform_config"], GRIFFIN_LIM_ITERS, torch.device(device))
+    inverse = load_inverse(InverseConfig(inverse_kind, vocoder=Path(vocoder) if vocoder else None),
+                           LogMelTransform.from_config(state["transform_config"], torch.device(device)))
     about = {"epoch": state["epoch"], "history": state["history"], "data": state["data"], "kind": state["kind"]}
-    return about, model, transform
+    return about, model, inverse
 
 
 def open_checkpoint(loader, path, device, train_hint, *options):
@@ -424,16 +432,17 @@ def test_files(audio_dir, musdb_root):
     return []
 
 
-def reconstruct_clip(model, transform, clip, title):
-    """Original, autoencoder and Griffin-Lim-oracle audio of one (clip_samples,) clip as WAVs, its
-    spectrogram plot and scores (audio_gen's score_clip)."""
+def reconstruct_clip(model, inverse, clip, title):
+    """Original, autoencoder and oracle audio (the true mel through the same inverse) of one (clip_samples,) clip
+    as WAVs, its spectrogram plot and scores (audio_gen's score_clip)."""
     start = time.perf_counter()
-    result = score_clip(model, transform, clip)
+    transform = inverse.transform
+    result = score_clip(model, inverse, clip)
     seconds = time.perf_counter() - start
     plot = io.BytesIO()
     heard = transform(torch.stack([result["audio"], result["oracle"]])).cpu()
     plot_spectrograms(result["log_mel"][None], heard[:1], [title], plot, "log-mel spectrograms of what you hear",
-                      oracles=heard[1:], names=("original", "autoencoder + Griffin-Lim"))
+                      oracles=heard[1:], names=("original", "autoencoder"))
     rate = transform.sample_rate
     return dict(original=wav_bytes(clip, rate), reconstruction=wav_bytes(result["audio"], rate),
                 oracle=wav_bytes(result["oracle"], rate), spectrograms=plot.getvalue(), scores=result["scores"],
@@ -459,7 +468,7 @@ def audio_scores(about, path, results_dir):
 
 
 def speech_line(audio):
-    pesq = (f"PESQ {audio['pesq']:.2f} (Griffin-Lim oracle {audio['oracle_pesq']:.2f}), "
+    pesq = (f"PESQ {audio['pesq']:.2f} (oracle {audio['oracle_pesq']:.2f}), "
             if audio.get("pesq") is not None else "PESQ undefined, ")
     return pesq + f"STOI {audio['stoi']:.3f} (oracle {audio['oracle_stoi']:.3f})"
 
@@ -503,13 +512,15 @@ def choose_recording(about, sample_rate):
 
 def audio_tab(args):
     loaded, problem = open_checkpoint(load_audio_checkpoint, args.audio_checkpoint, args.device,
-                                      "AUDIO_DIR=~/Music audio_gen/train.sh")
+                                      "AUDIO_DIR=~/Music audio_gen/train.sh", args.audio_inverse,
+                                      str(args.vocoder) if args.vocoder else None)
     if problem:
         st.warning(problem)
         return
-    about, model, transform = loaded
+    about, model, inverse = loaded
+    transform = inverse.transform
     describe_audio_checkpoint(about, model, args.audio_checkpoint, args.audio_results)
-    generation_section(about["kind"], model, transform)
+    generation_section(about["kind"], model, inverse)
     st.subheader("Reconstruct")
     controls, output = st.columns([2, 3], gap="large")
     with controls:
@@ -525,13 +536,13 @@ def audio_tab(args):
                 st.error(f"The {len(clip) / transform.sample_rate:g} s from {start:.1f} s are silent: move the window.")
             else:
                 with st.spinner("Reconstructing ..."):
-                    result = reconstruct_clip(model, transform, clip, f"{name} @ {start:.1f}s")
+                    result = reconstruct_clip(model, inverse, clip, f"{name} @ {start:.1f}s")
                 st.session_state["audio"] = Reconstruction(clip=key, **result)
         shown = st.session_state.get("audio")
         if shown is None or shown.clip != key:  # a result of another file or window would be misleading
             return
-        show_reconstruction(shown)
-    st.image(shown.spectrograms, caption="Original, reconstruction and Griffin-Lim oracle, each the log-mel of the audio played above")
+        show_reconstruction(shown, inverse.name)
+    st.image(shown.spectrograms, caption="Original, reconstruction and oracle, each the log-mel of the audio played above")
 
 
 @dataclass
@@ -543,7 +554,7 @@ class Generated:
     seconds: float
 
 
-def generation_section(kind, model, transform):
+def generation_section(kind, model, inverse):
     """The Generate panel for a VAE; for a plain autoencoder, a line on how to get one."""
     st.subheader("Generate")
     if kind != "vae":
@@ -551,11 +562,11 @@ def generation_section(kind, model, transform):
                    "(`MODEL=vae AUDIO_DIR=~/Music audio_gen/train.sh`) and open it with "
                    "`make demo AUDIO_CKPT=audio_gen/models/audio_vae.pt` to generate music.")
         return
-    generate_panel(model, transform)
+    generate_panel(model, inverse)
 
 
 @st.fragment
-def generate_panel(model, transform):
+def generate_panel(model, inverse):
     """Count, seed, Generate and the clips. A fragment: a click reruns only this panel."""
     with errors_as_messages():
         controls, output = st.columns([2, 3], gap="large")
@@ -566,8 +577,8 @@ def generate_panel(model, transform):
             clicked = st.button("Generate", type="primary", key="generate_audio")
         with output:
             if clicked:
-                with st.spinner(f"Decoding {count} prior samples and running Griffin-Lim ..."):
-                    st.session_state["generated"] = generate_clips(model, transform, count, seed)
+                with st.spinner(f"Decoding {count} prior samples and turning them into audio ..."):
+                    st.session_state["generated"] = generate_clips(model, inverse, count, seed)
             shown = st.session_state.get("generated")
             if shown is None:
                 return
@@ -575,15 +586,16 @@ def generate_panel(model, transform):
                 st.markdown(f"**Clip {i}** (seed {shown.seed})")
                 st.audio(wav, format="audio/wav")
             st.caption(f"{len(shown.wavs)} clips of 5 s generated in {shown.seconds:.1f} s "
-                       f"({GRIFFIN_LIM_ITERS} Griffin-Lim iterations).")
-        st.image(shown.grid, caption="Log-mel spectrograms of the generated clips, before Griffin-Lim")
+                       f"({inverse.name}).")
+        st.image(shown.grid, caption="Log-mel spectrograms of the generated clips, before they become audio")
 
 
-def generate_clips(model, transform, count, seed):
+def generate_clips(model, inverse, count, seed):
     """`count` clips from the VAE's prior with audio_gen's generate functions, so a seed gives what
     `--mode generate --seed` gives: WAVs and a spectrogram grid."""
     start = time.perf_counter()
-    log_mels, audio = draw_clips(model, transform, count, seed)
+    log_mels, audio = draw_clips(model, inverse, count, seed)
+    transform = inverse.transform
     grid = io.BytesIO()
     plot_spectrogram_grid(log_mels, [f"clip {i}" for i in range(count)], grid, f"Prior samples, seed {seed}",
                           columns=min(4, count))
@@ -604,19 +616,19 @@ def choose_window(wave, transform):
     return transform.cut(torch.from_numpy(wave), int(start * rate)), start
 
 
-def show_reconstruction(result):
-    for label, audio in (("Original", result.original), ("Autoencoder + Griffin-Lim", result.reconstruction),
-                         ("Griffin-Lim oracle (the true mel, inverted the same way)", result.oracle)):
+def show_reconstruction(result, inverse_name):
+    for label, audio in (("Original", result.original), ("Autoencoder", result.reconstruction),
+                         ("Oracle (the true mel, turned into audio the same way)", result.oracle)):
         st.markdown(f"**{label}**")
         st.audio(audio, format="audio/wav")
     s, mel = result.scores, result.mel
     fmt = lambda value, spec: "undefined" if value is None else format(value, spec)  # noqa: E731
-    st.table({"audio": ["autoencoder + Griffin-Lim", "Griffin-Lim oracle"],
+    st.table({"audio": ["autoencoder", "oracle"],
               "PESQ (wide-band)": [fmt(s["pesq"], ".2f"), fmt(s["oracle_pesq"], ".2f")],
               "STOI": [fmt(s["stoi"], ".3f"), fmt(s["oracle_stoi"], ".3f")]})
     st.caption(f"Mel: MSE {mel['mse']:.4f} ({versus_baseline(mel)} than the clip's time-average), cosine "
                f"{mel['cosine']:.3f}, 1 - spectral convergence {mel['mel_sc_score']:.3f}. Reconstructed, inverted "
-               f"({GRIFFIN_LIM_ITERS} Griffin-Lim iterations, twice) and scored in {result.seconds:.2f} s.")
+               f"({inverse_name}, twice) and scored in {result.seconds:.2f} s.")
 
 
 # ============================================================================================

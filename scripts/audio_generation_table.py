@@ -27,13 +27,14 @@ import torch
 
 AUDIO_GEN = Path(__file__).resolve().parents[1] / "audio_gen"
 sys.path.insert(0, str(AUDIO_GEN))  # the audio package, imported as audio_gen.py imports it
-from audiogen.checkpoint import (load_checkpoint, load_prior_checkpoint, model_from_checkpoint,  # noqa: E402
-                                 prior_from_checkpoint, weights_fingerprint)
+from audiogen.checkpoint import (load_checkpoint, load_inverse, load_prior_checkpoint,  # noqa: E402
+                                 model_from_checkpoint, prior_from_checkpoint, weights_fingerprint)
 from audiogen.common import number, write_json_atomic  # noqa: E402
 from audiogen.data import DataConfig, training_splits  # noqa: E402
 from audiogen.fad import EMBEDDINGS, make_embedding  # noqa: E402
 from audiogen.generate import (decoded_clips, draw_clips, format_table, frechet_table, real_halves,  # noqa: E402
                                scored_rows)
+from audiogen.inverse import INVERSES, InverseConfig  # noqa: E402
 from audiogen.metrics import spread_positions  # noqa: E402
 from audiogen.prior import SamplerConfig  # noqa: E402
 from audiogen.train_prior import latents_of  # noqa: E402
@@ -53,8 +54,12 @@ def parse_args(argv=None):
                    help="add real training clips and the first VAE's decoded posterior draws of them")
     p.add_argument("--num_samples", type=number(int, 2, 4096), default=128,
                    help="clips per row (and as many real clips again for the floor, when the folder has them)")
-    p.add_argument("--seed", type=number(int, 0), default=0, help="latents' and Griffin-Lim's seed")
-    p.add_argument("--griffin_lim_iters", type=number(int, 1, 10_000), default=64, help="Griffin-Lim iterations")
+    p.add_argument("--seed", type=number(int, 0), default=0,
+                   help="the latents' seed (and the starting phase of --inverse griffinlim)")
+    p.add_argument("--inverse", choices=INVERSES, default="pghi", help="how every row's log-mels become audio")
+    p.add_argument("--griffin_lim_iters", type=number(int, 0, 10_000), default=64,
+                   help="fast Griffin-Lim iterations (after PGHI, or from the random phase)")
+    p.add_argument("--vocoder", default=None, help="vocoder checkpoint for --inverse vocoder")
     p.add_argument("--fad_embedding", nargs="+", choices=EMBEDDINGS, default=["aisfx", "mel-frames"],
                    help="embeddings to score in")
     p.add_argument("--fad_weights", default=None, help="VGGish weights file for --fad_embedding vggish")
@@ -63,10 +68,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def training_rows(states, models, transform, count, seed, cache_dir):
+def training_rows(states, models, inverse, count, seed, cache_dir):
     """{row: (count, clip_samples) waveforms}: `count` real clips spread over the first checkpoint's training
     windows and, for the first VAE among the checkpoints, its decoding of one draw z ~ q(z|x) of each."""
-    splits = training_splits(states[0][1]["data"], transform, cache_dir)
+    splits = training_splits(states[0][1]["data"], inverse.transform, cache_dir)
     if splits is None or not len(splits["train"]):
         raise SystemExit(f"error: --training_rows: the training data of {states[0][0]} is not on this machine")
     clips = splits["train"]
@@ -74,7 +79,7 @@ def training_rows(states, models, transform, count, seed, cache_dir):
     for (path, state), model in zip(states, models):
         if state["kind"] == "vae":  # latents_of draws from the same evenly spread windows
             latents = latents_of(model, clips, seed, count)
-            rows[f"{path.stem} decoding z ~ q(z|x) of them"] = decoded_clips(model, transform, latents, seed,
+            rows[f"{path.stem} decoding z ~ q(z|x) of them"] = decoded_clips(model, inverse, latents, seed,
                                                                             "posterior draws")[1]
             break
     return rows
@@ -83,7 +88,11 @@ def training_rows(states, models, transform, count, seed, cache_dir):
 def main(argv=None):
     args = parse_args(argv)
     states = [(Path(path), load_checkpoint(path)) for path in args.checkpoints]
-    transform = LogMelTransform.from_config(states[0][1]["transform_config"], args.griffin_lim_iters, "cpu")
+    transform = LogMelTransform.from_config(states[0][1]["transform_config"], "cpu")
+    if args.inverse.startswith("vocoder") and args.vocoder is None:
+        raise SystemExit(f"error: --inverse {args.inverse} needs --vocoder")
+    inverse = load_inverse(InverseConfig(args.inverse, args.griffin_lim_iters,
+                                         vocoder=Path(args.vocoder) if args.vocoder else None), transform)
     data = DataConfig(Path(args.audio_dir), None, "none", ("mixture",), Path(args.cache_dir))
     reference, floor, origin = real_halves(data, transform, args.num_samples, states[0][1]["data"]["audio_dir"])
     n = len(reference)
@@ -99,23 +108,23 @@ def main(argv=None):
         model = model_from_checkpoint(state, torch.device("cpu"))
         models.append(model)
         name = f"{path.stem} ({state['kind']}, {model.compression:g}x, N(0, I) latents)"
-        samples[name] = draw_clips(model, transform, n, args.seed, name)[1]
+        samples[name] = draw_clips(model, inverse, n, args.seed, name)[1]
         for prior_path, prior_state in priors:
             if prior_state["vae"]["fingerprint"] == fingerprint:
                 name = f"{path.stem} + learned prior {prior_path.stem} ({sampler.name})"
                 prior = prior_from_checkpoint(prior_state, torch.device("cpu"))
-                samples[name] = draw_clips(model, transform, n, args.seed, name, prior, sampler)[1]
+                samples[name] = draw_clips(model, inverse, n, args.seed, name, prior, sampler)[1]
     if args.training_rows:
-        samples = {**training_rows(states, models, transform, n, args.seed, Path(args.cache_dir)), **samples}
-    rows = scored_rows(transform, models[0], floor, samples, args.seed)
+        samples = {**training_rows(states, models, inverse, n, args.seed, Path(args.cache_dir)), **samples}
+    rows = scored_rows(inverse, models[0], floor, samples, args.seed)
     embedders = [make_embedding(name, transform, "cpu", args.fad_weights) for name in dict.fromkeys(args.fad_embedding)]
     table = frechet_table(rows, reference, embedders, transform.sample_rate)
     counts = {name: len(waves) for name, waves in rows.items()}
-    print(f"Frechet distances to {n} real clips of {origin} (seed {args.seed}, Griffin-Lim {args.griffin_lim_iters}):")
+    print(f"Frechet distances to {n} real clips of {origin} (seed {args.seed}, {inverse.name}):")
     for line in format_table(table, counts):
         print("  " + line)
     write_json_atomic({"against": origin, "reference_clips": n, "clips": counts, "frechet": table,
-                       "seed": args.seed, "checkpoints": [str(p) for p, _ in states],
+                       "seed": args.seed, "inverse": inverse.name, "checkpoints": [str(p) for p, _ in states],
                        "priors": [str(p) for p, _ in priors], "prior_sampler": sampler.name,
                        "training_rows": args.training_rows}, Path(args.out))
     print(f"Written to {args.out}")

@@ -22,6 +22,7 @@ from audiogen.clips import MelClips
 from audiogen.data import SPLITS, DataConfig, Recording, build_splits, folder_splits, hash_split, window_starts
 from audiogen.metrics import (AudioEvaluator, mel_metrics, paired_speech_scores, require_speech_metrics, score_split,
                               spread_positions)
+from audiogen.inverse import InverseConfig, MelInverse
 from audiogen.model import AudioAutoencoder
 from audiogen.musdb import DATASETS, detect_layout, ensure_dataset
 from audiogen.trainer import AudioTrainer, CosineSchedule
@@ -33,7 +34,13 @@ CLIP = 80_000
 
 @pytest.fixture(scope="module")
 def tf():
-    return LogMelTransform(griffin_lim_iters=8)
+    return LogMelTransform()
+
+
+@pytest.fixture(scope="module")
+def random_phase(tf):
+    """The random-phase chain (least squares + 8 iterations of fast Griffin-Lim): the cheapest inverse."""
+    return MelInverse(InverseConfig("griffinlim", 8), tf)
 
 
 # --- decoding and data -------------------------------------------------------------------------
@@ -194,18 +201,19 @@ def test_unreadable_stem_file_is_skipped(musdb_stems, tmp_path):
 
 # --- transform ---------------------------------------------------------------------------------
 
-def test_mel_shape_and_griffin_lim_length(tf):
+@pytest.mark.parametrize("kind", ["griffinlim", "pghi"])
+def test_mel_shape_and_inverse_length(tf, kind):
     log_mel = tf(torch.randn(3, CLIP) * 0.1)
     assert log_mel.shape == (3, 128, 256)
     assert tf(torch.zeros(1, CLIP)).min() == pytest.approx(np.log(1e-5))  # the floor for digital silence
-    assert tf.invert(log_mel).shape == (3, CLIP)
+    assert MelInverse(InverseConfig(kind, 2), tf)(log_mel).shape == (3, CLIP)
 
 
-def test_griffin_lim_recovers_a_tone():
-    """The whole inverse chain (InverseMelScale + Griffin-Lim) puts a 440 Hz tone back at 440 Hz."""
-    transform = LogMelTransform(griffin_lim_iters=32)
+@pytest.mark.parametrize("kind", ["griffinlim", "pghi"])
+def test_inverse_recovers_a_tone(tf, kind):
+    """Each whole inverse chain (mel -> linear -> phase -> fast Griffin-Lim) puts a 440 Hz tone back at 440 Hz."""
     tone = 0.5 * torch.sin(2 * torch.pi * 440 * torch.arange(CLIP) / 16_000)
-    spectrum = torch.fft.rfft(transform.invert(transform(tone[None]))[0]).abs()
+    spectrum = torch.fft.rfft(MelInverse(InverseConfig(kind, 32), tf)(tf(tone[None]))[0]).abs()
     assert spectrum.argmax().item() * 16_000 / CLIP == pytest.approx(440, abs=5)
 
 
@@ -259,12 +267,12 @@ def test_missing_pesq_is_an_error(monkeypatch):
         require_speech_metrics()
 
 
-def test_audio_evaluator_takes_reference_waveforms(tf):
-    """AudioEvaluator scores any (n, samples) clips, with no data set behind them; Griffin-Lim starts from
-    the same phase on every call and leaves the global RNG as it was."""
+def test_audio_evaluator_takes_reference_waveforms(random_phase):
+    """AudioEvaluator scores any (n, samples) clips, with no data set behind them; the random-phase inverse starts
+    from the same phase on every call and leaves the global RNG as it was."""
     reference = torch.stack([voiced(), voiced(pitch=300)])
     model = AudioAutoencoder(hidden=16, latent_dim=32)
-    evaluator = AudioEvaluator(reference, tf, seed=3)
+    evaluator = AudioEvaluator(reference, random_phase, seed=3)
     assert evaluator.reference is reference and evaluator.log_mels.shape == (2, 128, 256)
     assert evaluator.oracle_audio.shape == (2, CLIP)
     rng = torch.get_rng_state()
@@ -461,7 +469,7 @@ def test_train_and_infer_outputs(trained):
     for name in ("training_curves.png", "spectrogram_comparison.png", "inference_comparison.png"):
         assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     for n in (0, 1):
-        for kind in ("original", "reconstructed", "griffinlim_oracle"):
+        for kind in ("original", "reconstructed", "oracle"):
             audio, rate = sf.read(results / f"audio_{kind}_{n}.wav")
             assert rate == 16_000 and audio.shape == (CLIP,) and np.abs(audio).max() <= 1.0
     assert not (results / "audio_reconstructed_2.wav").exists()
@@ -637,9 +645,9 @@ def test_logs_and_early_examples(trained):
 
 
 def test_flags_of_other_modes_are_rejected(ag, capsys):
-    for argv, message in ((["--mode", "infer", "--epochs", "3"], "--epochs applies to --mode train or train_prior, not infer"),
+    for argv, message in ((["--mode", "infer", "--epochs", "3"], "--epochs applies to --mode train or train_prior or train_vocoder, not infer"),
                           (["--mode", "infer", "--hidden", "16"], "--hidden applies to --mode benchmark or train"),
-                          (["--mode", "benchmark", "--resume"], "--resume applies to --mode train or train_prior, not benchmark"),
+                          (["--mode", "benchmark", "--resume"], "--resume applies to --mode train or train_prior or train_vocoder, not benchmark"),
                           (["--mode", "train", "--num_examples", "3"], "--num_examples applies to --mode infer")):
         with pytest.raises(SystemExit) as exc:
             ag.parse_args(argv)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from audiogen.checkpoint import load_prior_checkpoint, prior_from_checkpoint, weights_fingerprint
+from audiogen.generate import ORACLE_ROW
 from audiogen.prior import LatentDiffusion, LatentPrior, SamplerConfig, sample_latents, timestep_embedding
 from audiogen.train_prior import PriorTrainer
 from conftest import ROOT
@@ -349,7 +350,7 @@ def test_the_generation_table_adds_a_row_for_a_learned_prior(prior_run, music_ot
          "--cache_dir", str(tmp / "cache"), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     table = json.loads(out.read_text())
-    assert list(table["frechet"]) == ["real music (floor)", "real through Griffin-Lim", "training music (real)",
+    assert list(table["frechet"]) == ["real music (floor)", ORACLE_ROW, "training music (real)",
                                       "vae decoding z ~ q(z|x) of them", "vae (vae, 128x, N(0, I) latents)",
                                       "vae + learned prior prior (ddim-3)", "shaped noise"]
     assert set(table["clips"].values()) == {2} and table["training_rows"] is True

@@ -1,5 +1,5 @@
-"""The benchmark command, on one device: data preparation (empty cache, then cached), training clips/s,
-Griffin-Lim clips/s, and the Griffin-Lim oracle's PESQ/STOI and time against its iteration count."""
+"""The benchmark command, on one device: data preparation (empty cache, then cached), training clips/s, the
+inverse's clips/s, and the oracle's PESQ/STOI and time for each inverse (inverse.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import load_inverse
 from .data import DataConfig, build_splits
+from .inverse import InverseConfig
 from .metrics import paired_speech_scores, require_speech_metrics, spread_positions
 from .model import AudioAutoencoder, ModelConfig
 from .musdb import detect_layout
@@ -21,13 +23,13 @@ from .transform import LogMelTransform
 @dataclass(frozen=True)
 class BenchmarkConfig:
     """What the benchmark command reads: the data to prepare (its cache is a fresh temporary folder),
-    the model and batch to time, Griffin-Lim's iterations, and how many clips the oracle table scores."""
+    the model and batch to time, the inverse to time, and how many clips the oracle table scores."""
     data: DataConfig
     model: ModelConfig
     device: torch.device
     batch_size: int
     learning_rate: float
-    griffin_lim_iters: int
+    inverse: InverseConfig
     audio_eval_clips: int
     seed: int
 
@@ -69,38 +71,40 @@ def time_training(config, frames, tag):
           f"{repeats * config.batch_size / (time.perf_counter() - start):.0f} clips/s")
 
 
-def time_griffin_lim(config, frames, tag):
-    """Griffin-Lim clips/s at the configured iteration count, on random log-mels."""
-    device = config.device
-    inverse = LogMelTransform(n_mels=config.model.n_mels, griffin_lim_iters=config.griffin_lim_iters, device=device)
-    n = 64 if device.type == "cuda" else 8
-    inverse.invert(torch.randn(n, config.model.n_mels, frames, device=device))  # warm-up, not timed
-    synchronize(device)
+def time_inverse(config, transform, tag):
+    """Clips/s of the configured inverse (log-mel -> audio) on random log-mels, one clip at a time as it runs."""
+    inverse = load_inverse(config.inverse, transform)
+    n = 8
+    log_mels = torch.randn(n, transform.n_mels, transform.frames, generator=torch.Generator().manual_seed(0)) - 4
+    inverse(log_mels[:1])  # warm-up, not timed
+    synchronize(config.device)
     start = time.perf_counter()
-    inverse.invert(torch.randn(n, config.model.n_mels, frames, device=device))
-    synchronize(device)
-    print(f"{tag} Griffin-Lim ({config.griffin_lim_iters} iterations, batch {n}): "
-          f"{n / (time.perf_counter() - start):.1f} clips/s")
+    inverse(log_mels)
+    synchronize(config.device)
+    print(f"{tag} {inverse.name}: {n / (time.perf_counter() - start):.1f} clips/s")
 
 
-def griffin_lim_table(splits, config, tag, iterations=(32, 64, 128, 256)):
-    """Oracle PESQ/STOI (true mel through Griffin-Lim) and time per clip against the iteration count."""
+def inverse_table(splits, config, transform, tag):
+    """Oracle PESQ/STOI (the true mel through each inverse) and time per clip: today's random-phase chain, the
+    deterministic one at several iteration counts, and the vocoder when --inverse vocoder names one."""
     require_speech_metrics()
     held_out = splits["test"] if len(splits["test"]) else splits["valid"] if len(splits["valid"]) else splits["train"]
     positions = spread_positions(len(held_out), config.audio_eval_clips)
     reference = held_out.waveforms(positions)
-    print(f"{tag} Griffin-Lim oracle on {len(positions)} clips of {held_out.origin}:")
-    for n_iter in iterations:
-        transform = LogMelTransform(n_mels=config.model.n_mels, griffin_lim_iters=n_iter, device=config.device)
-        log_mels = transform(reference)
-        torch.manual_seed(config.seed)
+    log_mels = transform(reference).cpu()
+    print(f"{tag} oracle (true mel -> audio) on {len(positions)} clips of {held_out.origin}:")
+    rows = [InverseConfig("griffinlim", 64)] + [InverseConfig("pghi", n) for n in (32, 64, 128)]
+    if config.inverse.needs_vocoder:
+        rows.append(config.inverse)
+    for row in rows:
+        inverse = load_inverse(row, transform)
         start = time.perf_counter()
-        audio = transform.invert(log_mels)
+        audio = inverse(log_mels, config.seed)
         synchronize(config.device)
         seconds = (time.perf_counter() - start) / len(positions)
         scores = paired_speech_scores(reference, audio, audio, transform.sample_rate)
         pesq = "n/a" if scores["pesq"] is None else f"{scores['pesq']:.2f}"
-        print(f"{tag}   {n_iter:4d} iterations: PESQ {pesq}  STOI {scores['stoi']:.3f}  {seconds * 1000:.0f} ms/clip")
+        print(f"{tag}   {inverse.name:42s} PESQ {pesq}  STOI {scores['stoi']:.3f}  {seconds * 1000:.0f} ms/clip")
 
 
 def benchmark(config):
@@ -112,8 +116,8 @@ def benchmark(config):
     if config.data.audio_dir is not None or detect_layout(config.data.musdb_root):
         splits = time_preparation(config.data, transform, tag)
     else:
-        print(f"{tag} (no data in {config.data.musdb_root}: preparation and the Griffin-Lim table are not measured)")
+        print(f"{tag} (no data in {config.data.musdb_root}: preparation and the inverse table are not measured)")
     time_training(config, transform.frames, tag)
-    time_griffin_lim(config, transform.frames, tag)
+    time_inverse(config, transform, tag)
     if splits is not None and config.audio_eval_clips:
-        griffin_lim_table(splits, config, tag)
+        inverse_table(splits, config, transform, tag)

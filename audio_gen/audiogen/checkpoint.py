@@ -7,13 +7,17 @@ import hashlib
 import torch
 
 from . import common
+from .inverse import MelInverse
 from .model import AudioAutoencoder
 from .prior import LatentPrior
+from .vocoder import Vocoder
 
 CHECKPOINT_FORMAT = "imageaudiogen.audio_autoencoder"
 CHECKPOINT_VERSION = 3  # 3: "kind" ('ae' or 'vae') and the KL weight; version 2 files are plain autoencoders
 PRIOR_FORMAT = "imageaudiogen.audio_latent_prior"
 PRIOR_VERSION = 2  # 2 added clip_context to prior_config; a version-1 prior has none
+VOCODER_FORMAT = "imageaudiogen.audio_vocoder"
+VOCODER_VERSION = 1
 
 
 def load_checkpoint(path):
@@ -103,3 +107,33 @@ def prior_from_checkpoint(state, device):
     prior = LatentPrior(**state["prior_config"])
     prior.load_state_dict(state["ema"])
     return prior.to(device).eval()
+
+
+# --- the vocoder ------------------------------------------------------------------------------
+
+def load_vocoder_checkpoint(path, transform_config=None):
+    """The vocoder checkpoint in `path`; with `transform_config`, also checked to voice those features (a vocoder
+    made for other mels would voice noise): a mismatch is a one-line usage error."""
+    state = common.load_checkpoint(path, VOCODER_FORMAT, (VOCODER_VERSION,))
+    if transform_config is not None and state["transform_config"] != transform_config:
+        theirs, ours = state["transform_config"], transform_config
+        differ = ", ".join(f"{k} {theirs.get(k)} (needed: {ours.get(k)})" for k in ours if theirs.get(k) != ours.get(k))
+        common.usage_error(f"{path} is a vocoder for other features: {differ}; train one for these with "
+                           f"--mode train_vocoder")
+    return state
+
+
+def vocoder_from_checkpoint(state, device):
+    """The trained vocoder of a loaded vocoder checkpoint, in eval mode on `device`."""
+    vocoder = Vocoder(**state["vocoder_config"])
+    vocoder.load_state_dict(state["model"])
+    return vocoder.to(device).eval()
+
+
+def load_inverse(config, transform):
+    """The MelInverse that InverseConfig `config` describes for `transform`'s features, with its vocoder loaded
+    (and checked to be made for those features) when it names one."""
+    vocoder = None
+    if config.needs_vocoder:
+        vocoder = vocoder_from_checkpoint(load_vocoder_checkpoint(config.vocoder, transform.config), transform.device)
+    return MelInverse(config, transform, vocoder)

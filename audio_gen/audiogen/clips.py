@@ -6,6 +6,15 @@ import torch
 from .audio_io import decode_recordings
 
 
+def uniform_crop_starts(offsets, crop_cumsum, count, generator):
+    """`count` random crop starts, uniform over every crop that fits inside one recording: recording r begins at
+    `offsets[r]` of the concatenation and holds crop_cumsum[r] - crop_cumsum[r - 1] crops."""
+    flat = torch.randint(int(crop_cumsum[-1]), (count,), generator=generator)
+    r = torch.searchsorted(crop_cumsum, flat, right=True)
+    before = torch.cat([torch.zeros(1, dtype=torch.long), crop_cumsum])[r]
+    return offsets[r] + flat - before
+
+
 class MelClips(torch.utils.data.Dataset):
     """The log-mels of a split's recordings, for training crops and fixed scoring windows.
 
@@ -42,11 +51,7 @@ class MelClips(torch.utils.data.Dataset):
 
     def crop_starts(self, count, generator):
         """`count` random crop positions (first frames in `log_mels`), uniform over every possible crop."""
-        total = int(self._crop_cumsum[-1])
-        flat = torch.randint(total, (count,), generator=generator)
-        r = torch.searchsorted(self._crop_cumsum, flat, right=True)
-        before = torch.cat([torch.zeros(1, dtype=torch.long), self._crop_cumsum])[r]
-        return self.offsets[r] + flat - before
+        return uniform_crop_starts(self.offsets, self._crop_cumsum, count, generator)
 
     def crops(self, starts):
         """(len(starts), n_mels, frames) float32 crops of `log_mels` beginning at `starts`."""

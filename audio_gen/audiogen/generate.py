@@ -1,6 +1,7 @@
 """The generate command: new music from a VAE checkpoint. Latents drawn from the N(0, I) prior (or from a learned
-prior, prior.py) are decoded to log-mels and turned into audio by Griffin-Lim; given a folder of real music, the samples are scored against
-it beside the references that give the scores a meaning (real music, the Griffin-Lim oracle, shaped noise),
+prior, prior.py) are decoded to log-mels and turned into audio by a MelInverse (inverse.py); given a folder of real
+music, the samples are scored against it beside the references that give the scores a meaning (real music, the
+oracle: real mels through the same inverse, shaped noise),
 and each sample's distance to its nearest training window tells whether it copies."""
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from pathlib import Path
 import torch
 
 from .audio_io import write_wav
-from .checkpoint import load_checkpoint, load_prior_checkpoint, model_from_checkpoint, prior_from_checkpoint, require_vae
+from .checkpoint import (load_checkpoint, load_inverse, load_prior_checkpoint, model_from_checkpoint,
+                         prior_from_checkpoint, require_vae)
 from .common import progress_bar, read_json, write_json_atomic
 from .data import DataConfig, build_splits, training_splits
 from .fad import frechet_distance, make_embedding
-from .metrics import invert_seeded, spread_positions
+from .inverse import InverseConfig, MelInverse
+from .metrics import spread_positions
 from .model import decode_latents
 from .plots import plot_spectrogram_grid
 from .prior import SamplerConfig, sample_latents
@@ -33,7 +36,7 @@ class GenerateConfig:
     device: torch.device
     num_samples: int
     seed: int
-    griffin_lim_iters: int
+    inverse: InverseConfig
     cache_dir: Path
     reference: DataConfig | None = None
     embeddings: tuple = ("aisfx", "mel-frames")
@@ -58,31 +61,31 @@ def shaped_noise_log_mels(model, count, frames):
     return model.mel_mean.cpu()[None, :, None].expand(count, -1, frames).clone()
 
 
-def to_audio(transform, log_mels, seed, desc):
-    """(n, n_mels, frames) log-mels -> (n, clip_samples) audio by Griffin-Lim, clip i from the phase that seed + i
-    draws, one clip at a time (so that clip i never depends on n), with progress."""
-    parts = [invert_seeded(transform, log_mels[i:i + 1], seed + i)
-             for i in progress_bar(range(len(log_mels)), desc, unit="clips")]
-    return torch.cat(parts) if parts else torch.zeros(0, transform.clip_samples)
+def to_audio(inverse, log_mels, seed, desc):
+    """(n, n_mels, frames) log-mels -> (n, clip_samples) audio by the MelInverse `inverse`, one clip at a time (so
+    that clip i never depends on n; a random-phase inverse starts clip i from the phase seed + i draws), with progress."""
+    parts = [inverse(log_mels[i:i + 1], seed + i) for i in progress_bar(range(len(log_mels)), desc, unit="clips")]
+    return torch.cat(parts) if parts else torch.zeros(0, inverse.transform.clip_samples)
 
 
-def draw_clips(model, transform, count, seed, desc="Griffin-Lim", prior=None, sampler=SamplerConfig()):
+def draw_clips(model, inverse, count, seed, desc="to audio", prior=None, sampler=SamplerConfig()):
     """`count` clips from the N(0, I) prior, or from the learned `prior` run as `sampler` says: ((count, n_mels,
     frames) log-mels, (count, clip_samples) audio) on the CPU. Sampled, decoded and inverted one clip at a
     time, because a batched convolution may round differently with the batch's size and clip i must not
-    depend on `count`: the command, the demo and the API agree."""
+    depend on `count`: the command, the demo and the API agree. `inverse`: the MelInverse that voices them."""
+    transform = inverse.transform
     frames = model.latent_shape(transform.frames)[1]
     latents = (sample_prior(model, count, transform.frames, seed) if prior is None
                else sample_latents(prior, count, frames, seed, sampler,
                                    lambda clips: progress_bar(clips, f"learned prior, {sampler.name}", unit="clips")))
-    return decoded_clips(model, transform, latents, seed, desc)
+    return decoded_clips(model, inverse, latents, seed, desc)
 
 
-def decoded_clips(model, transform, latents, seed, desc="Griffin-Lim"):
+def decoded_clips(model, inverse, latents, seed, desc="to audio"):
     """(n, latent_dim, latent frames) latents -> ((n, n_mels, frames) log-mels, (n, clip_samples) audio) on the
     CPU, decoded and inverted one clip at a time (see draw_clips)."""
     log_mels = decode_latents(model, latents, batch_size=1).cpu()
-    return log_mels, to_audio(transform, log_mels, seed, desc)
+    return log_mels, to_audio(inverse, log_mels, seed, desc)
 
 
 def level_dbfs(audio):
@@ -108,14 +111,20 @@ def real_halves(reference, transform, count, trained_on=None):
     return waves[0::2], waves[1::2], clips.origin
 
 
-def scored_rows(transform, model, floor, samples, seed):
+ORACLE_ROW = "real through the mel (oracle)"
+
+
+def scored_rows(inverse, model, floor, samples, seed):
     """{row: (n, clip_samples) waveforms} of one table: the `floor` clips (real music), the same through their
-    mel and Griffin-Lim (the oracle), the {name: waveforms} of `samples`, and stationary noise with `model`'s
-    mean training spectrum (the naive ceiling)."""
+    mel and the MelInverse `inverse` (the oracle), the {name: waveforms} of `samples`, and stationary noise with
+    `model`'s mean training spectrum (the naive ceiling). The noise always takes Griffin-Lim's random phase: from
+    a constant spectrum a deterministic phase would make a steady chord, not noise."""
+    transform = inverse.transform
+    random_phase = MelInverse(InverseConfig("griffinlim", inverse.config.iterations), transform)
     return {"real music (floor)": floor,
-            "real through Griffin-Lim": to_audio(transform, transform(floor).cpu(), seed, "Griffin-Lim oracle"),
+            ORACLE_ROW: to_audio(inverse, transform(floor).cpu(), seed, "oracle"),
             **samples,
-            "shaped noise": to_audio(transform, shaped_noise_log_mels(model, len(floor), transform.frames), seed,
+            "shaped noise": to_audio(random_phase, shaped_noise_log_mels(model, len(floor), transform.frames), seed,
                                      "shaped noise")}
 
 
@@ -198,14 +207,15 @@ def write_samples(audio, log_mels, results, title, rate):
     return names
 
 
-def score_samples(config, state, model, transform, audio, count):
+def score_samples(config, state, model, inverse, audio, count):
     """Frechet distances of the samples and of the reference rows against real clips of `config.reference`;
     also returns the real clips' log-mels (the unseen clips of the memorisation check)."""
+    transform = inverse.transform
     reference, floor, origin = real_halves(config.reference, transform, count, state["data"]["audio_dir"])
     n = len(reference)
     print(f"Scoring {min(n, len(audio))} samples against {n} real clips of {origin} "
           f"({', '.join(config.embeddings)}) ...", flush=True)
-    rows = scored_rows(transform, model, floor, {"generated": audio[:n]}, config.seed)
+    rows = scored_rows(inverse, model, floor, {"generated": audio[:n]}, config.seed)
     embedders = [make_embedding(name, transform, config.device, config.vggish_weights) for name in config.embeddings]
     table = frechet_table(rows, reference, embedders, transform.sample_rate)
     counts = {name: len(waves) for name, waves in rows.items()}
@@ -228,24 +238,25 @@ def generate(config):
     """Generate as `config` (a GenerateConfig) says: WAVs and their spectrograms, then scores in metrics.json."""
     state = load_checkpoint(config.checkpoint)
     require_vae(state, config.checkpoint, "generate")
-    transform = LogMelTransform.from_config(state["transform_config"], config.griffin_lim_iters, config.device)
+    transform = LogMelTransform.from_config(state["transform_config"], config.device)
+    inverse = load_inverse(config.inverse, transform)
     model = model_from_checkpoint(state, config.device)
     prior, prior_name = learned_prior(config, state)
     latent = model.latent_shape(transform.frames)
     print(f"Generating {config.num_samples} clips from the {prior_name} ({latent[0]} x {latent[1]} latents, "
-          f"seed {config.seed}), Griffin-Lim {config.griffin_lim_iters} iterations ...", flush=True)
-    log_mels, audio = draw_clips(model, transform, config.num_samples, config.seed, prior=prior, sampler=config.sampler)
+          f"seed {config.seed}), {inverse.name} ...", flush=True)
+    log_mels, audio = draw_clips(model, inverse, config.num_samples, config.seed, prior=prior, sampler=config.sampler)
     title = "Prior samples" if prior is None else "Learned-prior samples"
     names = write_samples(audio, log_mels, config.results_dir,
                           f"{title} of {config.checkpoint.name} (seed {config.seed})", transform.sample_rate)
     print(f"Wrote {len(names)} WAVs and generated_spectrograms.png to {config.results_dir}", flush=True)
     result = {"checkpoint": str(config.checkpoint), "epoch": state["epoch"], "seed": config.seed,
               "num_samples": config.num_samples, "latent_shape": list(latent), "prior": prior_name,
-              "griffin_lim_iters": config.griffin_lim_iters,
+              "inverse": inverse.name, "griffin_lim_iters": config.inverse.iterations,
               "samples": [{"file": n, "level_dbfs": round(float(d), 2)} for n, d in zip(names, level_dbfs(audio))]}
     unseen = None
     if config.reference is not None:
-        result["scores"], unseen = score_samples(config, state, model, transform, audio, config.num_samples)
+        result["scores"], unseen = score_samples(config, state, model, inverse, audio, config.num_samples)
     result["memorisation"] = memorisation(log_mels, unseen, state, model, transform, config.cache_dir)
     if result["memorisation"]:
         m = result["memorisation"]

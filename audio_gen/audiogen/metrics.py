@@ -1,6 +1,6 @@
 """Scores: mel-spectrogram metrics against a time-average baseline, and wide-band PESQ (ITU-T P.862.2) and
-STOI (Taal et al. 2011) after Griffin-Lim beside the Griffin-Lim oracle (the true mel through the same
-inversion), which separates the autoencoder's loss from the phase reconstruction's."""
+STOI (Taal et al. 2011) of the audio beside the oracle (the true mel through the same inverse, inverse.py),
+which separates the autoencoder's loss from the mel inversion's."""
 from __future__ import annotations
 
 import math
@@ -49,7 +49,7 @@ def require_speech_metrics():
 
 
 def paired_speech_scores(reference, estimate, oracle, sample_rate):
-    """Wide-band PESQ and STOI of the autoencoder's audio and of the Griffin-Lim oracle on the same clips.
+    """Wide-band PESQ and STOI of the autoencoder's audio and of the oracle on the same clips.
 
     reference, estimate, oracle: (n, samples). A clip where either PESQ is undefined (PESQ refuses
     clips without an utterance-like signal) is left out of both means and counted in `pesq_undefined`.
@@ -77,16 +77,6 @@ def paired_speech_scores(reference, estimate, oracle, sample_rate):
             "stoi": mean([s[0] for s in stoi_rows]), "oracle_stoi": mean([s[1] for s in stoi_rows])}
 
 
-def invert_seeded(transform, log_mels, seed):
-    """(n, n_mels, frames) log-mels -> (n, clip_samples) audio on the CPU, Griffin-Lim starting from the
-    random phase that `seed` draws. The same start each time keeps scores comparable; forking leaves the
-    global RNG untouched, so a resumed training run matches an uninterrupted one."""
-    device = transform.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        return transform.invert(log_mels).cpu()
-
-
 def spread_positions(n, k):
     """min(n, k) distinct positions spread evenly over range(n), first and last included."""
     if k >= n:
@@ -95,19 +85,20 @@ def spread_positions(n, k):
 
 
 class AudioEvaluator:
-    """PESQ/STOI after Griffin-Lim for fixed reference clips, beside the Griffin-Lim oracle, which is
-    computed once. `reference`: (n, clip_samples) waveforms at the transform's sample rate."""
+    """PESQ/STOI of the audio for fixed reference clips, beside the oracle, which is computed once.
+    `reference`: (n, clip_samples) waveforms at the transform's sample rate; `inverse`: the MelInverse that
+    turns both mels into audio (`seed`: its starting phase, where it draws one)."""
 
-    def __init__(self, reference, transform, seed=0):
-        self.transform, self.seed = transform, seed
+    def __init__(self, reference, inverse, seed=0):
+        self.inverse, self.transform, self.seed = inverse, inverse.transform, seed
         self.reference = reference
         # The clip's own mel, not the slice of the whole recording's mel: identical but for the edge frames.
-        self.log_mels = transform(reference).cpu()
+        self.log_mels = self.transform(reference).cpu()
         self.oracle_audio = self.invert(self.log_mels)
 
     def invert(self, log_mels):
-        """(n, n_mels, frames) log-mels -> (n, clip_samples) audio on the CPU, from the same random phase each time."""
-        return invert_seeded(self.transform, log_mels, self.seed)
+        """(n, n_mels, frames) log-mels -> (n, clip_samples) audio on the CPU, the same way each time."""
+        return self.inverse(log_mels, self.seed)
 
     def __call__(self, model):
         """(paired scores, (n, samples) autoencoder audio, (n, n_mels, frames) reconstructed log-mels)."""
@@ -117,11 +108,11 @@ class AudioEvaluator:
         return scores, audio, reconstruction.cpu()
 
 
-def score_clip(model, transform, clip, seed=0):
-    """One (clip_samples,) waveform through the autoencoder and Griffin-Lim, scored beside the Griffin-Lim
+def score_clip(model, inverse, clip, seed=0):
+    """One (clip_samples,) waveform through the autoencoder and the MelInverse `inverse`, scored beside the
     oracle: {'audio', 'oracle': (clip_samples,) waveforms on the CPU; 'log_mel', 'reconstruction':
     (n_mels, frames); 'scores': paired_speech_scores; 'mel': mel_metrics}."""
-    evaluator = AudioEvaluator(clip[None], transform, seed)
+    evaluator = AudioEvaluator(clip[None], inverse, seed)
     scores, audio, reconstruction = evaluator(model)
     return {"audio": audio[0], "oracle": evaluator.oracle_audio[0], "log_mel": evaluator.log_mels[0],
             "reconstruction": reconstruction[0], "scores": scores,
@@ -135,7 +126,7 @@ def score_split(model, dataset, limit=None):
     return mel_metrics(reconstruct(model, target), target, model)
 
 
-def score_by_source(model, dataset, transform, audio_clips, seed):
+def score_by_source(model, dataset, inverse, audio_clips, seed):
     """{source: mel metrics (+ PESQ/STOI on `audio_clips` clips)} for each MUSDB18 stem in `dataset`."""
     table = {}
     for source in dict.fromkeys(dataset.source(i) for i in range(len(dataset))):
@@ -144,7 +135,7 @@ def score_by_source(model, dataset, transform, audio_clips, seed):
         table[source] = mel_metrics(reconstruct(model, target), target, model)
         if audio_clips:
             chosen = [positions[i] for i in spread_positions(len(positions), audio_clips)]
-            table[source]["audio"] = AudioEvaluator(dataset.waveforms(chosen), transform, seed)(model)[0]
+            table[source]["audio"] = AudioEvaluator(dataset.waveforms(chosen), inverse, seed)(model)[0]
     return table
 
 
@@ -161,13 +152,13 @@ def format_scores(name, mel, audio=None):
     line = (f"{name} ({mel['clips']} clips): mse {mel['mse']:.4f} (time-average baseline {mel['time_average_mse']:.3f}: "
             f"{versus_baseline(mel)})  cosine {mel['cosine']:.3f}  1-SC {mel['mel_sc_score']:.3f}")
     if audio and audio.get("pesq") is not None:
-        line += (f"\n    after Griffin-Lim ({audio['clips'] - audio['pesq_undefined']} of {audio['clips']} clips): "
+        line += (f"\n    as audio ({audio['clips'] - audio['pesq_undefined']} of {audio['clips']} clips): "
                  f"PESQ {audio['pesq']:.2f} (oracle {audio['oracle_pesq']:.2f})  "
                  f"STOI {audio['stoi']:.3f} (oracle {audio['oracle_stoi']:.3f})")
     return line
 
 
-def evaluate(model, transform, splits, audio_clips, seed, by_source):
+def evaluate(model, inverse, splits, audio_clips, seed, by_source):
     """Scores on the test split (unseen) and on training clips, so the generalisation gap shows, each
     printed: mel metrics on every scoring window, PESQ/STOI on `audio_clips` of them, and with
     `by_source` (MUSDB18) a table per stem."""
@@ -181,11 +172,11 @@ def evaluate(model, transform, splits, audio_clips, seed, by_source):
         if audio_clips:
             require_speech_metrics()
             positions = spread_positions(len(dataset), audio_clips)
-            print(f"  PESQ/STOI on {len(positions)} clips after Griffin-Lim ...", flush=True)
-            entry["audio"] = AudioEvaluator(dataset.waveforms(positions), transform, seed)(model)[0]
+            print(f"  PESQ/STOI on {len(positions)} clips through {inverse.name} ...", flush=True)
+            entry["audio"] = AudioEvaluator(dataset.waveforms(positions), inverse, seed)(model)[0]
         if by_source:
             print("  the same per MUSDB18 stem ...", flush=True)
-            entry["by_source"] = score_by_source(model, dataset, transform, audio_clips, seed)
+            entry["by_source"] = score_by_source(model, dataset, inverse, audio_clips, seed)
         result[split] = entry
         print(format_scores(f"{label}", entry, entry.get("audio")))
         for source, row in entry.get("by_source", {}).items():

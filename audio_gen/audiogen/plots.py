@@ -128,3 +128,38 @@ def plot_prior_curves(history, path, origin):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_vocoder_curves(history, path, origin):
+    """The vocoder's losses on unseen crops and PESQ/STOI of unseen 5-s clips beside the deterministic inverse,
+    against minutes of training."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), dpi=110)
+    minutes = np.cumsum([h["train_seconds"] for h in history]) / 60
+    dots = {"marker": "o", "markersize": 3} if len(history) <= 60 else {}
+    left.plot(minutes, [h["train_loss"] for h in history], color="black", label="training crops: total", **dots)
+    for key, color in (("mel", "tab:blue"), ("stft", "tab:green"), ("magnitude", "tab:purple"), ("phase", "tab:red")):
+        left.plot(minutes, [h["valid"][key] for h in history], color=color, label=f"unseen crops: {key}", **dots)
+    left.set(title=f"Vocoder losses\n({origin})", xlabel="training time (min)", yscale="log")
+    scored = [(m, h["audio"]) for m, h in zip(minutes, history) if h.get("audio")]
+    if scored:
+        m, audio = zip(*scored)
+        right.plot(m, [a["pesq"] for a in audio], "o-", color="tab:blue", label="PESQ, vocoder")
+        right.plot(m, [a.get("magnitude_pghi_pesq", np.nan) for a in audio], "^:", color="tab:blue",
+                   label="PESQ, its magnitude + PGHI")
+        right.axhline(audio[-1]["reference_pesq"], color="tab:blue", linestyle="--", label="PESQ, NNLS + PGHI + FGLA")
+        twin = right.twinx()
+        twin.plot(m, [a["stoi"] for a in audio], "s-", color="tab:orange", label="STOI, vocoder")
+        twin.plot(m, [a.get("magnitude_pghi_stoi", np.nan) for a in audio], "v:", color="tab:orange",
+                  label="STOI, its magnitude + PGHI")
+        twin.axhline(audio[-1]["reference_stoi"], color="tab:orange", linestyle="--", label="STOI, NNLS + PGHI + FGLA")
+        twin.set_ylabel("STOI")
+        right.legend(loc="lower left", fontsize=8)
+        twin.legend(loc="lower right", fontsize=8)
+    right.set(title="Unseen 5-s clips, through their true mel", xlabel="training time (min)", ylabel="PESQ (wide-band)")
+    left.grid(True, alpha=0.3)
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

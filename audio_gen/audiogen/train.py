@@ -8,9 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, rng_state, set_rng_state
+from .checkpoint import (load_checkpoint, load_inverse, make_checkpoint, model_from_checkpoint, rng_state,
+                         set_rng_state)
 from .common import StopRequest, World, atomic_torch_save, read_json, usage_error, write_json_atomic
 from .data import DataConfig, build_splits
+from .inverse import InverseConfig
 from .metrics import AudioEvaluator, evaluate, require_speech_metrics, score_split, spread_positions, versus_baseline
 from .model import AudioAutoencoder, ModelConfig, reconstruct
 from .plots import plot_spectrograms, plot_training_curves
@@ -36,7 +38,7 @@ class TrainConfig:
     checkpoint: Path
     results_dir: Path
     device: torch.device
-    griffin_lim_iters: int
+    inverse: InverseConfig
     audio_eval_clips: int
     command_line: dict
     world: World = field(default_factory=World)
@@ -82,9 +84,8 @@ def start_run(config):
     if state and state["kind"] != kind:
         usage_error(f"--model {kind} cannot resume {config.checkpoint}, a checkpoint of kind '{state['kind']}': "
                     f"resume it with --model {state['kind']}")
-    transform = (LogMelTransform.from_config(state["transform_config"], config.griffin_lim_iters, config.device)
-                 if state else LogMelTransform(n_mels=config.model.n_mels, griffin_lim_iters=config.griffin_lim_iters,
-                                               device=config.device))
+    transform = (LogMelTransform.from_config(state["transform_config"], config.device)
+                 if state else LogMelTransform(n_mels=config.model.n_mels, device=config.device))
     with world.main_first():
         splits = build_splits(config.data, transform)
     if len(splits["train"]) == 0:
@@ -124,7 +125,7 @@ def save_run(run, config):
         atomic_torch_save(make_checkpoint(run, config.data, config.command_line, rank_rngs), config.checkpoint)
 
 
-def make_evaluators(splits, transform, audio_clips, seed):
+def make_evaluators(splits, inverse, audio_clips, seed):
     """PESQ/STOI evaluators on `audio_clips` unseen validation clips and as many training clips (the gap shows)."""
     if not audio_clips:
         return {}
@@ -133,8 +134,8 @@ def make_evaluators(splits, transform, audio_clips, seed):
     for split in ("valid", "train"):
         if len(splits[split]):
             positions = spread_positions(len(splits[split]), audio_clips)
-            print(f"Griffin-Lim oracle for PESQ/STOI on {len(positions)} {split} clips ...", flush=True)
-            evaluators[split] = AudioEvaluator(splits[split].waveforms(positions), transform, seed)
+            print(f"Oracle ({inverse.name}) for PESQ/STOI on {len(positions)} {split} clips ...", flush=True)
+            evaluators[split] = AudioEvaluator(splits[split].waveforms(positions), inverse, seed)
     return evaluators
 
 
@@ -210,7 +211,8 @@ def train(config):
     splits, model = run.splits, run.trainer.model
     valid_name = "validation files" if len(splits["valid"]) else "none: no validation files"
     world = config.world
-    evaluators = make_evaluators(splits, run.transform, config.audio_eval_clips, config.seed) if world.is_main else {}
+    inverse = load_inverse(config.inverse, run.transform) if world.is_main else None
+    evaluators = make_evaluators(splits, inverse, config.audio_eval_clips, config.seed) if world.is_main else {}
     processes = (f" in {world.size} processes ({config.batch_size // world.size} clips each per step of "
                  f"{config.batch_size})" if world.active else "")
     kind = (f"VAE (KL weight {run.trainer.kl_weight.weight:g}, warm-up {run.trainer.kl_weight.warmup_steps} steps)"
@@ -228,7 +230,7 @@ def train(config):
     if stop.requested:
         save_stopped_run(run, config, valid_name)
     if world.is_main:
-        write_final_outputs(run, config)
+        write_final_outputs(run, config, inverse)
     return run.history
 
 
@@ -243,7 +245,7 @@ def save_stopped_run(run, config, valid_name):
     raise SystemExit(f"Stopped after {where}: checkpoint saved to {config.checkpoint}; continue with --resume.")
 
 
-def write_final_outputs(run, config):
+def write_final_outputs(run, config, inverse):
     """The spectrogram plot of unseen validation clips, and the final scores in metrics.json."""
     splits, model = run.splits, run.trainer.model
     held_out = splits["valid"] if len(splits["valid"]) else splits["train"]
@@ -256,6 +258,6 @@ def write_final_outputs(run, config):
     metrics["train"] = {"data": {s: {"origin": d.origin, "recordings": len(d.recordings), "clips": len(d), **d.stats}
                                  for s, d in splits.items()},
                         "compression": model.compression, "epochs": run.history}
-    metrics["final_test"] = evaluate(model, run.transform, splits, config.audio_eval_clips, config.seed,
+    metrics["final_test"] = evaluate(model, inverse, splits, config.audio_eval_clips, config.seed,
                                      by_source=config.data.audio_dir is None)
     write_json_atomic(metrics, config.results_dir / "metrics.json")

@@ -126,7 +126,7 @@ def start(config):
     """(the VAE's checkpoint, the splits it trained on, a PriorTrainer, the resumed prior's state or None)."""
     vae_state = load_checkpoint(config.vae_checkpoint)
     require_vae(vae_state, config.vae_checkpoint, "train_prior")
-    transform = LogMelTransform.from_config(vae_state["transform_config"], 1, config.device)
+    transform = LogMelTransform.from_config(vae_state["transform_config"], config.device)
     vae = model_from_checkpoint(vae_state, config.device)
     splits = training_splits(vae_state["data"], transform, config.cache_dir)
     if splits is None or not len(splits["train"]):

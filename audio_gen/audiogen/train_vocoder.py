@@ -1,0 +1,239 @@
+"""The train_vocoder command: a vocoder (vocoder.py) fitted to the music it will voice. Each step crops random
+segments of the training recordings, takes their log-mel and one AdamW step of the regression losses between
+the vocoder's output and the segment. A checkpoint after each epoch and on Ctrl-C; --resume continues at the
+exact step. Every `eval_every` epochs, unseen 5-s clips are voiced from their true mel and scored (PESQ/STOI)
+beside the deterministic inverse (NNLS + PGHI + fast Griffin-Lim)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import VOCODER_FORMAT, VOCODER_VERSION, data_record, load_vocoder_checkpoint, rng_state, set_rng_state
+from .common import StopRequest, World, atomic_torch_save
+from .inverse import InverseConfig, MelInverse
+from .metrics import paired_speech_scores
+from .plots import plot_vocoder_curves
+from .trainer import CosineSchedule, epoch_crops, run_epoch, steps_per_epoch
+from .transform import LogMelTransform, compute_normalization
+from .vocoder import Vocoder, vocoder_losses
+from .waves import wave_splits
+
+# How much each loss counts (vocoder.vocoder_losses); the log-mel L1 leads, as in Vocos and HiFi-GAN.
+LOSS_WEIGHTS = {"mel": 1.0, "stft": 1.0, "magnitude": 0.5, "phase": 0.3}
+
+
+@dataclass(frozen=True)
+class VocoderShape:
+    """The network's width and depth (vocoder.Vocoder)."""
+    dim: int = 256
+    intermediate: int = 768
+    blocks: int = 8
+
+
+@dataclass(frozen=True)
+class VocoderTrainConfig:
+    """What the train_vocoder command reads: the music (`data`), the vocoder's file and shape, the optimisation,
+    and the segment length in frames (`segment_frames`: (frames - 1) * hop samples per training crop)."""
+    data: object
+    checkpoint: Path
+    shape: VocoderShape
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    seed: int
+    resume: bool
+    eval_every: int
+    results_dir: Path
+    device: torch.device
+    command_line: dict = field(default_factory=dict)
+    segment_frames: int = 48
+    audio_eval_clips: int = 4
+
+
+class VocoderTrainer:
+    """Training state: the vocoder, AdamW (betas 0.8 / 0.9, as Vocos), the schedule, gradient clipping and the
+    step count. `train_step` has AudioTrainer's signature, so trainer.run_epoch drives it."""
+
+    def __init__(self, vocoder, transform, device, schedule, grad_clip=1.0):
+        self.model = vocoder.to(device)
+        self.transform, self.device, self.schedule, self.grad_clip = transform, device, schedule, grad_clip
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=schedule(0), betas=(0.8, 0.9), weight_decay=0.01)
+        self.world = World()
+        self.step = 0
+
+    def losses(self, waves):
+        """{name: scalar loss} and the weighted total for (b, samples) waveforms."""
+        waves = waves.to(self.device)
+        parts = vocoder_losses(self.model, self.transform(waves), waves, self.transform)
+        return parts, sum(LOSS_WEIGHTS[name] * value for name, value in parts.items())
+
+    def train_step(self, waves):
+        """One AdamW step on (batch, samples) waveforms; on device, (2,): the total loss and the phase loss."""
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule(self.step)
+        parts, loss = self.losses(waves)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return torch.stack([loss.detach(), parts["phase"].detach()])
+
+    def share(self, rows):
+        return rows  # one process: the whole batch
+
+    @torch.no_grad()
+    def validation_losses(self, waves, batch_size=16):
+        """{name: mean loss} over fixed (n, samples) unseen segments."""
+        self.model.eval()
+        sums = {}
+        for i in range(0, len(waves), batch_size):
+            parts, total = self.losses(waves[i:i + batch_size])
+            for name, value in {**parts, "total": total}.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * len(waves[i:i + batch_size])
+        return {name: value / len(waves) for name, value in sums.items()}
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step = state["step"]
+
+
+class AudioCheck:
+    """PESQ/STOI of fixed unseen 5-s clips voiced from their true mel, by the vocoder and by its magnitude with
+    PGHI's phase, beside the deterministic inverse (computed once)."""
+
+    def __init__(self, clips, transform):
+        self.clips, self.transform = clips, transform
+        self.log_mels = transform(clips).cpu()
+        self.reference = MelInverse(InverseConfig("pghi"), transform)(self.log_mels)
+
+    @torch.no_grad()
+    def __call__(self, vocoder):
+        vocoder.eval()
+        record = {}
+        for kind, prefix in (("vocoder", ""), ("vocoder-pghi", "magnitude_pghi_")):
+            audio = MelInverse(InverseConfig(kind), self.transform, vocoder)(self.log_mels)
+            scores = paired_speech_scores(self.clips, audio, self.reference, self.transform.sample_rate)
+            record.update({"clips": scores["clips"], f"{prefix}pesq": scores["pesq"], f"{prefix}stoi": scores["stoi"],
+                           "reference_pesq": scores["oracle_pesq"], "reference_stoi": scores["oracle_stoi"]})
+        return record
+
+
+def vocoder_checkpoint(trainer, transform, config, epoch, progress, history):
+    """Everything to voice mels (config, weights with the mel statistics, the transform it is made for) and to
+    resume exactly."""
+    return {"format": VOCODER_FORMAT, "version": VOCODER_VERSION, "vocoder_config": dict(trainer.model.config),
+            "transform_config": transform.config, **trainer.state_dict(), "epoch": epoch, "partial_epoch": progress,
+            "rng": rng_state(), "history": history, "data": data_record(config.data),
+            "args": dict(config.command_line)}
+
+
+def start(config, transform, splits):
+    """(a VocoderTrainer, the resumed checkpoint's state or None)."""
+    state = load_vocoder_checkpoint(config.checkpoint, transform.config) if config.resume else None
+    torch.manual_seed(config.seed)
+    if state:
+        vocoder = Vocoder(**state["vocoder_config"])
+    else:
+        vocoder = Vocoder(n_mels=transform.n_mels, n_fft=transform.n_fft, hop_length=transform.hop_length,
+                          sample_rate=transform.sample_rate, **vars(config.shape))
+        if config.checkpoint.exists():
+            print(f"note: starting a new vocoder; {config.checkpoint} will be overwritten (use --resume to continue it)")
+        sample = splits["train"].spread(256, transform.clip_samples)
+        vocoder.set_statistics(*compute_normalization(transform(sample).cpu().transpose(0, 1).flatten(1)))
+    steps = steps_per_epoch(splits["train"], config.batch_size)
+    trainer = VocoderTrainer(vocoder, transform, config.device,
+                             CosineSchedule(config.learning_rate, config.epochs * steps, config.warmup_steps))
+    if state:
+        trainer.load_state_dict(state)
+        trainer.schedule.extend(config.epochs * steps, trainer.step)
+        set_rng_state(state["rng"])
+    return trainer, state
+
+
+def train_vocoder(config):
+    """Train as `config` (a VocoderTrainConfig) says; the history of epoch records."""
+    torch.set_flush_denormal(True)
+    transform = LogMelTransform(device=config.device)
+    if config.resume:
+        transform = LogMelTransform.from_config(load_vocoder_checkpoint(config.checkpoint)["transform_config"],
+                                                config.device)
+    segment = (config.segment_frames - 1) * transform.hop_length
+    splits = wave_splits(config.data, transform, segment)
+    train_set = splits["train"]
+    held_out = splits["valid"] if len(splits["valid"]) else train_set
+    if not len(train_set):
+        raise SystemExit(f"error: no training audio in {train_set.origin}")
+    trainer, state = start(config, transform, splits)
+    history = state["history"] if state else []
+    epoch, progress = (state["epoch"], state["partial_epoch"]) if state else (0, None)
+    if epoch >= config.epochs:
+        print(f"Nothing to do: {config.checkpoint} already has {epoch} epochs (--epochs {config.epochs}).")
+        return history
+    valid_waves = held_out.spread(64, segment)
+    check = AudioCheck(held_out.spread(config.audio_eval_clips, transform.clip_samples), transform) \
+        if config.audio_eval_clips else None
+    steps = steps_per_epoch(train_set, config.batch_size)
+    params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
+    print(f"Training a vocoder ({params:.2f}M parameters) on {len(train_set)} segments of {config.segment_frames} "
+          f"frames ({segment / transform.sample_rate:.2f} s) of {train_set.origin}; unseen: {held_out.origin}; "
+          f"{steps} steps/epoch of {config.batch_size}, device {config.device}")
+    if state:
+        print(f"Resuming {config.checkpoint} at " + (f"epoch {epoch + 1}, step {progress['steps_done']}" if progress
+                                                       else f"the end of epoch {epoch}"))
+
+    def save():
+        atomic_torch_save(vocoder_checkpoint(trainer, transform, config, epoch, progress, history), config.checkpoint)
+
+    curves = config.results_dir / "vocoder_training.png"
+    with StopRequest() as stop:
+        try:
+            while epoch < config.epochs:
+                progress = progress or {"epoch": epoch + 1, "steps_done": 0, "loss_sum": 0.0, "seconds": 0.0,
+                                        "batch_size": config.batch_size}
+                plan = epoch_crops(train_set, steps, config.batch_size, config.seed, epoch + 1)
+                if not run_epoch(trainer, train_set, plan, progress, epoch + 1, config.epochs, stop):
+                    save()
+                    raise SystemExit(f"Stopped at epoch {epoch + 1}, step {progress['steps_done']} of {steps}: "
+                                     f"{config.checkpoint} saved; continue with --resume.")
+                start_eval = time.perf_counter()
+                record = {"epoch": epoch + 1, "step": trainer.step, "train_seconds": progress["seconds"],
+                          "train_loss": progress["loss_sum"] / progress["steps_done"],
+                          "valid": trainer.validation_losses(valid_waves)}
+                last = epoch + 1 == config.epochs
+                if check is not None and ((epoch + 1) % config.eval_every == 0 or epoch == 0 or last):
+                    record["audio"] = check(trainer.model)
+                record["eval_seconds"] = time.perf_counter() - start_eval
+                epoch, progress = epoch + 1, None
+                history.append(record)
+                line = (f"epoch {epoch:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen: mel L1 "
+                        f"{record['valid']['mel']:.4f}, phase {record['valid']['phase']:.3f}  "
+                        f"{record['train_seconds']:.0f} s")
+                if "audio" in record:
+                    a = record["audio"]
+                    line += (f"\n    unseen clips: PESQ {a['pesq']:.2f}, with PGHI's phase {a['magnitude_pghi_pesq']:.2f} "
+                             f"(NNLS + PGHI {a['reference_pesq']:.2f}); STOI {a['stoi']:.3f}, with PGHI's phase "
+                             f"{a['magnitude_pghi_stoi']:.3f} (NNLS + PGHI {a['reference_stoi']:.3f})")
+                print(line, flush=True)
+                save()
+                plot_vocoder_curves(history, curves, train_set.origin)
+                if stop.poll():
+                    raise SystemExit(f"Stopped after epoch {epoch}: {config.checkpoint} saved; continue with --resume.")
+        except KeyboardInterrupt:
+            raise SystemExit(f"\nInterrupted at once: {config.checkpoint} holds the state after epoch {epoch}.")
+        except FloatingPointError as err:
+            raise SystemExit(f"error: {err}. The last good checkpoint is {config.checkpoint}.")
+    print(f"Saved the vocoder to {config.checkpoint}; use it with --inverse vocoder --vocoder {config.checkpoint}")
+    return history

@@ -1,0 +1,132 @@
+"""The inverse table: how well each way back from a log-mel to audio does on real music, the oracle row of every
+audio score (the true mel of a clip through the inverse, against the clip itself).
+
+    python scripts/audio_inverse_table.py --audio_dir ~/OtherMusic --clips 48 \
+        --vocoder audio_gen/models/audio_vocoder.pt --out inverse_table.json
+
+Per row, on the same clips (evenly spread windows of the folder, scored whole): wide-band PESQ, STOI and the
+multi-resolution STFT distance (spectral convergence + log-magnitude L1 at 512/1024/2048, lower is better) per
+clip, with a paired bootstrap 95 % interval of each row's difference from the first row (today's random-phase
+chain); the aisfx Frechet distance of the row's clips to as many other real clips of the folder, beside the
+real-against-real floor; and the CPU seconds (all threads) and wall seconds per clip, one clip at a time.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+AUDIO_GEN = Path(__file__).resolve().parents[1] / "audio_gen"
+sys.path.insert(0, str(AUDIO_GEN))  # the audio package, imported as audio_gen.py imports it
+from audiogen.checkpoint import load_inverse  # noqa: E402
+from audiogen.common import number, write_json_atomic  # noqa: E402
+from audiogen.data import DataConfig  # noqa: E402
+from audiogen.fad import frechet_distance, make_embedding  # noqa: E402
+from audiogen.generate import real_halves  # noqa: E402
+from audiogen.inverse import InverseConfig  # noqa: E402
+from audiogen.metrics import require_speech_metrics  # noqa: E402
+from audiogen.plots import plot_spectrogram_grid  # noqa: E402
+from audiogen.transform import LogMelTransform  # noqa: E402
+from audiogen.vocoder import multi_resolution_stft_loss  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--audio_dir", required=True, help="real music to score on (scored whole: use music no model heard)")
+    p.add_argument("--clips", type=number(int, 4, 4096), default=48, help="clips scored per row (and as many for FAD)")
+    p.add_argument("--iterations", type=number(int, 0, 10_000), nargs="+", default=[64, 128],
+                   help="fast Griffin-Lim iterations of the PGHI rows")
+    p.add_argument("--vocoder", default=None,
+                   help="a vocoder checkpoint: adds its row, and rows of its magnitude with PGHI's phase")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="the random-phase row's seed")
+    p.add_argument("--bootstrap", type=number(int, 100), default=2000, help="bootstrap resamples of each interval")
+    p.add_argument("--cache_dir", default="audio_gen/data/cache", help="log-mel cache of --audio_dir")
+    p.add_argument("--out", default="inverse_table.json", help="the JSON file to write")
+    p.add_argument("--grid", default=None,
+                   help="also a PNG of the log-mel spectrograms of 4 clips: the original and each row's audio")
+    return p.parse_args(argv)
+
+
+def clip_scores(reference, audio, sample_rate):
+    """{'pesq', 'stoi', 'mr_stft'}: (n,) arrays, NaN where PESQ is undefined."""
+    from pesq import PesqError, pesq
+    from pystoi import stoi
+
+    pesq_values, stoi_values = [], []
+    for ref, est in zip(reference.double().numpy(), audio.double().numpy()):
+        try:
+            pesq_values.append(pesq(sample_rate, ref, est, "wb"))
+        except PesqError:
+            pesq_values.append(np.nan)
+        stoi_values.append(stoi(ref, est, sample_rate))
+    distance = multi_resolution_stft_loss(audio.float(), reference.float()).numpy()
+    return {"pesq": np.array(pesq_values), "stoi": np.array(stoi_values), "mr_stft": distance}
+
+
+def paired_interval(difference, resamples, seed=0):
+    """(mean, 2.5 %, 97.5 %) of the mean of paired differences, by bootstrap over clips (NaNs left out)."""
+    difference = difference[np.isfinite(difference)]
+    rng = np.random.default_rng(seed)
+    means = rng.choice(difference, (resamples, len(difference))).mean(axis=1)
+    return float(difference.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    require_speech_metrics()
+    transform = LogMelTransform()
+    data = DataConfig(Path(args.audio_dir), None, "none", ("mixture",), Path(args.cache_dir))
+    fad_reference, clips, origin = real_halves(data, transform, args.clips)
+    log_mels = transform(clips).cpu()
+    rows = [InverseConfig("griffinlim", 64)] + [InverseConfig("pghi", n) for n in args.iterations]
+    if args.vocoder:
+        rows += [InverseConfig("vocoder", vocoder=Path(args.vocoder)),
+                 *(InverseConfig("vocoder-pghi", n, vocoder=Path(args.vocoder)) for n in args.iterations)]
+    aisfx = make_embedding("aisfx", transform)
+    reference_features = aisfx(fad_reference, transform.sample_rate)
+    table = {"against": origin, "clips": len(clips), "machine": f"{torch.get_num_threads()} CPU threads",
+             "floor_aisfx_fad": frechet_distance(aisfx(clips, transform.sample_rate), reference_features), "rows": {}}
+    print(f"{len(clips)} clips of {origin}; aisfx FAD against {len(fad_reference)} others "
+          f"(real against real: {table['floor_aisfx_fad']:.1f})")
+    baseline, shown = None, {"original": log_mels}
+    for row in rows:
+        inverse = load_inverse(row, transform)
+        inverse(log_mels[:1], args.seed)  # warm-up, not timed
+        start, wall = time.process_time(), time.perf_counter()
+        audio = torch.cat([inverse(log_mels[i:i + 1], args.seed + i) for i in range(len(log_mels))])
+        cpu_seconds = (time.process_time() - start) / len(clips)
+        wall_seconds = (time.perf_counter() - wall) / len(clips)
+        scores = clip_scores(clips, audio, transform.sample_rate)
+        entry = {"cpu_seconds_per_clip": cpu_seconds, "wall_seconds_per_clip": wall_seconds,
+                 **{k: float(np.nanmean(v)) for k, v in scores.items()},
+                 "aisfx_fad": frechet_distance(aisfx(audio, transform.sample_rate), reference_features)}
+        if baseline is None:
+            baseline = scores
+        else:
+            entry["difference_to_first_row"] = {k: paired_interval(scores[k] - baseline[k], args.bootstrap)
+                                                for k in scores}
+        table["rows"][inverse.name] = entry
+        shown[inverse.name] = transform(audio).cpu()
+        line = (f"{inverse.name:40s} PESQ {entry['pesq']:.3f}  STOI {entry['stoi']:.3f}  MR-STFT {entry['mr_stft']:.3f}"
+                f"  aisfx FAD {entry['aisfx_fad']:.1f}  {cpu_seconds * 1000:.0f} ms CPU ({wall_seconds * 1000:.0f} ms wall)/clip")
+        for key, (mean, low, high) in entry.get("difference_to_first_row", {}).items():
+            line += f"\n    {key} {mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+        print(line, flush=True)
+    write_json_atomic(table, Path(args.out))
+    if args.grid:
+        four = np.linspace(0, len(clips) - 1, 4).round().astype(int)
+        names = list(shown)
+        grid = torch.stack([shown[name][i] for i in four for name in names])
+        titles = [f"clip {i}: {name}" for i in four for name in names]
+        plot_spectrogram_grid(grid, titles, args.grid, f"The same 4 clips of {origin}: log-mel of the audio each "
+                              f"inverse makes from the true mel", columns=len(names))
+        print(f"Spectrogram grid: {args.grid}")
+    print(f"Written to {args.out}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
