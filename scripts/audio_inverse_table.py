@@ -11,7 +11,6 @@ chain); the aisfx Frechet distance of the row's clips to as many other real clip
 real-against-real floor; and the CPU seconds (all threads) and wall seconds per clip, one clip at a time.
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

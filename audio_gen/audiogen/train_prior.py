@@ -4,7 +4,6 @@ latents its decoder learned from) and takes one AdamW step of the diffusion loss
 epoch and on Ctrl-C; --resume continues at the exact step."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,13 +13,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import (PRIOR_FORMAT, PRIOR_VERSION, load_checkpoint, load_prior_checkpoint, model_from_checkpoint,
                          require_vae, rng_state, set_rng_state, weights_fingerprint)
-from .common import StopRequest, World, atomic_torch_save
+from .common import World, atomic_torch_save
 from .data import training_splits
 from .metrics import spread_positions
 from .model import reparameterize
 from .plots import plot_prior_curves
 from .prior import LatentDiffusion, LatentPrior, PriorConfig
-from .trainer import CosineSchedule, epoch_crops, run_epoch, steps_per_epoch
+from .trainer import CosineSchedule, Position, fit, steps_per_epoch
 from .transform import LogMelTransform
 
 
@@ -168,11 +167,10 @@ def train_prior(config):
     """Train as `config` (a PriorTrainConfig) says; the history of epoch records."""
     torch.set_flush_denormal(True)
     vae_state, splits, trainer, state = start(config)
-    history = state["history"] if state else []
-    epoch, progress = (state["epoch"], state["partial_epoch"]) if state else (0, None)
-    if epoch >= config.epochs:
-        print(f"Nothing to do: {config.checkpoint} already has {epoch} epochs (--epochs {config.epochs}).")
-        return history
+    position = Position(state["epoch"], state["partial_epoch"], state["history"]) if state else Position()
+    if position.epoch >= config.epochs:
+        print(f"Nothing to do: {config.checkpoint} already has {position.epoch} epochs (--epochs {config.epochs}).")
+        return position.history
     train_set, held_out = splits["train"], splits["valid"] if len(splits["valid"]) else splits["train"]
     valid_z0 = trainer.model.standardize(latents_of(trainer.vae, held_out, config.seed + 1, 512))
     steps = steps_per_epoch(train_set, config.batch_size)
@@ -182,44 +180,26 @@ def train_prior(config):
           f"training windows of {train_set.origin}; validation loss on {len(valid_z0)} windows of {held_out.origin}; "
           f"{steps} steps/epoch, device {config.device}")
     if state:
-        print(f"Resuming {config.checkpoint} at " + (f"epoch {epoch + 1}, step {progress['steps_done']}" if progress
-                                                       else f"the end of epoch {epoch}"))
-
+        print(f"Resuming {config.checkpoint} at {position.where()}")
     vae = vae_record(vae_state, config.vae_checkpoint)
+    curves = config.results_dir / "prior_training.png"
+
+    def announce(record):
+        print(f"epoch {record['epoch']:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen loss (EMA) "
+              f"{record['valid_loss_ema']:.4f}  {record['train_seconds']:.1f} s", flush=True)
+        if record["epoch"] % 5 == 0:  # a curve to watch; the last one is drawn below
+            plot_prior_curves(position.history, curves, train_set.origin)
 
     def save():
-        atomic_torch_save(prior_checkpoint(trainer, vae, config, epoch, progress, history), config.checkpoint)
+        atomic_torch_save(prior_checkpoint(trainer, vae, config, position.epoch, position.progress, position.history),
+                          config.checkpoint)
 
-    with StopRequest() as stop:
-        try:
-            while epoch < config.epochs:
-                progress = progress or {"epoch": epoch + 1, "steps_done": 0, "loss_sum": 0.0, "seconds": 0.0,
-                                        "batch_size": config.batch_size}
-                plan = epoch_crops(train_set, steps, config.batch_size, config.seed, epoch + 1)
-                if not run_epoch(trainer, train_set, plan, progress, epoch + 1, config.epochs, stop):
-                    save()
-                    raise SystemExit(f"Stopped at epoch {epoch + 1}, step {progress['steps_done']} of {steps}: "
-                                     f"{config.checkpoint} saved; continue with --resume.")
-                start_eval = time.perf_counter()
-                record = {"epoch": epoch + 1, "step": trainer.step, "train_seconds": progress["seconds"],
-                          "train_loss": progress["loss_sum"] / progress["steps_done"],
-                          "valid_loss_ema": trainer.validation_loss(valid_z0, config.seed)}
-                record["eval_seconds"] = time.perf_counter() - start_eval
-                epoch, progress = epoch + 1, None
-                history.append(record)
-                print(f"epoch {epoch:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen loss (EMA) "
-                      f"{record['valid_loss_ema']:.4f}  {record['train_seconds']:.1f} s", flush=True)
-                save()
-                if epoch % 5 == 0:  # a curve to watch; the last one is drawn below
-                    plot_prior_curves(history, config.results_dir / "prior_training.png", train_set.origin)
-                if stop.poll():
-                    raise SystemExit(f"Stopped after epoch {epoch}: {config.checkpoint} saved; continue with --resume.")
-        except KeyboardInterrupt:
-            raise SystemExit(f"\nInterrupted at once: {config.checkpoint} holds the state after epoch {epoch}.")
-        except FloatingPointError as err:
-            raise SystemExit(f"error: {err}. The last good checkpoint is {config.checkpoint}.")
-        finally:
-            if history:
-                plot_prior_curves(history, config.results_dir / "prior_training.png", train_set.origin)
+    try:
+        fit(trainer, train_set, position, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+            checkpoint=config.checkpoint, evaluate=lambda epoch: {"valid_loss_ema": trainer.validation_loss(
+                valid_z0, config.seed)}, announce=announce, save=save)
+    finally:
+        if position.history:
+            plot_prior_curves(position.history, curves, train_set.origin)
     print(f"Saved the learned prior to {config.checkpoint}; sample it with --mode generate --prior {config.checkpoint}")
-    return history
+    return position.history

@@ -5,7 +5,6 @@ exact step. Every `eval_every` epochs, unseen 5-s clips are voiced from their tr
 beside the deterministic inverse (NNLS + PGHI + fast Griffin-Lim)."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,11 +12,11 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import VOCODER_FORMAT, VOCODER_VERSION, data_record, load_vocoder_checkpoint, rng_state, set_rng_state
-from .common import StopRequest, World, atomic_torch_save
+from .common import World, atomic_torch_save
 from .inverse import InverseConfig, MelInverse
 from .metrics import paired_speech_scores
 from .plots import plot_vocoder_curves
-from .trainer import CosineSchedule, epoch_crops, run_epoch, steps_per_epoch
+from .trainer import CosineSchedule, Position, fit, steps_per_epoch
 from .transform import LogMelTransform, compute_normalization
 from .vocoder import Vocoder, vocoder_losses
 from .waves import wave_splits
@@ -177,11 +176,10 @@ def train_vocoder(config):
     if not len(train_set):
         raise SystemExit(f"error: no training audio in {train_set.origin}")
     trainer, state = start(config, transform, splits)
-    history = state["history"] if state else []
-    epoch, progress = (state["epoch"], state["partial_epoch"]) if state else (0, None)
-    if epoch >= config.epochs:
-        print(f"Nothing to do: {config.checkpoint} already has {epoch} epochs (--epochs {config.epochs}).")
-        return history
+    position = Position(state["epoch"], state["partial_epoch"], state["history"]) if state else Position()
+    if position.epoch >= config.epochs:
+        print(f"Nothing to do: {config.checkpoint} already has {position.epoch} epochs (--epochs {config.epochs}).")
+        return position.history
     valid_waves = held_out.spread(64, segment)
     check = AudioCheck(held_out.spread(config.audio_eval_clips, transform.clip_samples), transform) \
         if config.audio_eval_clips else None
@@ -191,49 +189,31 @@ def train_vocoder(config):
           f"frames ({segment / transform.sample_rate:.2f} s) of {train_set.origin}; unseen: {held_out.origin}; "
           f"{steps} steps/epoch of {config.batch_size}, device {config.device}")
     if state:
-        print(f"Resuming {config.checkpoint} at " + (f"epoch {epoch + 1}, step {progress['steps_done']}" if progress
-                                                       else f"the end of epoch {epoch}"))
+        print(f"Resuming {config.checkpoint} at {position.where()}")
+    curves = config.results_dir / "vocoder_training.png"
+
+    def evaluate(epoch):
+        record = {"valid": trainer.validation_losses(valid_waves)}
+        if check is not None and (epoch % config.eval_every == 0 or epoch in (1, config.epochs)):
+            record["audio"] = check(trainer.model)
+        return record
+
+    def announce(record):
+        line = (f"epoch {record['epoch']:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen: mel L1 "
+                f"{record['valid']['mel']:.4f}, phase {record['valid']['phase']:.3f}  {record['train_seconds']:.0f} s")
+        if "audio" in record:
+            a = record["audio"]
+            line += (f"\n    unseen clips: PESQ {a['pesq']:.2f}, with PGHI's phase {a['magnitude_pghi_pesq']:.2f} "
+                     f"(NNLS + PGHI {a['reference_pesq']:.2f}); STOI {a['stoi']:.3f}, with PGHI's phase "
+                     f"{a['magnitude_pghi_stoi']:.3f} (NNLS + PGHI {a['reference_stoi']:.3f})")
+        print(line, flush=True)
+        plot_vocoder_curves(position.history, curves, train_set.origin)
 
     def save():
-        atomic_torch_save(vocoder_checkpoint(trainer, transform, config, epoch, progress, history), config.checkpoint)
+        atomic_torch_save(vocoder_checkpoint(trainer, transform, config, position.epoch, position.progress,
+                                             position.history), config.checkpoint)
 
-    curves = config.results_dir / "vocoder_training.png"
-    with StopRequest() as stop:
-        try:
-            while epoch < config.epochs:
-                progress = progress or {"epoch": epoch + 1, "steps_done": 0, "loss_sum": 0.0, "seconds": 0.0,
-                                        "batch_size": config.batch_size}
-                plan = epoch_crops(train_set, steps, config.batch_size, config.seed, epoch + 1)
-                if not run_epoch(trainer, train_set, plan, progress, epoch + 1, config.epochs, stop):
-                    save()
-                    raise SystemExit(f"Stopped at epoch {epoch + 1}, step {progress['steps_done']} of {steps}: "
-                                     f"{config.checkpoint} saved; continue with --resume.")
-                start_eval = time.perf_counter()
-                record = {"epoch": epoch + 1, "step": trainer.step, "train_seconds": progress["seconds"],
-                          "train_loss": progress["loss_sum"] / progress["steps_done"],
-                          "valid": trainer.validation_losses(valid_waves)}
-                last = epoch + 1 == config.epochs
-                if check is not None and ((epoch + 1) % config.eval_every == 0 or epoch == 0 or last):
-                    record["audio"] = check(trainer.model)
-                record["eval_seconds"] = time.perf_counter() - start_eval
-                epoch, progress = epoch + 1, None
-                history.append(record)
-                line = (f"epoch {epoch:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen: mel L1 "
-                        f"{record['valid']['mel']:.4f}, phase {record['valid']['phase']:.3f}  "
-                        f"{record['train_seconds']:.0f} s")
-                if "audio" in record:
-                    a = record["audio"]
-                    line += (f"\n    unseen clips: PESQ {a['pesq']:.2f}, with PGHI's phase {a['magnitude_pghi_pesq']:.2f} "
-                             f"(NNLS + PGHI {a['reference_pesq']:.2f}); STOI {a['stoi']:.3f}, with PGHI's phase "
-                             f"{a['magnitude_pghi_stoi']:.3f} (NNLS + PGHI {a['reference_stoi']:.3f})")
-                print(line, flush=True)
-                save()
-                plot_vocoder_curves(history, curves, train_set.origin)
-                if stop.poll():
-                    raise SystemExit(f"Stopped after epoch {epoch}: {config.checkpoint} saved; continue with --resume.")
-        except KeyboardInterrupt:
-            raise SystemExit(f"\nInterrupted at once: {config.checkpoint} holds the state after epoch {epoch}.")
-        except FloatingPointError as err:
-            raise SystemExit(f"error: {err}. The last good checkpoint is {config.checkpoint}.")
+    fit(trainer, train_set, position, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+        checkpoint=config.checkpoint, evaluate=evaluate, announce=announce, save=save)
     print(f"Saved the vocoder to {config.checkpoint}; use it with --inverse vocoder --vocoder {config.checkpoint}")
-    return history
+    return position.history

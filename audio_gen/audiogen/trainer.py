@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import World, first_nonfinite, progress_bar
+from .common import StopRequest, World, first_nonfinite, progress_bar
 
 
 class CosineSchedule:
@@ -174,3 +175,55 @@ def run_epoch(trainer, train_set, plan, progress, epoch, epochs, stop, check_eve
         if stop.requested:
             return False
     return True
+
+
+@dataclass
+class Position:
+    """Where a single-process run stands: epochs finished, the next epoch's progress (None between epochs) and
+    one record per finished epoch. What its checkpoint saves and `--resume` restores."""
+    epoch: int = 0
+    progress: dict | None = None
+    history: list = field(default_factory=list)
+
+    def where(self):
+        """'epoch 3, step 578' inside an epoch, 'the end of epoch 2' between epochs."""
+        if self.progress:
+            return f"epoch {self.epoch + 1}, step {self.progress['steps_done']}"
+        return f"the end of epoch {self.epoch}"
+
+
+def fit(trainer, train_set, position, *, epochs, batch_size, seed, checkpoint, evaluate, announce, save):
+    """Epochs of random crops in one process, from `position` (updated in place) to `epochs`: the loop that the
+    learned prior's and the vocoder's training share.
+
+    After each epoch `evaluate(epoch)` adds its scores to the epoch's record, the record joins the history,
+    `announce(record)` reports it and `save()` writes the checkpoint. The first Ctrl-C saves after the current
+    step and ends saying how to resume; a second one, or a NaN loss, ends at once with the last good checkpoint.
+    """
+    steps = steps_per_epoch(train_set, batch_size)
+    with StopRequest() as stop:
+        try:
+            while position.epoch < epochs:
+                number = position.epoch + 1
+                position.progress = position.progress or {"epoch": number, "steps_done": 0, "loss_sum": 0.0,
+                                                          "seconds": 0.0, "batch_size": batch_size}
+                plan = epoch_crops(train_set, steps, batch_size, seed, number)
+                if not run_epoch(trainer, train_set, plan, position.progress, number, epochs, stop):
+                    save()
+                    raise SystemExit(f"Stopped at epoch {number}, step {position.progress['steps_done']} of {steps}: "
+                                     f"{checkpoint} saved; continue with --resume.")
+                start = time.perf_counter()
+                progress = position.progress
+                record = {"epoch": number, "step": trainer.step, "train_seconds": progress["seconds"],
+                          "train_loss": progress["loss_sum"] / progress["steps_done"], **evaluate(number)}
+                record["eval_seconds"] = time.perf_counter() - start
+                position.epoch, position.progress = number, None
+                position.history.append(record)
+                announce(record)
+                save()
+                if stop.poll():
+                    raise SystemExit(f"Stopped after epoch {number}: {checkpoint} saved; continue with --resume.")
+        except KeyboardInterrupt:
+            raise SystemExit(f"\nInterrupted at once: {checkpoint} holds the state after epoch {position.epoch}.")
+        except FloatingPointError as err:
+            raise SystemExit(f"error: {err}. The last good checkpoint is {checkpoint}.")
