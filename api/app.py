@@ -215,7 +215,7 @@ def create_app(image_model, audio_model, options, device, batcher):
             wavs = await asyncio.get_running_loop().run_in_executor(audio_worker, audio.generate, body.n, seed)
         finally:
             audio_pending[0] -= 1
-        return {"created": int(time.time()), "model": audio.id, "seed": seed, "prior": "N(0, I)",
+        return {"created": int(time.time()), "model": audio.id, "seed": seed, "prior": audio.prior_name,
                 "sample_rate": audio.transform.sample_rate, "clip_seconds": audio.clip_seconds,
                 "seconds": time.perf_counter() - begin,
                 "data": [{"b64_wav": base64.b64encode(w).decode()} for w in wavs]}

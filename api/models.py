@@ -10,9 +10,10 @@ import torch
 from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, wav_bytes
 from audiogen.checkpoint import load_checkpoint as load_audio_checkpoint
 from audiogen.checkpoint import load_inverse, model_from_checkpoint
-from audiogen.generate import draw_clips
+from audiogen.generate import draw_clips, load_learned_prior
 from audiogen.inverse import InverseConfig
 from audiogen.metrics import score_clip
+from audiogen.prior import SamplerConfig
 from audiogen.transform import LogMelTransform
 from imagegen.checkpoint import checkpoint_guidance, checkpoint_position
 from imagegen.checkpoint import load_checkpoint as load_image_checkpoint
@@ -154,14 +155,19 @@ class AudioModel:
     model: object
     inverse: object
     results_dir: Path | None = None
+    prior: object = None         # a learned prior over the VAE's latents, or None: N(0, I)
+    prior_name: str = "N(0, I)"
 
     @classmethod
-    def load(cls, path, device, results_dir=None, inverse=InverseConfig()):
+    def load(cls, path, device, results_dir=None, inverse=InverseConfig(), prior=None):
+        """The checkpoint at `path`, voiced by the InverseConfig `inverse`; with `prior`, the learned prior that
+        generations sample (it must belong to this VAE; default DDIM settings)."""
         state = load_audio_checkpoint(path)
         model = model_from_checkpoint(state, device)
         inverse = load_inverse(inverse, LogMelTransform.from_config(state["transform_config"], device))
+        learned, prior_name = load_learned_prior(prior, state, path, SamplerConfig(), device)
         light = {k: v for k, v in state.items() if k in ("epoch", "history", "data", "args", "model_config", "kind")}
-        return cls(Path(path), file_sha256(path), light, model, inverse, results_dir)
+        return cls(Path(path), file_sha256(path), light, model, inverse, results_dir, learned, prior_name)
 
     @property
     def transform(self):
@@ -176,9 +182,9 @@ class AudioModel:
         return "mel-vae" if self.kind == "vae" else "mel-autoencoder"
 
     def generate(self, count, seed):
-        """`count` clips from the VAE's N(0, I) prior as WAV bytes: what `audio_gen.py --mode generate --seed`
-        writes for the same seed."""
-        _, audio = draw_clips(self.model, self.inverse, count, seed)
+        """`count` clips from the VAE's prior (N(0, I) or the learned one) as WAV bytes: what `audio_gen.py --mode
+        generate --seed` (with the same --prior and --inverse) writes for the same seed."""
+        _, audio = draw_clips(self.model, self.inverse, count, seed, prior=self.prior, sampler=SamplerConfig())
         return [wav_bytes(a, self.transform.sample_rate) for a in audio]
 
     @property
@@ -207,6 +213,7 @@ class AudioModel:
     def health(self):
         return {"id": self.id, "kind": "vae" if self.kind == "vae" else "autoencoder", "checkpoint": str(self.path),
                 "sha256": self.sha256, "can_generate": self.kind == "vae", "inverse": self.inverse.name,
+                "prior": self.prior_name if self.kind == "vae" else None,
                 "dataset": self.state["data"].get("audio_dir") or f"MUSDB18 {self.state['data'].get('musdb_root')}",
                 "epochs": self.state["epoch"]}
 

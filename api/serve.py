@@ -53,6 +53,9 @@ def build_parser():
                         help="how the audio model's log-mels become audio (audio_gen.py --inverse); the vocoder "
                              "kinds need --vocoder")
     models.add_argument("--vocoder", type=Path, default=None, help="audio_gen vocoder checkpoint (--mode train_vocoder)")
+    models.add_argument("--audio_prior", type=Path, default=None,
+                        help="a learned prior of the audio VAE (audio_gen.py --mode train_prior) that generations "
+                             "sample instead of N(0, I), with DDIM 50 steps, eta 0")
     models.add_argument("--device", default=None, help="torch device, cpu or cuda (default: cuda if available)")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1",
@@ -108,8 +111,9 @@ def main(argv=None):
     device = resolve_device(args.device, parser)
     if args.audio_inverse.startswith("vocoder") != (args.vocoder is not None):
         parser.error("--vocoder goes with --audio_inverse vocoder or vocoder-pghi, and they with it")
-    if args.vocoder is not None and not args.vocoder.is_file():
-        parser.error(f"--vocoder {args.vocoder}: no such file")
+    for name in ("vocoder", "audio_prior"):
+        if getattr(args, name) is not None and not getattr(args, name).is_file():
+            parser.error(f"--{name} {getattr(args, name)}: no such file")
     api_key = os.environ.get(API_KEY_VARIABLE) or None
     if not is_loopback(args.host) and api_key is None:
         parser.error(f"--host {args.host} would open the API to the network: set {API_KEY_VARIABLE} to a secret "
@@ -117,7 +121,7 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     image = load_model(parser, ImageModel, "image", args.image_checkpoint, args.image_results, device)
     audio = load_model(parser, AudioModel, "audio", args.audio_checkpoint, args.audio_results, device,
-                       inverse=InverseConfig(args.audio_inverse, vocoder=args.vocoder))
+                       inverse=InverseConfig(args.audio_inverse, vocoder=args.vocoder), prior=args.audio_prior)
     if image is None and audio is None:
         raise SystemExit("error: no checkpoint to serve: train a model first (make run) or pass "
                          "--image_checkpoint / --audio_checkpoint")

@@ -47,11 +47,12 @@ from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, de
 from audiogen.checkpoint import load_checkpoint as load_audio_state  # noqa: E402
 from audiogen.checkpoint import load_inverse, model_from_checkpoint  # noqa: E402
 from audiogen.data import folder_splits  # noqa: E402
-from audiogen.generate import draw_clips  # noqa: E402
+from audiogen.generate import draw_clips, load_learned_prior  # noqa: E402
 from audiogen.inverse import INVERSES, InverseConfig  # noqa: E402
 from audiogen.metrics import score_clip, versus_baseline  # noqa: E402
 from audiogen.musdb import detect_layout, musdb_splits  # noqa: E402
 from audiogen.plots import plot_spectrogram_grid, plot_spectrograms  # noqa: E402
+from audiogen.prior import SamplerConfig  # noqa: E402
 from audiogen.transform import LogMelTransform  # noqa: E402
 from imagegen.checkpoint import MODEL_KINDS, checkpoint_guidance, checkpoint_position, load_checkpoint  # noqa: E402
 from imagegen.common import read_json, resolve_device, resolve_path  # noqa: E402
@@ -100,6 +101,9 @@ def parse_args(argv):
     p.add_argument("--audio_inverse", choices=INVERSES, default=InverseConfig.kind,
                    help="how audio_gen's log-mels become audio (audio_gen.py --inverse); the vocoder kinds need --vocoder")
     p.add_argument("--vocoder", type=Path, default=None, help="audio_gen vocoder checkpoint (--mode train_vocoder)")
+    p.add_argument("--audio_prior", type=Path, default=None,
+                   help="a learned prior of the audio VAE (--mode train_prior) that Generate samples instead of "
+                        "N(0, I), with DDIM 50 steps, eta 0")
     p.add_argument("--device", default=None, help="torch device, cpu or cuda (default: cuda if available)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="the U-Net's arithmetic for digits. auto: bf16 on a CPU with bfloat16 instructions "
@@ -111,8 +115,9 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.audio_inverse.startswith("vocoder") != (args.vocoder is not None):
         p.error("--vocoder goes with --audio_inverse vocoder or vocoder-pghi, and they with it")
-    if args.vocoder is not None and not args.vocoder.is_file():
-        p.error(f"--vocoder {args.vocoder}: no such file")
+    for name in ("vocoder", "audio_prior"):
+        if getattr(args, name) is not None and not getattr(args, name).is_file():
+            p.error(f"--{name} {getattr(args, name)}: no such file")
     args.device = resolve_device(args.device, p)
     args.precision = resolve_precision(args.precision, args.device)
     return args
@@ -161,15 +166,19 @@ def load_image_checkpoint(path, stamp, device, precision="fp32", compile_model=F
 
 
 @st.cache_resource(show_spinner="Loading the audio checkpoint ...", max_entries=2)
-def load_audio_checkpoint(path, stamp, device, inverse_kind=InverseConfig.kind, vocoder=None):
-    """(what the page says about the checkpoint, the autoencoder, the MelInverse that voices its mels, audio_gen's
-    default, or `inverse_kind` with the `vocoder` file): read once per server and file version."""
+def load_audio_checkpoint(path, stamp, device, inverse_kind=InverseConfig.kind, vocoder=None, prior=None):
+    """(what the page says about the checkpoint, the autoencoder, the MelInverse that voices its mels (audio_gen's
+    default, or `inverse_kind` with the `vocoder` file), the learned `prior` of a VAE or None): read once per server
+    and file version."""
     state = load_audio_state(path)
     model = model_from_checkpoint(state, torch.device(device))
     inverse = load_inverse(InverseConfig(inverse_kind, vocoder=Path(vocoder) if vocoder else None),
                            LogMelTransform.from_config(state["transform_config"], torch.device(device)))
-    about = {"epoch": state["epoch"], "history": state["history"], "data": state["data"], "kind": state["kind"]}
-    return about, model, inverse
+    learned, prior_name = load_learned_prior(Path(prior) if prior else None, state, path, SamplerConfig(),
+                                             torch.device(device))
+    about = {"epoch": state["epoch"], "history": state["history"], "data": state["data"], "kind": state["kind"],
+             "inverse": inverse.name, "prior": prior_name}
+    return about, model, inverse, learned
 
 
 def open_checkpoint(loader, path, device, train_hint, *options):
@@ -477,8 +486,9 @@ def describe_audio_checkpoint(about, model, path, results_dir):
     data = about["data"]
     origin = data.get("audio_dir") or f"MUSDB18 {data.get('musdb_root')}"
     kind = ", a VAE" if about["kind"] == "vae" else ""
+    prior = f" Generates from the {about['prior']}." if about["kind"] == "vae" else ""
     lines = [f"Checkpoint `{path}`{kind}: epoch {about['epoch']}, {model.compression:g}x compression, trained on "
-             f"`{origin}`."] + audio_scores(about, path, results_dir)
+             f"`{origin}`; audio by {about['inverse']}.{prior}"] + audio_scores(about, path, results_dir)
     st.markdown("\n".join(f"- {line}" for line in lines))
 
 
@@ -513,14 +523,15 @@ def choose_recording(about, sample_rate):
 def audio_tab(args):
     loaded, problem = open_checkpoint(load_audio_checkpoint, args.audio_checkpoint, args.device,
                                       "AUDIO_DIR=~/Music audio_gen/train.sh", args.audio_inverse,
-                                      str(args.vocoder) if args.vocoder else None)
+                                      str(args.vocoder) if args.vocoder else None,
+                                      str(args.audio_prior) if args.audio_prior else None)
     if problem:
         st.warning(problem)
         return
-    about, model, inverse = loaded
+    about, model, inverse, prior = loaded
     transform = inverse.transform
     describe_audio_checkpoint(about, model, args.audio_checkpoint, args.audio_results)
-    generation_section(about["kind"], model, inverse)
+    generation_section(about["kind"], model, inverse, prior)
     st.subheader("Reconstruct")
     controls, output = st.columns([2, 3], gap="large")
     with controls:
@@ -554,7 +565,7 @@ class Generated:
     seconds: float
 
 
-def generation_section(kind, model, inverse):
+def generation_section(kind, model, inverse, prior):
     """The Generate panel for a VAE; for a plain autoencoder, a line on how to get one."""
     st.subheader("Generate")
     if kind != "vae":
@@ -562,11 +573,11 @@ def generation_section(kind, model, inverse):
                    "(`MODEL=vae AUDIO_DIR=~/Music audio_gen/train.sh`) and open it with "
                    "`make demo AUDIO_CKPT=audio_gen/models/audio_vae.pt` to generate music.")
         return
-    generate_panel(model, inverse)
+    generate_panel(model, inverse, prior)
 
 
 @st.fragment
-def generate_panel(model, inverse):
+def generate_panel(model, inverse, prior):
     """Count, seed, Generate and the clips. A fragment: a click reruns only this panel."""
     with errors_as_messages():
         controls, output = st.columns([2, 3], gap="large")
@@ -578,7 +589,7 @@ def generate_panel(model, inverse):
         with output:
             if clicked:
                 with st.spinner(f"Decoding {count} prior samples and turning them into audio ..."):
-                    st.session_state["generated"] = generate_clips(model, inverse, count, seed)
+                    st.session_state["generated"] = generate_clips(model, inverse, prior, count, seed)
             shown = st.session_state.get("generated")
             if shown is None:
                 return
@@ -590,11 +601,11 @@ def generate_panel(model, inverse):
         st.image(shown.grid, caption="Log-mel spectrograms of the generated clips, before they become audio")
 
 
-def generate_clips(model, inverse, count, seed):
-    """`count` clips from the VAE's prior with audio_gen's generate functions, so a seed gives what
-    `--mode generate --seed` gives: WAVs and a spectrogram grid."""
+def generate_clips(model, inverse, prior, count, seed):
+    """`count` clips from the VAE's prior (N(0, I), or the learned `prior`) with audio_gen's generate functions, so a
+    seed gives what `--mode generate --seed` (with the same --prior and --inverse) gives: WAVs and a spectrogram grid."""
     start = time.perf_counter()
-    log_mels, audio = draw_clips(model, inverse, count, seed)
+    log_mels, audio = draw_clips(model, inverse, count, seed, prior=prior, sampler=SamplerConfig())
     transform = inverse.transform
     grid = io.BytesIO()
     plot_spectrogram_grid(log_mels, [f"clip {i}" for i in range(count)], grid, f"Prior samples, seed {seed}",

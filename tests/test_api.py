@@ -381,3 +381,34 @@ def test_missing_checkpoints(tmp_path):
     run = subprocess.run([sys.executable, "-m", "api.serve", "--image_checkpoint", str(tmp_path / "x.wav")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "Traceback" not in run.stderr and run.stderr.strip()
+
+
+def test_the_api_serves_a_learned_prior_and_a_vocoder(ckpt, ag, tmp_path):
+    """--audio_prior and --audio_inverse vocoder-pghi --vocoder: /health names both, and a generation is byte for
+    byte what `audio_gen.py --mode generate` writes with the same prior, inverse and seed."""
+    cache = ["--cache_dir", str(tmp_path / "cache")]
+    prior, vocoder = tmp_path / "prior.pt", tmp_path / "vocoder.pt"
+    ag.main(["--mode", "train_prior", "--checkpoint", str(ckpt["vae"]), "--prior", str(prior), "--epochs", "1",
+             "--prior_hidden", "16", "--prior_blocks", "2", "--batch_size", "2", "--warmup_steps", "2",
+             "--device", "cpu", "--results_dir", str(tmp_path / "prior_results"), *cache])
+    ag.main(["--mode", "train_vocoder", "--audio_dir", str(ckpt["music"]), "--vocoder", str(vocoder), "--epochs", "1",
+             "--vocoder_dim", "16", "--vocoder_blocks", "1", "--segment_frames", "16", "--batch_size", "4",
+             "--audio_eval_clips", "0", "--device", "cpu", "--results_dir", str(tmp_path / "vocoder_results"), *cache])
+    ag.main(["--mode", "generate", "--checkpoint", str(ckpt["vae"]), "--prior", str(prior), "--prior_steps", "50",
+             "--inverse", "vocoder-pghi", "--vocoder", str(vocoder), "--griffin_lim_iters", "64", "--num_samples", "1",
+             "--seed", "3", "--device", "cpu", "--results_dir", str(tmp_path / "generated"), *cache])
+    s = Server("--audio_checkpoint", str(ckpt["vae"]), "--audio_prior", str(prior), "--audio_inverse", "vocoder-pghi",
+               "--vocoder", str(vocoder))
+    try:
+        with httpx.Client(base_url=s.url, timeout=300) as c:
+            health = c.get("/health").json()["models"][0]
+            assert health["inverse"] == "vocoder vocoder.pt magnitude + PGHI + FGLA-64"
+            assert health["prior"] == "learned prior prior.pt (epoch 1, ddim-50)"
+            result = c.post("/v1/audio/generations", json={"n": 1, "seed": 3}).json()
+            assert result["prior"] == health["prior"]
+            assert base64.b64decode(result["data"][0]["b64_wav"]) == (tmp_path / "generated" / "generated_000.wav").read_bytes()
+    finally:
+        s.stop()
+    refused = subprocess.run([sys.executable, "-m", "api.serve", "--audio_inverse", "vocoder"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--vocoder goes with --audio_inverse vocoder" in refused.stderr

@@ -404,3 +404,24 @@ def test_a_silent_window_is_a_message(app):
     app.slider(key="start").set_value(6.0)
     reconstruct(run(app))
     assert not app.error and len(app.get("audio")) == 3
+
+
+def test_the_demo_generates_with_a_learned_prior_and_another_inverse(monkeypatch, demo_checkpoints, ag, tmp_path):
+    """--audio_prior and --audio_inverse griffinlim: the page names both, and Generate gives the command line's
+    clips for the same prior, inverse and seed, byte for byte."""
+    prior = tmp_path / "prior.pt"
+    ag.main(["--mode", "train_prior", "--checkpoint", str(demo_checkpoints["vae"]), "--prior", str(prior),
+             "--epochs", "1", "--prior_hidden", "16", "--prior_blocks", "2", "--batch_size", "2", "--warmup_steps", "2",
+             "--device", "cpu", "--results_dir", str(tmp_path / "prior_results"), "--cache_dir", str(tmp_path / "c")])
+    at = page(monkeypatch, *demo_args(demo_checkpoints, audio_checkpoint=demo_checkpoints["vae"]),
+              "--audio_prior", prior, "--audio_inverse", "griffinlim")
+    assert ("audio by least squares + random-phase FGLA-64. Generates from the learned prior prior.pt (epoch 1, "
+            "ddim-50)." in texts(at.markdown))
+    at.number_input(key="generate_seed").set_value(4)
+    at.button(key="generate_audio").click()
+    run(at)
+    ag.main(["--mode", "generate", "--checkpoint", str(demo_checkpoints["vae"]), "--prior", str(prior),
+             "--inverse", "griffinlim", "--num_samples", "2", "--seed", "4", "--device", "cpu",
+             "--results_dir", str(tmp_path / "generated")])
+    for i, data in enumerate(at.session_state["generated"].wavs):
+        assert data == (tmp_path / "generated" / f"generated_{i:03d}.wav").read_bytes()

@@ -225,13 +225,14 @@ def score_samples(config, state, model, inverse, audio, count):
             "embeddings": list(config.embeddings)}, transform(reference).cpu()
 
 
-def learned_prior(config, state):
-    """(the learned prior that `config.prior` names, checked to belong to the VAE of `state`, or None; its name)."""
-    if config.prior is None:
+def load_learned_prior(path, vae_state, vae_path, sampler, device):
+    """(the learned prior in `path`, checked to belong to the VAE of `vae_state` (from `vae_path`), or None when
+    `path` is None; the prior's name, with the `sampler` it runs). The command, the demo and the API load it so."""
+    if path is None:
         return None, "N(0, I)"
-    prior_state = load_prior_checkpoint(config.prior, state, config.checkpoint)
-    name = f"learned prior {config.prior.name} (epoch {prior_state['epoch']}, {config.sampler.name})"
-    return prior_from_checkpoint(prior_state, config.device), name
+    prior_state = load_prior_checkpoint(path, vae_state, vae_path)
+    name = f"learned prior {Path(path).name} (epoch {prior_state['epoch']}, {sampler.name})"
+    return prior_from_checkpoint(prior_state, device), name
 
 
 def generate(config):
@@ -241,7 +242,7 @@ def generate(config):
     transform = LogMelTransform.from_config(state["transform_config"], config.device)
     inverse = load_inverse(config.inverse, transform)
     model = model_from_checkpoint(state, config.device)
-    prior, prior_name = learned_prior(config, state)
+    prior, prior_name = load_learned_prior(config.prior, state, config.checkpoint, config.sampler, config.device)
     latent = model.latent_shape(transform.frames)
     print(f"Generating {config.num_samples} clips from the {prior_name} ({latent[0]} x {latent[1]} latents, "
           f"seed {config.seed}), {inverse.name} ...", flush=True)
