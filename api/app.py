@@ -56,6 +56,9 @@ def error_body(message, kind, param=None):
     return {"error": {"message": message, "type": kind, "param": param}}
 
 
+IMAGE_SIZE = "28x28"  # every image model here draws MNIST-sized images, width x height as OpenAI writes it
+
+
 class ImageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="the image model's id (GET /v1/models); default: the loaded one")
@@ -68,6 +71,9 @@ class ImageRequest(BaseModel):
     sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddim (`steps` steps) or ddpm (all T steps)")
     steps: int = Field(50, ge=1, description="DDIM steps (1 to the model's T)")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="noise seed; default: a random one, returned")
+    size: str | None = Field(None, description=f"'{IMAGE_SIZE}', the models' own size and the only one served; "
+                                               f"OpenAI's clients send it")
+    user: str | None = Field(None, description="the end user's id, as OpenAI's API takes it; accepted and ignored")
 
 
 class AudioGenerationRequest(BaseModel):
@@ -128,6 +134,9 @@ def create_app(image_model, audio_model, options, device, batcher):
     @app.post("/v1/images/generations", summary="Draw images of one class (OpenAI images API shape)")
     async def generate_images(body: ImageRequest):
         model = require_model(image_model, body.model, "image")
+        if body.size is not None and body.size != IMAGE_SIZE:
+            raise ApiError(400, f"size '{body.size}' is not served: {model.id} draws {IMAGE_SIZE} images only "
+                                f"(send size '{IMAGE_SIZE}' or none); upscaled digits would add no detail", param="size")
         if body.n > options.max_images:
             raise ApiError(400, f"n = {body.n} is above this server's limit of {options.max_images} images "
                                 f"per request", param="n")

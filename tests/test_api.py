@@ -412,3 +412,18 @@ def test_the_api_serves_a_learned_prior_and_a_vocoder(ckpt, ag, tmp_path):
     refused = subprocess.run([sys.executable, "-m", "api.serve", "--audio_inverse", "vocoder"], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--vocoder goes with --audio_inverse vocoder" in refused.stderr
+
+
+def test_the_official_openai_client_draws_digits(server, ckpt):
+    """OpenAI's own Python client against this server: `size` at the native size and `user` are accepted; another
+    size is a 400 naming the one served, which the client raises as BadRequestError."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    result = client.images.generate(model="ddpm-mnist", prompt="7", n=4, response_format="b64_json", size="28x28",
+                                    user="alice", extra_body={"seed": 5})
+    assert len(result.data) == 4
+    images = [pixels(d.b64_json) for d in result.data]
+    assert all(image.shape[:2] == (28, 28) for image in images) and len({image.tobytes() for image in images}) == 4
+    with pytest.raises(openai.BadRequestError, match="size '256x256' is not served: ddpm-mnist draws 28x28 images"):
+        client.images.generate(model="ddpm-mnist", prompt="7", size="256x256")
