@@ -138,8 +138,10 @@ def plot_vocoder_curves(history, path, origin):
     minutes = np.cumsum([h["train_seconds"] for h in history]) / 60
     dots = {"marker": "o", "markersize": 3} if len(history) <= 60 else {}
     left.plot(minutes, [h["train_loss"] for h in history], color="black", label="training crops: total", **dots)
-    for key, color in (("mel", "tab:blue"), ("stft", "tab:green"), ("magnitude", "tab:purple"), ("phase", "tab:red")):
-        left.plot(minutes, [h["valid"][key] for h in history], color=color, label=f"unseen crops: {key}", **dots)
+    for key, color in (("magnitude", "tab:purple"), ("convergence", "tab:pink"), ("phase", "tab:red"),
+                       ("mel", "tab:blue"), ("stft", "tab:green")):
+        left.plot(minutes, [h["valid"].get(key, np.nan) for h in history], color=color, label=f"unseen crops: {key}",
+                  **dots)
     left.set(title=f"Vocoder losses\n({origin})", xlabel="training time (min)", yscale="log")
     scored = [(m, h["audio"]) for m, h in zip(minutes, history) if h.get("audio")]
     if scored:

@@ -21,8 +21,9 @@ from .transform import LogMelTransform, compute_normalization
 from .vocoder import Vocoder, vocoder_losses
 from .waves import wave_splits
 
-# How much each loss counts (vocoder.vocoder_losses); the log-mel L1 leads, as in Vocos and HiFi-GAN.
-LOSS_WEIGHTS = {"mel": 1.0, "stft": 1.0, "magnitude": 0.5, "phase": 0.3}
+# How much each loss counts (vocoder.vocoder_losses): the magnitude's three, then the phase's (waveform losses
+# and APNet's phase losses), whose gradients reach only the phase.
+LOSS_WEIGHTS = {"magnitude": 1.0, "convergence": 1.0, "mel_consistency": 1.0, "phase": 0.3, "mel": 1.0, "stft": 1.0}
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 n_fft and hop -> inverse STFT. The hop of 313 samples rules out HiFi-GAN's stacks of integer upsamplings;
 predicting STFT frames needs none.
 
-The magnitude is a zero-initialised correction of the NNLS magnitude (inverse.nnls_magnitude) in the log
-domain, so an untrained vocoder already has the deterministic inverse's magnitude and training only learns
-what the mel threw away. The phase comes from the network (Vocos' single-angle head) or, where that loses,
+The magnitude is a zero-initialised correction of the NNLS magnitude (inverse.nnls_magnitude, 3 steps as the
+default inverse) in the log domain, so an untrained vocoder already has the deterministic inverse's magnitude
+and training only learns what the mel threw away. The phase comes from the network (Vocos' single-angle head) or, where that loses,
 from PGHI + fast Griffin-Lim over the learned magnitude (inverse.MelInverse).
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Vocoder(nn.Module):
     """
 
     def __init__(self, n_mels=128, n_fft=1024, hop_length=313, sample_rate=16_000, dim=256, intermediate=768,
-                 blocks=8, nnls_iterations=30):
+                 blocks=8, nnls_iterations=3):
         super().__init__()
         self.config = dict(n_mels=n_mels, n_fft=n_fft, hop_length=hop_length, sample_rate=sample_rate, dim=dim,
                            intermediate=intermediate, blocks=blocks, nnls_iterations=nnls_iterations)
@@ -145,15 +145,25 @@ def multi_resolution_stft_loss(estimate, target, resolutions=((512, 128), (1024,
 
 
 def vocoder_losses(vocoder, log_mel, wave, mel_transform):
-    """The training losses of `vocoder` on (b, n_mels, frames) log-mels of (b, samples) waveforms, each a scalar:
-    'mel' (L1 of the output's log-mel), 'stft' (multi-resolution), 'magnitude' (L1 of the log-magnitude at the
-    vocoder's own frames) and 'phase' (APNet's three, weighted by magnitude)."""
+    """The training losses of `vocoder` on (b, n_mels, frames) log-mels of (b, samples) waveforms, each a scalar.
+
+    The magnitude learns from magnitude losses alone, at the vocoder's own frames: 'magnitude' (L1 of the log),
+    'convergence' (spectral convergence) and 'mel_consistency' (L1 between the log-mel of the predicted magnitude
+    and the input). The phase learns from 'phase' (APNet's three, weighted by the true magnitude) and from the
+    waveform's 'mel' (L1 of the output's log-mel) and 'stft' (multi-resolution) losses, through which the
+    magnitude gets no gradient: while the phase is poor those would teach the magnitude to make up for it, and
+    the magnitude is also used on its own, with PGHI's phase ('vocoder-pghi')."""
     c = vocoder.config
     log_magnitude, phase = vocoder.spectrum(log_mel)
-    estimate = vocoder.synthesize(log_magnitude, phase, wave.shape[-1])
     target = torch.stft(wave, c["n_fft"], c["hop_length"], window=vocoder.window, return_complex=True)
     target_magnitude = target.abs()
-    return {"mel": (mel_transform(estimate) - log_mel).abs().mean(),
-            "stft": multi_resolution_stft_loss(estimate, wave).mean(),
-            "magnitude": (log_magnitude - target_magnitude.clamp(min=LOG_FLOOR).log()).abs().mean(),
-            "phase": phase_loss(phase, target.angle(), target_magnitude)}
+    magnitude = log_magnitude.exp()
+    convergence = (magnitude - target_magnitude).flatten(1).norm(dim=1) / target_magnitude.flatten(1).norm(dim=1).clamp(min=1e-8)
+    predicted_mel = (vocoder.filterbank.T @ magnitude).clamp(min=LOG_FLOOR).log()
+    estimate = vocoder.synthesize(log_magnitude.detach(), phase, wave.shape[-1])
+    return {"magnitude": (log_magnitude - target_magnitude.clamp(min=LOG_FLOOR).log()).abs().mean(),
+            "convergence": convergence.mean(),
+            "mel_consistency": (predicted_mel - log_mel).abs().mean(),
+            "phase": phase_loss(phase, target.angle(), target_magnitude),
+            "mel": (mel_transform(estimate) - log_mel).abs().mean(),
+            "stft": multi_resolution_stft_loss(estimate, wave).mean()}
