@@ -48,9 +48,12 @@ def rng_state():
 
 
 def set_rng_state(state):
+    """Restore rng_state(); on a host with fewer GPUs than the one that saved it, the GPUs it has take the first
+    saved states (set_rng_state_all would fail), and a CPU-only host restores the CPU state alone."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, saved in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(saved, index)
 
 
 def data_record(data):

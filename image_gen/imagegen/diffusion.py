@@ -20,6 +20,24 @@ def sampler_name(sampler, steps, eta, guidance_scale=None):
     return name + (f", w={guidance_scale:g}" if guidance_scale is not None else "")
 
 
+def cpu_normal(shape, generator, device):
+    """N(0, I) numbers of `shape` drawn by a CPU `generator` and moved to `device`: a seed gives the same numbers
+    on a CPU and on a GPU, and a generator's state resumes on either (a CUDA generator's would do neither)."""
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def restore_generator(generator, saved, step):
+    """Set the CPU training `generator` to the `saved` state of a checkpoint. Checkpoints written on a GPU before
+    the training generators moved to the CPU hold a CUDA generator's state (16 bytes, against the CPU's 5,056),
+    which no CPU generator takes: the generator is then reseeded from `step`, deterministically, and says so."""
+    if saved.numel() == generator.get_state().numel():
+        generator.set_state(saved)
+        return
+    generator.manual_seed(1_000_003 + step)
+    print(f"note: the checkpoint's training generator was a CUDA one (an older checkpoint written on a GPU); "
+          f"reseeded on the CPU at step {step}: the run goes on, no longer drawing what it would have drawn")
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     """How to run the reverse process, as one value: the sampler ('ddpm': ancestral sampling over all T
@@ -108,14 +126,15 @@ class GaussianDiffusion:
 
         Each label becomes the null class with probability `cond_drop_prob` (Ho & Salimans 2022,
         Algorithm 1), so the same network learns the unconditional eps(x_t, t, null) too. t, eps and the
-        dropout come from `generator` (the training generator), never from the global RNG.
+        dropout come from `generator` (the training generator, on the CPU: the same draws on any device), never
+        from the global RNG.
 
         `rows` (a slice; one process of several): the loss of those rows of the batch only, with the very
         t, eps and dropout that the whole batch draws for them, and the generator advanced as by the whole."""
-        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        noise = cpu_normal(x0.shape, generator, x0.device)
         if labels is not None and cond_drop_prob > 0:
-            drop = torch.rand(labels.shape, device=labels.device, generator=generator) < cond_drop_prob
+            drop = (torch.rand(labels.shape, generator=generator) < cond_drop_prob).to(labels.device)
             labels = labels.masked_fill(drop, model.null_class)
         if rows is not None:
             x0, t, noise = x0[rows], t[rows], noise[rows]

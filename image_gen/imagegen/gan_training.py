@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .common import World
+from .diffusion import cpu_normal, restore_generator
 from .gan import GAN_LOSSES, Discriminator, Generator, discriminator_loss, generator_loss, r1_penalty
 from .sampling import GanSampler
 
@@ -53,7 +54,7 @@ class GanTrainState:
                                             betas=tuple(self.config.betas))
         self.d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=self.config.d_learning_rate,
                                             betas=tuple(self.config.betas))
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # on the CPU: resumes on any device (cpu_normal)
         self.sampler = GanSampler(self.ema_model)
         self.step = 0
 
@@ -62,7 +63,7 @@ class GanTrainState:
         return self.config.g_learning_rate
 
     def _latents(self, n):
-        return torch.randn((n, self.model.latent_dim), generator=self.generator, device=self.device)
+        return cpu_normal((n, self.model.latent_dim), self.generator, self.device)
 
     def train_step(self, x, labels=None):
         """One discriminator and one generator update on real images x (batch, C, 28, 28) in [-1, 1] with
@@ -113,7 +114,7 @@ class GanTrainState:
         self.g_optimizer.load_state_dict(state["optimizer"])
         self.d_optimizer.load_state_dict(state["d_optimizer"])
         self.step = state["step"]
-        self.generator.set_state(state["generator"])
+        restore_generator(self.generator, state["generator"], self.step)
 
     @classmethod
     def from_checkpoint(cls, state, device, seed=0):

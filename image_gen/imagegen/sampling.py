@@ -9,7 +9,7 @@ import torch
 
 from .common import progress_bar
 from .data import to_uint8
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, cpu_normal
 from .unet import Denoiser, DiffusionModel
 
 
@@ -29,9 +29,11 @@ def balanced_counts(n, num_classes):
     return [n // num_classes + (c < n % num_classes) for c in range(num_classes)]
 
 
-def seeded_generator(seed, device):
-    """A private torch.Generator: `seed`, or a fresh seed from the OS when None. The global RNG is untouched."""
-    generator = torch.Generator(device=device)
+def seeded_generator(seed):
+    """A private CPU torch.Generator: `seed`, or a fresh seed from the OS when None. The global RNG is untouched.
+    Always on the CPU, whatever device samples: a CUDA generator (Philox) gives other numbers for the same seed,
+    so a seed would draw other digits on a GPU. Its numbers are moved to the device (cpu_normal)."""
+    generator = torch.Generator()
     if seed is None:
         generator.seed()
     else:
@@ -49,7 +51,7 @@ class NoiseStreams:
         self.counts = [counts] * len(generators) if isinstance(counts, int) else list(counts)
 
     def __call__(self, shape):
-        return torch.cat([torch.randn((count, *shape[1:]), generator=g, device=self.device)
+        return torch.cat([cpu_normal((count, *shape[1:]), g, self.device)
                           for g, count in zip(self.generators, self.counts)])
 
 
@@ -117,8 +119,8 @@ class Sampler:
             raise ValueError("this model is unconditional: it draws no classes")
         guided = self._guided(label, settings)
         batch_size = batch_size or self.batch_size(guided)
-        generator = seeded_generator(settings.seed, self.device)
-        randn = lambda shape: torch.randn(shape, generator=generator, device=self.device)  # noqa: E731
+        generator = seeded_generator(settings.seed)
+        randn = lambda shape: cpu_normal(shape, generator, self.device)  # noqa: E731
         batches = []
         for start in range(0, n, batch_size):
             size = min(batch_size, n - start)
@@ -164,7 +166,7 @@ class Sampler:
                                         settings, progress, world)
         if world is not None and world.active and not world.is_main:
             return None
-        streams = NoiseStreams([seeded_generator(class_seed(settings.seed, index), self.device) for index in labels],
+        streams = NoiseStreams([seeded_generator(class_seed(settings.seed, index)) for index in labels],
                                per_class, self.device)
         batch_labels = torch.tensor(labels, device=self.device).repeat_interleave(per_class)
         return self._draw(batch_labels, len(batch_labels), settings, streams, guided, progress)
@@ -179,7 +181,7 @@ class Sampler:
         if self.num_classes == 0 and any(label is not None for label, _, _ in groups):
             raise ValueError("this model is unconditional: it draws no classes")
         guided = any(self._guided(label, settings) for label, _, _ in groups)
-        streams = NoiseStreams([seeded_generator(seed, self.device) for _, _, seed in groups],
+        streams = NoiseStreams([seeded_generator(seed) for _, _, seed in groups],
                                [n for _, n, _ in groups], self.device)
         labels = None
         if self.num_classes:

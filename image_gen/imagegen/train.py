@@ -242,8 +242,7 @@ def train_epochs(run, evaluator, stop):
     sampler = state.sampler.name(config.eval_settings(config.seed + 1), guided=run.guided)
     for epoch in range(run.epochs_completed + 1, config.epochs + 1):
         if run.progress is None:
-            run.progress = EpochProgress(torch.randperm(len(run.images), device=config.device,
-                                                        generator=state.generator))
+            run.progress = EpochProgress(torch.randperm(len(run.images), generator=state.generator).to(config.device))
         if not train_one_epoch(state, run.images, run.labels, config.batch_size, epoch, config.epochs, run.progress,
                                stop):
             run.save(interrupted=True)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .common import World, first_nonfinite, progress_bar
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, restore_generator
 from .sampling import Sampler
 from .unet import Denoiser, DiffusionModel
 
@@ -72,7 +72,7 @@ class TrainState:
         self.ema_decay = ema_decay
         self.lr_plan = lr_plan or new_lr_plan(1, 1e-3)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr_plan["peak_lr"], weight_decay=0.0)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # on the CPU: resumes on any device (cpu_normal)
         self.diffusion = GaussianDiffusion(**(diffusion_config or {}), device=device)
         forward = model
         if self.world.active:
@@ -132,7 +132,7 @@ class TrainState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_plan = dict(state["lr_plan"])
         self.step = state["step"]
-        self.generator.set_state(state["generator"])
+        restore_generator(self.generator, state["generator"], self.step)
 
 
 def mean_losses(losses):
