@@ -146,15 +146,14 @@ def plot_vocoder_curves(history, path, origin):
     scored = [(m, h["audio"]) for m, h in zip(minutes, history) if h.get("audio")]
     if scored:
         m, audio = zip(*scored)
-        right.plot(m, [a["pesq"] for a in audio], "o-", color="tab:blue", label="PESQ, vocoder")
-        right.plot(m, [a.get("magnitude_pghi_pesq", np.nan) for a in audio], "^:", color="tab:blue",
-                   label="PESQ, its magnitude + PGHI")
-        right.axhline(audio[-1]["reference_pesq"], color="tab:blue", linestyle="--", label="PESQ, NNLS + PGHI + FGLA")
+        values = lambda key: [np.nan if a.get(key) is None else a[key] for a in audio]  # noqa: E731  (undefined PESQ)
+        right.plot(m, values("pesq"), "o-", color="tab:blue", label="PESQ, vocoder")
+        right.plot(m, values("magnitude_pghi_pesq"), "^:", color="tab:blue", label="PESQ, its magnitude + PGHI")
+        right.plot(m, values("reference_pesq"), "--", color="tab:blue", label="PESQ, NNLS + PGHI + FGLA")
         twin = right.twinx()
-        twin.plot(m, [a["stoi"] for a in audio], "s-", color="tab:orange", label="STOI, vocoder")
-        twin.plot(m, [a.get("magnitude_pghi_stoi", np.nan) for a in audio], "v:", color="tab:orange",
-                  label="STOI, its magnitude + PGHI")
-        twin.axhline(audio[-1]["reference_stoi"], color="tab:orange", linestyle="--", label="STOI, NNLS + PGHI + FGLA")
+        twin.plot(m, values("stoi"), "s-", color="tab:orange", label="STOI, vocoder")
+        twin.plot(m, values("magnitude_pghi_stoi"), "v:", color="tab:orange", label="STOI, its magnitude + PGHI")
+        twin.plot(m, values("reference_stoi"), "--", color="tab:orange", label="STOI, NNLS + PGHI + FGLA")
         twin.set_ylabel("STOI")
         right.legend(loc="lower left", fontsize=8)
         twin.legend(loc="lower right", fontsize=8)

@@ -121,28 +121,40 @@ class AudioCheck:
 
     @torch.no_grad()
     def __call__(self, vocoder):
+        """{'clips', and for the vocoder ('') and its magnitude with PGHI's phase ('magnitude_pghi_'): 'pesq',
+        'stoi' and the deterministic inverse's 'reference_pesq', 'reference_stoi' on the same clips}."""
         vocoder.eval()
-        record = {}
+        record = {"clips": len(self.clips)}
         for kind, prefix in (("vocoder", ""), ("vocoder-pghi", "magnitude_pghi_")):
             audio = MelInverse(InverseConfig(kind), self.transform, vocoder)(self.log_mels)
             scores = paired_speech_scores(self.clips, audio, self.reference, self.transform.sample_rate)
-            record.update({"clips": scores["clips"], f"{prefix}pesq": scores["pesq"], f"{prefix}stoi": scores["stoi"],
-                           "reference_pesq": scores["oracle_pesq"], "reference_stoi": scores["oracle_stoi"]})
+            record.update({f"{prefix}pesq": scores["pesq"], f"{prefix}stoi": scores["stoi"],
+                           f"{prefix}reference_pesq": scores["oracle_pesq"],
+                           f"{prefix}reference_stoi": scores["oracle_stoi"]})
         return record
 
 
-def vocoder_checkpoint(trainer, transform, config, epoch, progress, history):
+def score_line(audio):
+    """The AudioCheck record as one line; 'n/a' where PESQ or STOI is undefined on every clip."""
+    fmt = lambda value, spec: "n/a" if value is None else format(value, spec)  # noqa: E731
+    return (f"PESQ {fmt(audio['pesq'], '.2f')} (NNLS + PGHI {fmt(audio['reference_pesq'], '.2f')}), with PGHI's "
+            f"phase {fmt(audio['magnitude_pghi_pesq'], '.2f')} ({fmt(audio['magnitude_pghi_reference_pesq'], '.2f')}); "
+            f"STOI {fmt(audio['stoi'], '.3f')} ({fmt(audio['reference_stoi'], '.3f')}), with PGHI's phase "
+            f"{fmt(audio['magnitude_pghi_stoi'], '.3f')} ({fmt(audio['magnitude_pghi_reference_stoi'], '.3f')})")
+
+
+def vocoder_checkpoint(trainer, transform, config, segment_frames, epoch, progress, history):
     """Everything to voice mels (config, weights with the mel statistics, the transform it is made for) and to
-    resume exactly."""
+    resume exactly (the segment length with the rest)."""
     return {"format": VOCODER_FORMAT, "version": VOCODER_VERSION, "vocoder_config": dict(trainer.model.config),
-            "transform_config": transform.config, **trainer.state_dict(), "epoch": epoch, "partial_epoch": progress,
+            "transform_config": transform.config, "segment_frames": segment_frames, **trainer.state_dict(),
+            "epoch": epoch, "partial_epoch": progress,
             "rng": rng_state(), "history": history, "data": data_record(config.data),
             "args": dict(config.command_line)}
 
 
-def start(config, transform, splits):
-    """(a VocoderTrainer, the resumed checkpoint's state or None)."""
-    state = load_vocoder_checkpoint(config.checkpoint, transform.config) if config.resume else None
+def start(config, transform, splits, state):
+    """A VocoderTrainer: new, or from the resumed checkpoint's `state`."""
     torch.manual_seed(config.seed)
     if state:
         vocoder = Vocoder(**state["vocoder_config"])
@@ -160,23 +172,27 @@ def start(config, transform, splits):
         trainer.load_state_dict(state)
         trainer.schedule.extend(config.epochs * steps, trainer.step)
         set_rng_state(state["rng"])
-    return trainer, state
+    return trainer
 
 
 def train_vocoder(config):
     """Train as `config` (a VocoderTrainConfig) says; the history of epoch records."""
     torch.set_flush_denormal(True)
-    transform = LogMelTransform(device=config.device)
-    if config.resume:
-        transform = LogMelTransform.from_config(load_vocoder_checkpoint(config.checkpoint)["transform_config"],
-                                                config.device)
-    segment = (config.segment_frames - 1) * transform.hop_length
+    state = load_vocoder_checkpoint(config.checkpoint) if config.resume else None
+    transform = (LogMelTransform.from_config(state["transform_config"], config.device) if state
+                 else LogMelTransform(device=config.device))
+    # A resumed run keeps its segments: they set the epoch's length and its crops.
+    segment_frames = state["segment_frames"] if state else config.segment_frames
+    if segment_frames != config.segment_frames:
+        print(f"note: --segment_frames {config.segment_frames} ignored: {config.checkpoint} trains on segments of "
+              f"{segment_frames} frames")
+    segment = (segment_frames - 1) * transform.hop_length
     splits = wave_splits(config.data, transform, segment)
     train_set = splits["train"]
     held_out = splits["valid"] if len(splits["valid"]) else train_set
     if not len(train_set):
         raise SystemExit(f"error: no training audio in {train_set.origin}")
-    trainer, state = start(config, transform, splits)
+    trainer = start(config, transform, splits, state)
     position = Position(state["epoch"], state["partial_epoch"], state["history"]) if state else Position()
     if position.epoch >= config.epochs:
         print(f"Nothing to do: {config.checkpoint} already has {position.epoch} epochs (--epochs {config.epochs}).")
@@ -186,7 +202,7 @@ def train_vocoder(config):
         if config.audio_eval_clips else None
     steps = steps_per_epoch(train_set, config.batch_size)
     params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
-    print(f"Training a vocoder ({params:.2f}M parameters) on {len(train_set)} segments of {config.segment_frames} "
+    print(f"Training a vocoder ({params:.2f}M parameters) on {len(train_set)} segments of {segment_frames} "
           f"frames ({segment / transform.sample_rate:.2f} s) of {train_set.origin}; unseen: {held_out.origin}; "
           f"{steps} steps/epoch of {config.batch_size}, device {config.device}")
     if state:
@@ -203,16 +219,13 @@ def train_vocoder(config):
         line = (f"epoch {record['epoch']:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen: mel L1 "
                 f"{record['valid']['mel']:.4f}, phase {record['valid']['phase']:.3f}  {record['train_seconds']:.0f} s")
         if "audio" in record:
-            a = record["audio"]
-            line += (f"\n    unseen clips: PESQ {a['pesq']:.2f}, with PGHI's phase {a['magnitude_pghi_pesq']:.2f} "
-                     f"(NNLS + PGHI {a['reference_pesq']:.2f}); STOI {a['stoi']:.3f}, with PGHI's phase "
-                     f"{a['magnitude_pghi_stoi']:.3f} (NNLS + PGHI {a['reference_stoi']:.3f})")
+            line += f"\n    unseen clips: {score_line(record['audio'])}"
         print(line, flush=True)
         plot_vocoder_curves(position.history, curves, train_set.origin)
 
     def save():
-        atomic_torch_save(vocoder_checkpoint(trainer, transform, config, position.epoch, position.progress,
-                                             position.history), config.checkpoint)
+        atomic_torch_save(vocoder_checkpoint(trainer, transform, config, segment_frames, position.epoch,
+                                             position.progress, position.history), config.checkpoint)
 
     fit(trainer, train_set, position, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
         checkpoint=config.checkpoint, evaluate=evaluate, announce=announce, save=save)

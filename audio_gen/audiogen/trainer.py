@@ -219,8 +219,8 @@ def fit(trainer, train_set, position, *, epochs, batch_size, seed, checkpoint, e
                 record["eval_seconds"] = time.perf_counter() - start
                 position.epoch, position.progress = number, None
                 position.history.append(record)
+                save()  # before anything that could fail or be interrupted: the finished epoch is kept
                 announce(record)
-                save()
                 if stop.poll():
                     raise SystemExit(f"Stopped after epoch {number}: {checkpoint} saved; continue with --resume.")
         except KeyboardInterrupt:

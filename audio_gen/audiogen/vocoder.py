@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from .inverse import nnls_magnitude
 
 LOG_FLOOR = 1e-5  # the transform's floor: log-mels never go below log(1e-5)
-MAX_LOG_MAGNITUDE = math.log(1e2)  # Vocos clips the magnitude at 100; a 16-bit full-scale frame reaches ~512
+# Only a guard against overflow: a full-scale sine reaches 512 in a frame (the Hann window sums to n_fft / 2), so
+# Vocos' cap of 100 would clip loud partials of real music and stop their gradient.
+MAX_LOG_MAGNITUDE = math.log(1e4)
 
 
 def mel_filterbank(n_mels, n_fft, sample_rate):
