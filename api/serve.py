@@ -114,6 +114,9 @@ def main(argv=None):
     for name in ("vocoder", "audio_prior"):
         if getattr(args, name) is not None and not getattr(args, name).is_file():
             parser.error(f"--{name} {getattr(args, name)}: no such file")
+        if getattr(args, name) is not None and args.audio_checkpoint is None \
+                and not DEFAULTS["audio_checkpoint"].is_file():
+            parser.error(f"--{name} is for the audio model, and there is none to serve: pass --audio_checkpoint")
     api_key = os.environ.get(API_KEY_VARIABLE) or None
     if not is_loopback(args.host) and api_key is None:
         parser.error(f"--host {args.host} would open the API to the network: set {API_KEY_VARIABLE} to a secret "

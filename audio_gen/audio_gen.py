@@ -123,14 +123,16 @@ def build_parser():
                                        "what benchmark times)")
     train_group.add_argument("--epochs", type=number(int, 1), default=None,
                              help="training epochs (total, also with --resume); an epoch draws as many random "
-                                  "crops as the training files hold 5-s windows (default: 60; train_prior 280)")
+                                  "crops as the training files hold 5-s windows (train_vocoder: 0.92-s segments) "
+                                  "(default: 60; train_prior 280; train_vocoder 36, about 2 h on a 2-core CPU)")
     train_group.add_argument("--batch_size", type=number(int, 1), default=None,
                              help="clips per training batch; under torchrun the global batch, shared equally by the "
-                                  "processes (default: 16; train_prior 64)")
+                                  "processes (default: 16; train_prior 64; train_vocoder 16)")
     train_group.add_argument("--learning_rate", type=number(float, 1e-8, 1.0), default=None,
-                             help="peak AdamW learning rate (default: 1e-3; train_prior 5e-4)")
+                             help="peak AdamW learning rate (default: 1e-3; train_prior and train_vocoder 5e-4)")
     train_group.add_argument("--warmup_steps", type=number(int, 0), default=None,
-                             help="linear warm-up steps before the cosine decay (default: 100; train_prior 200)")
+                             help="linear warm-up steps before the cosine decay (default: 100; train_prior 200; "
+                                  "train_vocoder 500)")
     train_group.add_argument("--seed", type=number(int, 0), default=0,
                              help="random seed (also of the random starting phase of --inverse griffinlim, in every mode)")
     train_group.add_argument("--kl_weight", type=number(float, 0.0, 100.0), default=0.1,
@@ -139,7 +141,8 @@ def build_parser():
     train_group.add_argument("--kl_warmup_steps", type=number(int, 0), default=1000,
                              help="--model vae: steps over which the KL weight rises linearly from 0")
     train_group.add_argument("--resume", action="store_true",
-                             help="continue training from --checkpoint (train_prior: from --prior)")
+                             help="continue training from --checkpoint (train_prior: from --prior; train_vocoder: "
+                                  "from --vocoder)")
     train_group.add_argument("--eval_every", type=number(int, 1), default=5,
                              help="score PESQ/STOI and redraw training_curves.png every N epochs (and after the "
                                   "first and last); mel metrics are logged every epoch")
@@ -161,7 +164,8 @@ def build_parser():
     out.add_argument("--griffin_lim_iters", type=number(int, 0, 10_000), default=64,
                      help="fast Griffin-Lim iterations (momentum 0.99) after PGHI or from the random phase")
     out.add_argument("--audio_eval_clips", type=number(int, 0, 1000), default=8,
-                     help="clips per split scored with PESQ/STOI after Griffin-Lim (0 skips)")
+                     help="clips per split scored with PESQ/STOI as audio, beside the oracle (0 skips); "
+                          "train_vocoder: unseen clips it scores (at most 16)")
     gen = p.add_argument_group("generate (a VAE checkpoint)")
     gen.add_argument("--num_samples", type=number(int, 1, 1024), default=16,
                      help="clips to generate (generated_000.wav, ...); with --audio_dir also how many real clips "
@@ -174,8 +178,8 @@ def build_parser():
                      help="VGGish weights file (torchvggish's vggish-10086976.pth) for --fad_embedding vggish")
     voc = p.add_argument_group("vocoder (train_vocoder writes it; --inverse vocoder voices mels with it)")
     voc.add_argument("--vocoder", default=None,
-                     help=f"vocoder checkpoint: train_vocoder writes it (default {DEFAULT_VOCODER}); infer, generate and "
-                          f"benchmark read it with --inverse vocoder (default: {DEFAULT_VOCODER})")
+                     help=f"vocoder checkpoint (default {DEFAULT_VOCODER}): train_vocoder writes it; infer, generate and "
+                          f"benchmark read it with --inverse vocoder or vocoder-pghi")
     voc.add_argument("--vocoder_dim", type=number(int, 16, 2048), default=256,
                      help="train_vocoder: channels of the ConvNeXt blocks (their expansion is 3x)")
     voc.add_argument("--vocoder_blocks", type=number(int, 1, 64), default=8, help="train_vocoder: ConvNeXt blocks")

@@ -190,7 +190,7 @@ def open_checkpoint(loader, path, device, train_hint, *options):
     try:
         return loader(str(path), file_stamp(path), str(device), *options), None
     except SystemExit as err:  # the scripts' load_checkpoint ends a command-line run with one line
-        return None, str(err).removeprefix("error: ")
+        return None, getattr(err, "message", None) or str(err).removeprefix("error: ")
     except (KeyError, RuntimeError) as err:  # the right format, but weights that do not fit its own config
         return None, f"{path} cannot be used: {type(err).__name__}: {err}"
 

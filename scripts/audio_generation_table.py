@@ -89,8 +89,8 @@ def main(argv=None):
     args = parse_args(argv)
     states = [(Path(path), load_checkpoint(path)) for path in args.checkpoints]
     transform = LogMelTransform.from_config(states[0][1]["transform_config"], "cpu")
-    if args.inverse.startswith("vocoder") and args.vocoder is None:
-        raise SystemExit(f"error: --inverse {args.inverse} needs --vocoder")
+    if args.inverse.startswith("vocoder") != (args.vocoder is not None):
+        raise SystemExit("error: --vocoder goes with --inverse vocoder or vocoder-pghi, and they with it")
     inverse = load_inverse(InverseConfig(args.inverse, args.griffin_lim_iters,
                                          vocoder=Path(args.vocoder) if args.vocoder else None), transform)
     data = DataConfig(Path(args.audio_dir), None, "none", ("mixture",), Path(args.cache_dir))

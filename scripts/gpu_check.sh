@@ -44,7 +44,9 @@ section "machine"
 section "CUDA tests (pytest -m gpu)"
 run $PY -m pytest -q -m gpu tests/test_devices.py
 
-if (( QUICK )); then EPOCHS=1; IMAGE_DATA=(--data_dir "$WORK/mnist"); else EPOCHS=20; IMAGE_DATA=(); fi
+# QUICK: the same steps on tiny data, without the benchmarks and the FID sampling that only a GPU makes short.
+if (( QUICK )); then EPOCHS=1; IMAGE_DATA=(--data_dir "$WORK/mnist"); IMAGE_EXTRA=(--fid_samples 0); else
+  EPOCHS=20; IMAGE_DATA=(); IMAGE_EXTRA=(); fi
 if (( QUICK )); then
   $PY - "$WORK/mnist" <<'EOF'
 import sys
@@ -55,26 +57,29 @@ write_idx(Path(sys.argv[1]) / "MNIST" / "raw", n_train=256, n_test=128)
 EOF
 fi
 
-section "image benchmark"
-run $PY image_gen/image_gen.py --mode benchmark --device "$DEVICE"
+if (( ! QUICK )); then
+  section "image benchmark"
+  run $PY image_gen/image_gen.py --mode benchmark --device "$DEVICE"
+fi
 
 section "the default image run: $EPOCHS epochs, every evaluation included (target: 90 s on one H100)"
-run $PY image_gen/image_gen.py --epochs "$EPOCHS" --device "$DEVICE" "${IMAGE_DATA[@]}" \
+run $PY image_gen/image_gen.py --epochs "$EPOCHS" --device "$DEVICE" "${IMAGE_DATA[@]}" "${IMAGE_EXTRA[@]}" \
   --checkpoint "$WORK/ddpm.pt" --results_dir "$WORK/image_results" --cache_dir "$WORK/cache"
-run $PY image_gen/image_gen.py --mode infer --device "$DEVICE" "${IMAGE_DATA[@]}" --checkpoint "$WORK/ddpm.pt" \
+run $PY image_gen/image_gen.py --mode infer --device "$DEVICE" "${IMAGE_DATA[@]}" "${IMAGE_EXTRA[@]}" --checkpoint "$WORK/ddpm.pt" \
   --results_dir "$WORK/image_results" --cache_dir "$WORK/cache"
 
 section "audio: synthetic music, the benchmark, one epoch of each training"
-$PY - "$WORK/music" <<'EOF'
+(( QUICK )) && MUSIC_SECONDS=8 || MUSIC_SECONDS=30
+$PY - "$WORK/music" "$MUSIC_SECONDS" <<'EOF'
 import sys
 sys.path.insert(0, "tests")
 from pathlib import Path
 from conftest import write_music_file
 for i, split in enumerate(["train", "train", "valid", "test"]):
-    write_music_file(Path(sys.argv[1]) / split / f"song{i}.wav", 30.0, i)
+    write_music_file(Path(sys.argv[1]) / split / f"song{i}.wav", float(sys.argv[2]), i)
 EOF
 AUDIO=(--audio_dir "$WORK/music" --cache_dir "$WORK/audio_cache" --device "$DEVICE")
-run $PY audio_gen/audio_gen.py --mode benchmark "${AUDIO[@]}"
+(( QUICK )) || run $PY audio_gen/audio_gen.py --mode benchmark "${AUDIO[@]}"
 run $PY audio_gen/audio_gen.py --model vae --epochs 1 "${AUDIO[@]}" --checkpoint "$WORK/vae.pt" \
   --results_dir "$WORK/audio_results"
 run $PY audio_gen/audio_gen.py --mode train_prior --epochs 1 --checkpoint "$WORK/vae.pt" --prior "$WORK/prior.pt" \

@@ -260,3 +260,17 @@ def test_the_inverse_table_scores_every_row_on_the_same_clips(tmp_path):
     assert pghi["mr_stft"] < table["rows"]["least squares + random-phase FGLA-64"]["mr_stft"]
     assert all(row["cpu_seconds_per_clip"] > 0 and math.isfinite(row["aisfx_fad"]) for row in table["rows"].values())
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_vocoder_for_other_features_is_a_usage_error_that_keeps_its_message(tmp_path):
+    """The command line exits 2 with one line; the web demo, which catches it, shows the same message."""
+    from audiogen.checkpoint import VOCODER_FORMAT, VOCODER_VERSION
+    from audiogen.common import UsageError
+
+    vocoder = Vocoder(dim=16, intermediate=32, blocks=1)
+    config = {**LogMelTransform().config, "n_mels": 64}
+    torch.save({"format": VOCODER_FORMAT, "version": VOCODER_VERSION, "vocoder_config": vocoder.config,
+                "transform_config": config, "model": vocoder.state_dict()}, tmp_path / "v.pt")
+    with pytest.raises(UsageError) as caught:
+        load_vocoder_checkpoint(tmp_path / "v.pt", LogMelTransform().config)
+    assert caught.value.code == 2 and "vocoder for other features: n_mels 64 (needed: 128)" in caught.value.message

@@ -42,16 +42,18 @@ def test_a_training_generator_lives_on_the_cpu_and_resumes_from_any_state():
     saved = state.generator.get_state()
     first = torch.rand(4, generator=state.generator)
     other = TrainState(DiffusionModel(base_channels=8), torch.device("cpu"), seed=99)
-    restore_generator(other.generator, saved, step=0)
+    restore_generator(other.generator, saved, seed=99, step=0)
     torch.testing.assert_close(torch.rand(4, generator=other.generator), first, rtol=0, atol=0)
 
 
 def test_a_cuda_generator_state_of_an_older_checkpoint_reseeds_deterministically(capsys):
     cuda_state = torch.zeros(16, dtype=torch.uint8)  # what torch.Generator("cuda").get_state() holds
-    a, b = torch.Generator(), torch.Generator()
-    restore_generator(a, cuda_state, step=250)
-    restore_generator(b, cuda_state, step=250)
+    a, b, c = torch.Generator(), torch.Generator(), torch.Generator()
+    restore_generator(a, cuda_state, seed=1, step=250)
+    restore_generator(b, cuda_state, seed=1, step=250)
+    restore_generator(c, cuda_state, seed=2, step=250)
     assert torch.equal(torch.rand(5, generator=a), torch.rand(5, generator=b))
+    assert not torch.equal(torch.rand(5, generator=a), torch.rand(5, generator=c))  # another run, other draws
     assert "was a CUDA one" in capsys.readouterr().out
 
 

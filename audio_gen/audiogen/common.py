@@ -61,10 +61,18 @@ def number(kind, low=None, high=None, low_open=False):
     return parse
 
 
+class UsageError(SystemExit):
+    """Exit code 2, as argparse gives; `message` keeps what was wrong for callers that catch it (the web demo)."""
+
+    def __init__(self, message):
+        super().__init__(2)
+        self.message = message
+
+
 def usage_error(message):
     """A bad argument found only after reading a checkpoint: one line on stderr and exit code 2, as argparse."""
     print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise UsageError(message)
 
 
 def given_flags(parser, argv):

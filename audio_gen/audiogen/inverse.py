@@ -37,6 +37,10 @@ class InverseConfig:
     nnls_iterations: int = 3
     vocoder: Path | None = None
 
+    def __post_init__(self):
+        if self.kind not in INVERSES:
+            raise ValueError(f"unknown inverse {self.kind!r}: one of {', '.join(INVERSES)}")
+
     @property
     def name(self):
         """How tables and logs name it, e.g. 'NNLS + PGHI + FGLA-64'."""
@@ -128,8 +132,11 @@ def pghi_phase(magnitude, n_fft, hop_length, lam=None, tolerance=1e-5):
     pairs = np.concatenate([np.stack([index[:, :-1].ravel(), index[:, 1:].ravel()], 1),   # along time
                             np.stack([index[:-1].ravel(), index[1:].ravel()], 1)])        # along frequency
     pairs = pairs[loud[pairs[:, 0]] & loud[pairs[:, 1]]]
-    # Minimum spanning tree of costs that fall as the quieter end gets louder; every cost > 0 (scipy drops 0s).
-    cost = 1.0 + (s.max() - np.minimum(s[pairs[:, 0]], s[pairs[:, 1]]))
+    # Minimum spanning tree of costs that fall as the quieter end gets louder (every cost > 0: scipy drops 0s);
+    # among equally quiet ends, the louder other end wins, so a coefficient hangs from its loudest neighbour.
+    quieter = np.minimum(s[pairs[:, 0]], s[pairs[:, 1]])
+    louder = np.maximum(s[pairs[:, 0]], s[pairs[:, 1]])
+    cost = 1.0 + (s.max() - quieter) + 1e-3 * (s.max() - louder)
     # A root joined to every loud coefficient by edges dearer than any in the grid: each connected region
     # joins it once, through its loudest coefficient.
     root = n_freq * frames

@@ -26,14 +26,15 @@ def cpu_normal(shape, generator, device):
     return torch.randn(shape, generator=generator).to(device)
 
 
-def restore_generator(generator, saved, step):
+def restore_generator(generator, saved, seed, step):
     """Set the CPU training `generator` to the `saved` state of a checkpoint. Checkpoints written on a GPU before
     the training generators moved to the CPU hold a CUDA generator's state (16 bytes, against the CPU's 5,056),
-    which no CPU generator takes: the generator is then reseeded from `step`, deterministically, and says so."""
+    which no CPU generator takes: the generator is then reseeded from the run's `seed` and `step`,
+    deterministically, and says so."""
     if saved.numel() == generator.get_state().numel():
         generator.set_state(saved)
         return
-    generator.manual_seed(1_000_003 + step)
+    generator.manual_seed(seed * 1_000_003 + step)
     print(f"note: the checkpoint's training generator was a CUDA one (an older checkpoint written on a GPU); "
           f"reseeded on the CPU at step {step}: the run goes on, no longer drawing what it would have drawn")
 

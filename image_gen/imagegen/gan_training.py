@@ -54,6 +54,7 @@ class GanTrainState:
                                             betas=tuple(self.config.betas))
         self.d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=self.config.d_learning_rate,
                                             betas=tuple(self.config.betas))
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)  # on the CPU: resumes on any device (cpu_normal)
         self.sampler = GanSampler(self.ema_model)
         self.step = 0
@@ -114,7 +115,7 @@ class GanTrainState:
         self.g_optimizer.load_state_dict(state["optimizer"])
         self.d_optimizer.load_state_dict(state["d_optimizer"])
         self.step = state["step"]
-        restore_generator(self.generator, state["generator"], self.step)
+        restore_generator(self.generator, state["generator"], self.seed, self.step)
 
     @classmethod
     def from_checkpoint(cls, state, device, seed=0):

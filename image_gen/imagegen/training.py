@@ -72,6 +72,7 @@ class TrainState:
         self.ema_decay = ema_decay
         self.lr_plan = lr_plan or new_lr_plan(1, 1e-3)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr_plan["peak_lr"], weight_decay=0.0)
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)  # on the CPU: resumes on any device (cpu_normal)
         self.diffusion = GaussianDiffusion(**(diffusion_config or {}), device=device)
         forward = model
@@ -132,7 +133,7 @@ class TrainState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_plan = dict(state["lr_plan"])
         self.step = state["step"]
-        restore_generator(self.generator, state["generator"], self.step)
+        restore_generator(self.generator, state["generator"], self.seed, self.step)
 
 
 def mean_losses(losses):
