@@ -68,7 +68,8 @@ class ImageRequest(BaseModel):
     response_format: Literal["b64_json"] = Field("b64_json", description="PNGs as base64 strings (the only format)")
     guidance_scale: float | None = Field(None, ge=0, le=50, description="classifier-free guidance w; default: "
                                                                         "the checkpoint's own")
-    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddim (`steps` steps) or ddpm (all T steps)")
+    sampler: Literal["ddim", "ddpm", "dpm++2m"] = Field("ddim", description="ddim or dpm++2m (`steps` steps; "
+                                                                            "DPM-Solver++(2M)) or ddpm (all T steps)")
     steps: int = Field(50, ge=1, description="DDIM steps (1 to the model's T)")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="noise seed; default: a random one, returned")
     size: str | None = Field(None, description=f"'{IMAGE_SIZE}', the models' own size and the only one served; "
@@ -145,8 +146,8 @@ def create_app(image_model, audio_model, options, device, batcher):
             if given:
                 raise ApiError(400, f"{given[0]} does not apply to {model.id}: a GAN draws in one pass, without "
                                     f"sampler steps or guidance", param=given[0])
-        elif body.sampler == "ddim" and body.steps > model.sampler.num_timesteps:
-            raise ApiError(400, f"steps = {body.steps}: DDIM takes 1 to {model.sampler.num_timesteps} steps",
+        elif body.sampler != "ddpm" and body.steps > model.sampler.num_timesteps:
+            raise ApiError(400, f"steps = {body.steps}: {body.sampler} takes 1 to {model.sampler.num_timesteps} steps",
                            param="steps")
         try:
             label = model.label_of(body.prompt)

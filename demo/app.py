@@ -307,11 +307,12 @@ def image_controls(diffusion, dataset, default_guidance, kind):
             guidance = st.slider("Classifier-free guidance w (0: the plain conditional model)", 0.0, 5.0,
                                  float(default_guidance), 0.5, key="guidance")
     if ddpm:
-        sampler = st.radio("Sampler", ["ddim", "ddpm"], key="sampler", horizontal=True,
-                           format_func=lambda s: {"ddim": "DDIM", "ddpm": "DDPM (all 1000 steps: slow)"}[s])
+        sampler = st.radio("Sampler", ["ddim", "dpm++2m", "ddpm"], key="sampler", horizontal=True,
+                           format_func=lambda s: {"ddim": "DDIM", "dpm++2m": "DPM-Solver++(2M)",
+                                                  "ddpm": "DDPM (all 1000 steps: slow)"}[s])
     left, middle, right = st.columns(3)
     if ddpm:
-        steps = left.number_input("DDIM steps", 1, diffusion.num_timesteps, 50, key="steps",
+        steps = left.number_input("Steps (DDIM, DPM-Solver++)", 1, diffusion.num_timesteps, 50, key="steps",
                                   disabled=sampler == "ddpm")
     else:
         left.caption("GAN: one generator pass per image")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(IMAGE_GEN))  # the image package, imported as image_gen.p
 from image_gen import guidance_scales  # noqa: E402
 from imagegen.checkpoint import load_checkpoint, require_kind  # noqa: E402
 from imagegen.common import number, read_json, write_json_atomic  # noqa: E402
-from imagegen.diffusion import SamplerSettings  # noqa: E402
+from imagegen.diffusion import SAMPLERS, SamplerSettings  # noqa: E402
 from imagegen.fid import FidSettings, make_evaluator  # noqa: E402
 from imagegen.guidance import GUIDANCE_SWEEP, report_guidance_sweep  # noqa: E402
 from imagegen.sampling import ema_sampler_from_checkpoint  # noqa: E402
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     draw.add_argument("--guidance_scales", type=guidance_scales, default=list(GUIDANCE_SWEEP),
                       help="conditional checkpoints: one class-balanced set per w, comma-separated")
     draw.add_argument("--null", action="store_true", help="conditional checkpoints: also a null-class set")
-    draw.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim", help="sampler")
+    draw.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler")
     draw.add_argument("--sampling_steps", type=number(int, 1, 1000), default=50, help="DDIM steps")
     draw.add_argument("--eta", type=number(float, 0.0, 1.0), default=0.0, help="DDIM stochasticity")
     draw.add_argument("--seed", type=number(int, 0), default=1,

@@ -235,3 +235,37 @@ def test_cpu_has_bf16_reads_the_cpu_flags(ig, tmp_path):
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         assert cpu_has_bf16(cpuinfo) is expected, flags
     assert cpu_has_bf16(tmp_path / "missing") is False  # not Linux: fp32
+
+
+class GaussianDataEps(torch.nn.Module):
+    """The exact eps-prediction for data x0 ~ N(mu, s^2 I): E[eps | x_t] = sigma_t (x_t - alpha_t mu) /
+    (alpha_t^2 s^2 + sigma_t^2), with alpha_t^2 = abar_t and sigma_t^2 = 1 - abar_t."""
+
+    def __init__(self, diffusion, mu, s):
+        super().__init__()
+        self.abar, self.mu, self.s = diffusion.alphas_cumprod.double(), mu, s
+
+    def forward(self, x, t, labels=None):
+        abar = self.abar[t].view(-1, 1, 1, 1)
+        variance = abar * self.s ** 2 + (1 - abar)
+        return ((1 - abar).sqrt() * (x.double() - abar.sqrt() * self.mu) / variance).float()
+
+
+@pytest.mark.parametrize("steps", [10, 20])
+def test_dpm_solver_2m_solves_the_probability_flow_ode_of_gaussian_data(diffusion, steps):
+    """For Gaussian data the probability-flow ODE keeps z = (x_t - alpha_t mu) / sqrt(alpha_t^2 s^2 + sigma_t^2)
+    fixed, so x_T maps exactly to mu + s z. DPM-Solver++(2M) lands there over ten times closer than DDIM in the
+    same number of network evaluations (measured: max error 0.015 against 0.42 at 10 steps, 0.011 against
+    0.24 at 20): an independent check of the solver and its log-SNR spacing."""
+    mu, s = 0.1, 0.2  # every exact sample inside [-1, 1], where the samplers clip their x0 estimates
+    model = GaussianDataEps(diffusion, mu, s)
+    x_T = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    abar_T = diffusion.alphas_cumprod[-1].double()
+    exact = mu + s * (x_T.double() - abar_T.sqrt() * mu) / (abar_T * s ** 2 + 1 - abar_T).sqrt()
+    errors = {}
+    for sampler in ("ddim", "dpm++2m"):
+        settings = SamplerSettings(sampler, steps, 0.0, 0.0, 0)
+        x0 = diffusion.sample_loop(model, x_T, settings, randn=None)
+        errors[sampler] = float((x0.double() - exact).abs().max())
+    assert errors["dpm++2m"] < 0.1 * errors["ddim"]
+    assert errors["dpm++2m"] < (2e-2 if steps == 20 else 3e-2)

@@ -11,12 +11,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 
 
 def sampler_name(sampler, steps, eta, guidance_scale=None):
-    """'ddpm-1000', 'ddim-50', 'ddim-50 eta 0.5', with ', w=0.5' for guided class-conditional sampling."""
-    name = "ddpm-1000" if sampler == "ddpm" else f"ddim-{steps}" + (f" eta {eta:g}" if eta else "")
+    """'ddpm-1000', 'ddim-50', 'ddim-50 eta 0.5', 'dpm++2m-20', with ', w=0.5' for guided class-conditional
+    sampling."""
+    if sampler == "ddpm":
+        name = "ddpm-1000"
+    elif sampler == "dpm++2m":
+        name = f"dpm++2m-{steps}"
+    else:
+        name = f"ddim-{steps}" + (f" eta {eta:g}" if eta else "")
     return name + (f", w={guidance_scale:g}" if guidance_scale is not None else "")
 
 
@@ -42,7 +48,8 @@ def restore_generator(generator, saved, seed, step):
 @dataclass(frozen=True)
 class SamplerSettings:
     """How to run the reverse process, as one value: the sampler ('ddpm': ancestral sampling over all T
-    steps; 'ddim': `steps` DDIM steps with stochasticity `eta`), the classifier-free guidance scale w
+    steps; 'ddim': `steps` DDIM steps with stochasticity `eta`; 'dpm++2m': `steps` steps of the second-order
+    multistep DPM-Solver++, deterministic, eta unused), the classifier-free guidance scale w
     (used for class-conditional draws only) and the noise seed (None: a fresh seed from the OS)."""
     sampler: str = "ddim"
     steps: int = 50
@@ -53,6 +60,8 @@ class SamplerSettings:
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+        if self.sampler == "dpm++2m" and self.eta:
+            raise ValueError("dpm++2m is deterministic: it takes no eta")
         if self.steps < 1 or not 0.0 <= self.eta <= 1.0 or self.guidance_scale < 0:
             raise ValueError(f"bad sampler settings: steps {self.steps} (>= 1), eta {self.eta} (in [0, 1]), "
                              f"guidance {self.guidance_scale} (>= 0)")
@@ -61,7 +70,8 @@ class SamplerSettings:
         return dataclasses.replace(self, **changes)
 
     def step_count(self, num_timesteps):
-        """Network evaluations per image (twice as many when guided): all T for DDPM, `steps` for DDIM."""
+        """Network evaluations per image (twice as many when guided): all T for DDPM, `steps` for DDIM and
+        DPM-Solver++."""
         return num_timesteps if self.sampler == "ddpm" else self.steps
 
     def name(self, guided):
@@ -188,26 +198,71 @@ class GaussianDiffusion:
             x_prev = x_prev + sigma * randn(x.shape)
         return x_prev
 
+    def dpm_solver_2m_step(self, model, x, step, prev_step, previous, labels=None, guidance_scale=0.0):
+        """x_t -> x_{t_prev} by DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2: multistep, data prediction, with the
+        guided model inside the solver). With lambda = log(alpha / sigma), h = lambda_prev - lambda and D the
+        model's x0 estimate (clipped to [-1, 1], as DDIM's):
+
+            x_prev = (sigma_prev / sigma) x_t - alpha_prev (e^{-h} - 1) D,
+            D = (1 + 1 / (2r)) x0_hat - 1 / (2r) x0_hat_before,   r = h_before / h,
+
+        first order (DDIM's step) where there is no step before, and at the last step (to abar = 1), where it
+        returns x0_hat. `previous`: the step before's (x0_hat, h), or None. Returns (x_prev, (x0_hat, h))."""
+        t = self._timestep(step, x.shape[0])
+        x0 = self.predict_x0(x, t, self.predict_eps(model, x, t, labels, guidance_scale))
+        if prev_step < 0:
+            return x0, None
+        abar, abar_prev = self.alphas_cumprod[step].double(), self.alphas_cumprod[prev_step].double()
+        log_snr = lambda a: 0.5 * (a.log() - (1 - a).log())  # noqa: E731  lambda_t, in float64
+        h = log_snr(abar_prev) - log_snr(abar)
+        estimate = x0
+        if previous is not None:
+            x0_before, h_before = previous
+            r = h_before / h
+            estimate = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_before
+        sigma_ratio = ((1 - abar_prev) / (1 - abar)).sqrt()
+        x_prev = sigma_ratio.float() * x - (abar_prev.sqrt() * torch.expm1(-h)).float() * estimate
+        return x_prev, (x0, h)
+
     def ddim_timesteps(self, steps):
         """`steps` evenly spaced timesteps from T-1 down to 0."""
         return torch.linspace(self.num_timesteps - 1, 0, steps).round().long().unique_consecutive().tolist()
 
+    def log_snr_timesteps(self, steps):
+        """`steps` timesteps from T-1 down to 0 evenly spaced in lambda = log(alpha / sigma), each the integer t
+        nearest its target: the spacing Lu et al. 2022 use for pixel-space models. Even in t (DDIM's), the last
+        steps cross lambda from about 2 to 4.6 at once, and the multistep extrapolation (r = h_before / h
+        near 0.2) then amplifies its error several-fold, worse with more steps: measured on Gaussian data."""
+        abar = self.alphas_cumprod.double().cpu()
+        log_snr = 0.5 * (abar.log() - (1 - abar).log())  # decreasing in t
+        targets = torch.linspace(float(log_snr[-1]), float(log_snr[0]), steps, dtype=torch.float64)
+        nearest = (log_snr[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
+        # Near t = 0 one t step moves lambda by 0.4, so several targets can share a t: from the bottom up, each
+        # takes at least the one below it plus 1, so there are `steps` of them, as many evaluations as asked.
+        for i in range(len(nearest) - 2, -1, -1):
+            nearest[i] = min(max(nearest[i], nearest[i + 1] + 1), self.num_timesteps - 1)
+        return list(dict.fromkeys(nearest))
+
     def reverse_steps(self, settings):
-        """(t, t_prev) pairs the sampler visits: every t for DDPM, the DDIM sub-sequence (ending at -1) for DDIM."""
+        """(t, t_prev) pairs the sampler visits: every t for DDPM, the sub-sequence ending at -1 for DDIM (even in
+        t) and DPM-Solver++ (even in log-SNR)."""
         if settings.sampler == "ddpm":
             return [(step, step - 1) for step in range(self.num_timesteps - 1, -1, -1)]
-        timesteps = self.ddim_timesteps(settings.steps)
+        timesteps = (self.log_snr_timesteps(settings.steps) if settings.sampler == "dpm++2m"
+                     else self.ddim_timesteps(settings.steps))
         return list(zip(timesteps, timesteps[1:] + [-1]))
 
     @torch.no_grad()
     def sample_loop(self, model, x_T, settings, randn, labels=None, guidance_scale=0.0, wrap=iter):
-        """x_T (n, C, H, W) -> x_0 in [-1, 1] by ancestral DDPM (Algorithm 2) or DDIM (eq. 12; eta = 0 is a
-        deterministic map from noise to image, eta = 1 over all steps is DDPM). `wrap` may wrap the list of
+        """x_T (n, C, H, W) -> x_0 in [-1, 1] by ancestral DDPM (Algorithm 2), DDIM (eq. 12; eta = 0 is a
+        deterministic map from noise to image, eta = 1 over all steps is DDPM) or DPM-Solver++(2M). `wrap` may wrap the list of
         steps, e.g. in a progress report."""
-        x = x_T
+        x, previous = x_T, None
         for step, prev in wrap(self.reverse_steps(settings)):
             if settings.sampler == "ddpm":
                 x = self.ddpm_step(model, x, step, randn, labels, guidance_scale)
+            elif settings.sampler == "dpm++2m":
+                x, previous = self.dpm_solver_2m_step(model, x, step, prev, previous, labels, guidance_scale)
             else:
                 x = self.ddim_step(model, x, step, prev, randn, settings.eta, labels, guidance_scale)
         return x
