@@ -227,6 +227,9 @@ def parse_args(argv=None, world=None):
             args.results_dir = SCRIPT_DIR / GAN_PATHS["results_dir"]
     check_model_flags(parser, given, args, kind or "ddpm", world)
     args.device = world.process_device(resolve_device(args.device, parser))
+    if args.precision == "bf16" and args.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        parser.error(f"--precision bf16: {torch.cuda.get_device_name(args.device)} has no bfloat16 arithmetic "
+                     f"(it needs compute capability 8.0, Ampere, or newer); use --precision fp32")
     return args
 
 

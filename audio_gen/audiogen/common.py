@@ -356,6 +356,7 @@ class World:
             torch.cuda.set_device(device)
         self.device = device
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None,  # NCCL binds its GPU now
                                 timeout=datetime.timedelta(hours=timeout_hours))
         try:
             yield self

@@ -160,10 +160,14 @@ class LatentDiffusion:
         f = torch.cos((steps / timesteps + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)  # eq. 17's clipping, which keeps the last step finite
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # (timesteps,) float64
+        self._on_device = self.alphas_cumprod  # its copy on the device last sampled on
 
     def _abar(self, t, like):
-        """alphas_cumprod[t] for (batch,) t, shaped (batch, 1, 1) like `like`."""
-        return self.alphas_cumprod.to(like.device)[t].to(like.dtype).view(-1, 1, 1)
+        """alphas_cumprod[t] for (batch,) t, shaped (batch, 1, 1) like `like`. The schedule is copied to a GPU
+        once, not at every step of every clip."""
+        if self._on_device.device != like.device:
+            self._on_device = self.alphas_cumprod.to(like.device)
+        return self._on_device[t].to(like.dtype).view(-1, 1, 1)
 
     def q_sample(self, z0, t, noise):
         """z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps (Ho et al. 2020, eq. 4)."""

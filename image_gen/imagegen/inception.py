@@ -121,10 +121,12 @@ def inception_extractor(weights_path, device):
 @contextlib.contextmanager
 def ieee_fp32_convolutions():
     """cuDNN convolutions in full fp32 meanwhile (PyTorch lets them use TF32, a 10-bit mantissa, by default),
-    so that a GPU computes the FID features as a CPU does."""
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    so that a GPU computes the FID features as a CPU does. Set through `fp32_precision`, the API that replaces
+    the `allow_tf32` flags PyTorch is retiring."""
+    convolutions = torch.backends.cudnn.conv
+    previous = convolutions.fp32_precision
+    convolutions.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32 = previous
+        convolutions.fp32_precision = previous
