@@ -68,7 +68,7 @@ MODES_OF = {
     **{name: {"train", "train_prior", "train_vocoder"} for name in ("epochs", "warmup_steps", "resume")},
     **{name: {"train", "infer", "generate", "train_prior"} for name in ("checkpoint",)},
     **{name: {"train", "infer", "generate", "train_prior", "train_vocoder"} for name in ("results_dir", "cache_dir")},
-    **{name: {"train_vocoder"} for name in ("vocoder_dim", "vocoder_blocks", "segment_frames")},
+    **{name: {"train_vocoder"} for name in ("vocoder_dim", "vocoder_blocks", "segment_frames", "vocoder_decoder")},
     "prior": {"generate", "train_prior"},
     "audio_dir": {"train", "infer", "generate", "benchmark", "train_vocoder"},
     **{name: {"train", "infer", "generate", "benchmark"} for name in ("griffin_lim_iters", "inverse")},
@@ -183,6 +183,10 @@ def build_parser():
     voc.add_argument("--vocoder_dim", type=number(int, 16, 2048), default=256,
                      help="train_vocoder: channels of the ConvNeXt blocks (their expansion is 3x)")
     voc.add_argument("--vocoder_blocks", type=number(int, 1, 64), default=8, help="train_vocoder: ConvNeXt blocks")
+    voc.add_argument("--vocoder_decoder", default=None,
+                     help="train_vocoder: an autoencoder or VAE checkpoint whose reconstructions make half of each "
+                          "batch's input mels (the targets stay the real audio), so the vocoder fits what that "
+                          "decoder gives it; a run resumes with the same one")
     voc.add_argument("--segment_frames", type=number(int, 8, 1024), default=48,
                      help="train_vocoder: mel frames per training segment ((frames - 1) * 313 samples: 0.92 s at 48)")
     prior = p.add_argument_group("learned prior (train_prior writes it, generate samples it)")
@@ -248,6 +252,8 @@ def parse_args(argv=None, world=None):
             parser.error(f"--vocoder {args.vocoder}: no such file (train one with --mode train_vocoder)")
     elif args.vocoder is not None:
         parser.error("--vocoder is read with --inverse vocoder (or written by --mode train_vocoder)")
+    if args.vocoder_decoder is not None and not Path(args.vocoder_decoder).is_file():
+        parser.error(f"--vocoder_decoder {args.vocoder_decoder}: no such file")
     kind = "vae" if args.mode in ("generate", "train_prior") else args.model
     if "checkpoint" not in given_flags(parser, argv):
         args.checkpoint = DEFAULT_CHECKPOINTS[kind]
@@ -295,7 +301,8 @@ def configs(args, world=None):
                                                                    args.vocoder_blocks),
                                   args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
                                   args.resume, args.eval_every, args.results_dir, args.device, as_recorded(args),
-                                  args.segment_frames, min(args.audio_eval_clips, 16))
+                                  args.segment_frames, min(args.audio_eval_clips, 16),
+                                  Path(args.vocoder_decoder) if args.vocoder_decoder else None)
     if args.mode == "infer":
         return InferConfig(data, args.checkpoint, args.results_dir, args.device, args.num_examples, args.seed,
                            inverse_config(args), args.audio_eval_clips)

@@ -274,3 +274,18 @@ def test_a_vocoder_for_other_features_is_a_usage_error_that_keeps_its_message(tm
     with pytest.raises(UsageError) as caught:
         load_vocoder_checkpoint(tmp_path / "v.pt", LogMelTransform().config)
     assert caught.value.code == 2 and "vocoder for other features: n_mels 64 (needed: 128)" in caught.value.message
+
+
+def test_a_vocoder_fine_tuned_on_a_decoders_mels_records_it_and_resumes_only_with_it(ag, music, tmp_path,
+                                                                                     audio_checkpoint):
+    """--vocoder_decoder: half of each batch's input is the autoencoder's reconstruction, the targets the real
+    audio; the checkpoint names that decoder, and a resume without it is a one-line error."""
+    common = ["--mode", "train_vocoder", "--audio_dir", str(music), "--cache_dir", str(tmp_path / "cache"),
+              "--vocoder", str(tmp_path / "v.pt"), "--results_dir", str(tmp_path / "r"), *TINY_VOCODER]
+    ag.main([*common, "--epochs", "1", "--vocoder_decoder", str(audio_checkpoint)])
+    state = load_vocoder_checkpoint(tmp_path / "v.pt")
+    assert state["decoder"]["checkpoint"] == str(audio_checkpoint) and len(state["decoder"]["fingerprint"]) == 16
+    refused = run_audio_gen(*common, "--epochs", "2", "--resume")
+    assert refused.returncode == 2 and "was trained with the decoder" in refused.stderr
+    odd = run_audio_gen(*common, "--epochs", "1", "--vocoder_decoder", audio_checkpoint, "--segment_frames", "15")
+    assert odd.returncode == 2 and "must be a multiple of" in odd.stderr and "Traceback" not in odd.stderr

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .checkpoint import VOCODER_FORMAT, VOCODER_VERSION, data_record, load_vocoder_checkpoint, rng_state, set_rng_state
-from .common import World, atomic_torch_save
+from .checkpoint import (VOCODER_FORMAT, VOCODER_VERSION, data_record, load_checkpoint, load_vocoder_checkpoint,
+                         model_from_checkpoint, rng_state, set_rng_state, weights_fingerprint)
+from .common import World, atomic_torch_save, usage_error
 from .inverse import InverseConfig, MelInverse
 from .metrics import paired_speech_scores
+from .model import reconstruct
 from .plots import plot_vocoder_curves
 from .trainer import CosineSchedule, Position, fit, steps_per_epoch
 from .transform import LogMelTransform, compute_normalization
@@ -37,7 +39,9 @@ class VocoderShape:
 @dataclass(frozen=True)
 class VocoderTrainConfig:
     """What the train_vocoder command reads: the music (`data`), the vocoder's file and shape, the optimisation,
-    and the segment length in frames (`segment_frames`: (frames - 1) * hop samples per training crop)."""
+    the segment length in frames (`segment_frames`: (frames - 1) * hop samples per training crop), and `decoder`:
+    an autoencoder or VAE checkpoint whose reconstructions make half of each batch's input mels (None: the true
+    mels only)."""
     data: object
     checkpoint: Path
     shape: VocoderShape
@@ -53,14 +57,16 @@ class VocoderTrainConfig:
     command_line: dict = field(default_factory=dict)
     segment_frames: int = 48
     audio_eval_clips: int = 4
+    decoder: Path | None = None
 
 
 class VocoderTrainer:
     """Training state: the vocoder, AdamW (betas 0.8 / 0.9, as Vocos), the schedule, gradient clipping and the
     step count. `train_step` has AudioTrainer's signature, so trainer.run_epoch drives it."""
 
-    def __init__(self, vocoder, transform, device, schedule, grad_clip=1.0):
+    def __init__(self, vocoder, transform, device, schedule, grad_clip=1.0, decoder=None):
         self.model = vocoder.to(device)
+        self.decoder = decoder  # an autoencoder whose reconstructions make half of each batch's input, or None
         self.transform, self.device, self.schedule, self.grad_clip = transform, device, schedule, grad_clip
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=schedule(0), betas=(0.8, 0.9), weight_decay=0.01)
         self.world = World()
@@ -69,7 +75,12 @@ class VocoderTrainer:
     def losses(self, waves):
         """{name: scalar loss} and the weighted total for (b, samples) waveforms."""
         waves = waves.to(self.device)
-        parts = vocoder_losses(self.model, self.transform(waves), waves, self.transform)
+        target = self.transform(waves)
+        inputs = target
+        if self.decoder is not None:  # the first half as the decoder gives it; the targets stay the real audio
+            half = len(waves) // 2
+            inputs = torch.cat([reconstruct(self.decoder, target[:half]), target[half:]])
+        parts = vocoder_losses(self.model, inputs, waves, self.transform, target)
         return parts, sum(LOSS_WEIGHTS[name] * value for name, value in parts.items())
 
     def train_step(self, waves):
@@ -143,18 +154,40 @@ def score_line(audio):
             f"{fmt(audio['magnitude_pghi_stoi'], '.3f')} ({fmt(audio['magnitude_pghi_reference_stoi'], '.3f')})")
 
 
-def vocoder_checkpoint(trainer, transform, config, segment_frames, epoch, progress, history):
+def load_decoder(path, transform, segment_frames, device):
+    """(the autoencoder at `path`, in eval mode; its record for the vocoder's checkpoint). It must read the
+    vocoder's features and take its segments whole (their frames a multiple of its time downsampling)."""
+    state = load_checkpoint(path)
+    if state["transform_config"] != transform.config:
+        usage_error(f"--vocoder_decoder {path} reads other features ({state['transform_config']}) than the "
+                    f"vocoder ({transform.config})")
+    model = model_from_checkpoint(state, device).requires_grad_(False)
+    if segment_frames % model.config["time_downsample"]:
+        usage_error(f"--segment_frames {segment_frames} must be a multiple of {path}'s time downsampling "
+                    f"({model.config['time_downsample']})")
+    return model, {"checkpoint": str(path), "epoch": state["epoch"], "fingerprint": weights_fingerprint(state["model"])}
+
+
+def check_same_decoder(state, record, path):
+    """A resumed run goes on with the decoder it started with, or with none if it had none."""
+    before = state.get("decoder")
+    if (before is None) != (record is None) or (before and before["fingerprint"] != record["fingerprint"]):
+        said = f"the decoder {before['checkpoint']} (epoch {before['epoch']})" if before else "no decoder"
+        usage_error(f"{path} was trained with {said}: resume it with the same --vocoder_decoder")
+
+
+def vocoder_checkpoint(trainer, transform, config, segment_frames, epoch, progress, history, decoder=None):
     """Everything to voice mels (config, weights with the mel statistics, the transform it is made for) and to
     resume exactly (the segment length with the rest)."""
     return {"format": VOCODER_FORMAT, "version": VOCODER_VERSION, "vocoder_config": dict(trainer.model.config),
             "transform_config": transform.config, "segment_frames": segment_frames, **trainer.state_dict(),
             "epoch": epoch, "partial_epoch": progress,
             "rng": rng_state(), "history": history, "data": data_record(config.data),
-            "args": dict(config.command_line)}
+            "args": dict(config.command_line), "decoder": decoder}
 
 
-def start(config, transform, splits, state):
-    """A VocoderTrainer: new, or from the resumed checkpoint's `state`."""
+def start(config, transform, splits, state, decoder=None):
+    """A VocoderTrainer: new, or from the resumed checkpoint's `state`; `decoder`: see VocoderTrainer."""
     torch.manual_seed(config.seed)
     if state:
         vocoder = Vocoder(**state["vocoder_config"])
@@ -167,7 +200,8 @@ def start(config, transform, splits, state):
         vocoder.set_statistics(*compute_normalization(transform(sample).cpu().transpose(0, 1).flatten(1)))
     steps = steps_per_epoch(splits["train"], config.batch_size)
     trainer = VocoderTrainer(vocoder, transform, config.device,
-                             CosineSchedule(config.learning_rate, config.epochs * steps, config.warmup_steps))
+                             CosineSchedule(config.learning_rate, config.epochs * steps, config.warmup_steps),
+                             decoder=decoder)
     if state:
         trainer.load_state_dict(state)
         trainer.schedule.extend(config.epochs * steps, trainer.step)
@@ -192,7 +226,11 @@ def train_vocoder(config):
     held_out = splits["valid"] if len(splits["valid"]) else train_set
     if not len(train_set):
         raise SystemExit(f"error: no training audio in {train_set.origin}")
-    trainer = start(config, transform, splits, state)
+    decoder, decoder_record = (load_decoder(config.decoder, transform, segment_frames, config.device)
+                               if config.decoder else (None, None))
+    if state:
+        check_same_decoder(state, decoder_record, config.checkpoint)
+    trainer = start(config, transform, splits, state, decoder)
     position = Position(state["epoch"], state["partial_epoch"], state["history"]) if state else Position()
     if position.epoch >= config.epochs:
         print(f"Nothing to do: {config.checkpoint} already has {position.epoch} epochs (--epochs {config.epochs}).")
@@ -225,7 +263,7 @@ def train_vocoder(config):
 
     def save():
         atomic_torch_save(vocoder_checkpoint(trainer, transform, config, segment_frames, position.epoch,
-                                             position.progress, position.history), config.checkpoint)
+                                             position.progress, position.history, decoder_record), config.checkpoint)
 
     fit(trainer, train_set, position, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
         checkpoint=config.checkpoint, evaluate=evaluate, announce=announce, save=save)

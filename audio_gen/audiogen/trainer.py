@@ -171,7 +171,7 @@ def run_epoch(trainer, train_set, plan, progress, epoch, epochs, stop, check_eve
             progress["steps_done"] = step + 1
             progress["seconds"] += time.perf_counter() - start
             start, pending = time.perf_counter(), []
-            bar.set_postfix(loss=f"{progress['loss_sum'] / (progress['steps_done'] - first or 1):.4f}")
+            bar.set_postfix(loss=f"{progress['loss_sum'] / progress['steps_done']:.4f}")  # the epoch's mean so far
         if stop.requested:
             return False
     return True

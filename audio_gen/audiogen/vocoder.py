@@ -146,8 +146,10 @@ def multi_resolution_stft_loss(estimate, target, resolutions=((512, 128), (1024,
     return total / len(resolutions)  # (b,)
 
 
-def vocoder_losses(vocoder, log_mel, wave, mel_transform):
-    """The training losses of `vocoder` on (b, n_mels, frames) log-mels of (b, samples) waveforms, each a scalar.
+def vocoder_losses(vocoder, log_mel, wave, mel_transform, target_log_mel=None):
+    """The training losses of `vocoder` on (b, n_mels, frames) input log-mels for (b, samples) waveforms, each a
+    scalar. The input is the waveforms' own log-mel, or a decoder's reconstruction of it; `target_log_mel` is
+    the waveforms' own (by default the input).
 
     The magnitude learns from magnitude losses alone, at the vocoder's own frames: 'magnitude' (L1 of the log),
     'convergence' (spectral convergence) and 'mel_consistency' (L1 between the log-mel of the predicted magnitude
@@ -156,6 +158,7 @@ def vocoder_losses(vocoder, log_mel, wave, mel_transform):
     magnitude gets no gradient: while the phase is poor those would teach the magnitude to make up for it, and
     the magnitude is also used on its own, with PGHI's phase ('vocoder-pghi')."""
     c = vocoder.config
+    target_log_mel = log_mel if target_log_mel is None else target_log_mel
     log_magnitude, phase = vocoder.spectrum(log_mel)
     target = torch.stft(wave, c["n_fft"], c["hop_length"], window=vocoder.window, return_complex=True)
     target_magnitude = target.abs()
@@ -165,7 +168,7 @@ def vocoder_losses(vocoder, log_mel, wave, mel_transform):
     estimate = vocoder.synthesize(log_magnitude.detach(), phase, wave.shape[-1])
     return {"magnitude": (log_magnitude - target_magnitude.clamp(min=LOG_FLOOR).log()).abs().mean(),
             "convergence": convergence.mean(),
-            "mel_consistency": (predicted_mel - log_mel).abs().mean(),
+            "mel_consistency": (predicted_mel - target_log_mel).abs().mean(),
             "phase": phase_loss(phase, target.angle(), target_magnitude),
-            "mel": (mel_transform(estimate) - log_mel).abs().mean(),
+            "mel": (mel_transform(estimate) - target_log_mel).abs().mean(),
             "stft": multi_resolution_stft_loss(estimate, wave).mean()}
