@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from imagegen.augment import AUGMENTATIONS, AugmentConfig
 from imagegen.common import (ArgumentParser, HelpFormatter, World, given_flags, logged_to, number,
                              reject_flags_of_other_modes, resolve_device, resolve_path)
 from imagegen.data import DATASETS
@@ -44,6 +45,7 @@ MODES_OF = {
     "conditioning": {"train"}, "cond_drop_prob": {"train"}, "epochs": {"train"}, "learning_rate": {"train"},
     "ema_decay": {"train"}, "resume": {"train"}, "model": {"train", "infer", "benchmark"},
     "gan_loss": {"train"}, "r1_gamma": {"train"}, "d_learning_rate": {"train"}, "latent_dim": {"train", "benchmark"},
+    "augment": {"train"}, "augment_p": {"train"}, "ada_target": {"train"},
     "batch_size": {"train", "benchmark"}, "base_channels": {"train", "benchmark"},
     "classes": {"infer"}, "guidance_scale": {"train", "infer"}, "guidance_scales": {"guidance_sweep"},
     "num_samples": {"train", "infer"}, "sampler": {"infer", "guidance_sweep"},
@@ -51,7 +53,7 @@ MODES_OF = {
     "dataset": EVALUATING, "checkpoint": EVALUATING, "data_dir": EVALUATING, "results_dir": EVALUATING,
 }
 FID_DEFAULTS = {"train": 1000, "infer": 0, "guidance_sweep": 1000, "benchmark": 0}
-GAN_ONLY = ("gan_loss", "r1_gamma", "d_learning_rate", "latent_dim")
+GAN_ONLY = ("gan_loss", "r1_gamma", "d_learning_rate", "latent_dim", "augment", "augment_p", "ada_target")
 # What a GAN has no use for, per mode: it draws in one pass (no sampler, steps, guidance or label dropout),
 # trains in fp32 without torch.compile, and its benchmark times the default conditional GAN only.
 GAN_REFUSES = {"train": ("cond_drop_prob", "guidance_scale", "sampling_steps", "eta", "precision", "compile"),
@@ -139,6 +141,15 @@ def build_parser():
     gan.add_argument("--d_learning_rate", type=number(float, 0, low_open=True), default=4e-4,
                      help="the discriminator's constant Adam rate (two time-scale updates: faster than the generator)")
     gan.add_argument("--latent_dim", type=number(int, 1, 4096), default=128, help="size of the generator's latent z")
+    gan.add_argument("--augment", nargs="*", choices=AUGMENTATIONS, default=[],
+                     help="differentiable augmentation of everything the discriminator sees, real and generated "
+                          "alike (DiffAugment): translation (up to 1/8 of the side) and/or cutout (a square of half "
+                          "the side); none by default. No flips or rotations: they change a digit's class")
+    gan.add_argument("--augment_p", type=number(float, 0.0, 1.0), default=None,
+                     help="probability of each transform per image (default 1; with --ada_target, the start, default 0)")
+    gan.add_argument("--ada_target", type=number(float, 0.0, 1.0), default=0.0,
+                     help="adaptive augmentation (ADA): move p so that E[sign(D(real))] stays at this value (0.6 in "
+                          "ADA); 0 keeps p fixed")
 
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--digits", "--classes", dest="classes", type=parse_classes, default=None,
@@ -216,6 +227,12 @@ def parse_args(argv=None, world=None):
         parser.error("--fid_weights are Inception weights; they cannot be used with --fid_backbone mnist-classifier")
     if args.mode == "guidance_sweep" and not args.fid_samples:
         parser.error("--mode guidance_sweep measures FID: --fid_samples must be >= 10")
+    if (args.ada_target or args.augment_p is not None) and not args.augment:
+        parser.error("--augment_p and --ada_target set the augmentation's probability: name the transforms with "
+                     "--augment")
+    if args.ada_target >= 1.0:
+        parser.error(f"--ada_target must be below 1 (E[sign(D(real))] reaches 1 only when D is certain), got "
+                     f"{args.ada_target}")
     if args.sampler == "dpm++2m" and args.eta:
         parser.error("--eta is DDIM's stochasticity; --sampler dpm++2m is deterministic and takes none")
     given = given_flags(parser, argv)
@@ -289,8 +306,10 @@ def main(argv=None):
     if args.mode == "train":
         from imagegen.gan_training import GanConfig
         from imagegen.train import TrainConfig, train
+        start_p = args.augment_p if args.augment_p is not None else (0.0 if args.ada_target else 1.0)
         gan = GanConfig(args.gan_loss, args.r1_gamma, args.learning_rate, args.d_learning_rate,
-                        ema_decay=args.ema_decay)
+                        ema_decay=args.ema_decay,
+                        augment=AugmentConfig(tuple(dict.fromkeys(args.augment)), start_p, args.ada_target))
         config = TrainConfig(
             checkpoint=args.checkpoint, device=args.device, dataset=args.dataset, model=args.model or "ddpm",
             gan=gan, latent_dim=args.latent_dim, conditioning=args.conditioning,

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .augment import Augment, AugmentConfig
 from .common import World
 from .diffusion import cpu_normal, restore_generator
 from .gan import GAN_LOSSES, Discriminator, Generator, discriminator_loss, generator_loss, r1_penalty
@@ -15,21 +16,28 @@ from .sampling import GanSampler
 @dataclass(frozen=True)
 class GanConfig:
     """How the GAN is optimised: the loss ('hinge' or 'nonsaturating'), the R1 weight gamma (0: none),
-    the generator's and the discriminator's Adam rates, Adam's betas (beta1 = 0 as in SAGAN and BigGAN)
-    and the decay of the generator's weight EMA used for sampling."""
+    the generator's and the discriminator's Adam rates, Adam's betas (beta1 = 0 as in SAGAN and BigGAN),
+    the decay of the generator's weight EMA used for sampling, and the discriminator's augmentation."""
     loss: str = "hinge"
     r1_gamma: float = 0.0
     g_learning_rate: float = 1e-4
     d_learning_rate: float = 4e-4
     betas: tuple = (0.0, 0.9)
     ema_decay: float = 0.999
+    augment: AugmentConfig = AugmentConfig()
 
     def __post_init__(self):
         if self.loss not in GAN_LOSSES:
             raise ValueError(f"unknown GAN loss {self.loss!r}: expected one of {', '.join(GAN_LOSSES)}")
 
     def as_dict(self):
-        return {**asdict(self), "betas": list(self.betas)}
+        return {**asdict(self), "betas": list(self.betas), "augment": self.augment.as_dict()}
+
+    @classmethod
+    def from_dict(cls, record):
+        """The config a checkpoint's "gan_config" holds; checkpoints from before augmentation had none."""
+        augment = AugmentConfig.from_dict(record["augment"]) if "augment" in record else AugmentConfig()
+        return cls(**{**record, "betas": tuple(record["betas"]), "augment": augment})
 
 
 class GanTrainState:
@@ -56,6 +64,7 @@ class GanTrainState:
                                             betas=tuple(self.config.betas))
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)  # on the CPU: resumes on any device (cpu_normal)
+        self.augment = Augment(self.config.augment, self.generator)
         self.sampler = GanSampler(self.ema_model)
         self.step = 0
 
@@ -74,15 +83,16 @@ class GanTrainState:
         with torch.no_grad():
             fake = G(self._latents(len(x)), labels)
         real = x.detach().requires_grad_(config.r1_gamma > 0)
-        real_scores = D(real, labels)
-        d_loss = discriminator_loss(real_scores, D(fake, labels), config.loss)
+        real_scores = D(self.augment(real), labels)  # R1 then penalises D's gradient through the augmentation
+        d_loss = discriminator_loss(real_scores, D(self.augment(fake), labels), config.loss)
         total = d_loss + (0.5 * config.r1_gamma * r1_penalty(real_scores, real) if config.r1_gamma else 0.0)
         self.d_optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.d_optimizer.step()
+        self.augment.observe(real_scores, len(x))
 
         D.requires_grad_(False)  # the generator's step needs gradients through D, not for D
-        g_loss = generator_loss(D(G(self._latents(len(x)), labels), labels), config.loss)
+        g_loss = generator_loss(D(self.augment(G(self._latents(len(x)), labels)), labels), config.loss)
         self.g_optimizer.zero_grad(set_to_none=True)
         g_loss.backward()
         self.g_optimizer.step()
@@ -106,7 +116,7 @@ class GanTrainState:
         return {"model": self.model.state_dict(), "ema": self.ema_model.state_dict(),
                 "discriminator": self.discriminator.state_dict(), "optimizer": self.g_optimizer.state_dict(),
                 "d_optimizer": self.d_optimizer.state_dict(), "step": self.step,
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "augment": self.augment.state_dict()}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
@@ -116,11 +126,13 @@ class GanTrainState:
         self.d_optimizer.load_state_dict(state["d_optimizer"])
         self.step = state["step"]
         restore_generator(self.generator, state["generator"], self.seed, self.step)
+        if "augment" in state:  # GAN checkpoints from before augmentation had none
+            self.augment.load_state_dict(state["augment"])
 
     @classmethod
     def from_checkpoint(cls, state, device, seed=0):
         """The training state a GAN checkpoint holds, ready to continue."""
         train_state = cls(Generator(**state["model_config"]), Discriminator(**state["discriminator_config"]), device,
-                          GanConfig(**{**state["gan_config"], "betas": tuple(state["gan_config"]["betas"])}), seed)
+                          GanConfig.from_dict(state["gan_config"]), seed)
         train_state.load_state_dict(state)
         return train_state

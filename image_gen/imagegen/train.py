@@ -255,9 +255,13 @@ def train_epochs(run, evaluator, stop):
                   "images_per_s": run.steps_per_epoch * config.batch_size / progress.seconds,
                   "train_seconds": progress.seconds, "fid": None, "kid": None, "eval_seconds": 0.0,
                   "lr": state.learning_rate()}
+        if getattr(state, "augment", None) is not None and state.augment.config.policy:
+            record["augment_p"] = state.augment.p
         run.progress = None
         loss = (f"D loss {record['loss']:.4f}  G loss {record['g_loss']:.4f}" if "g_loss" in record
                 else f"loss {record['loss']:.4f}")
+        if "augment_p" in record:
+            loss += f"  augment p {record['augment_p']:.3f}"
         line = (f"epoch {epoch:3d}/{config.epochs}  {loss}  {record['images_per_s']:7.0f} img/s"
                 f"  {record['train_seconds']:6.1f}s")
         if epoch in eval_epochs:
