@@ -210,6 +210,7 @@ def test_train_vocoder_resumes_at_the_exact_step_and_is_used_by_infer(ag, music,
     for name in a["model"]:
         torch.testing.assert_close(b["model"][name], a["model"][name], rtol=1e-5, atol=1e-6)
     assert "audio" in a["history"][-1] and (tmp_path / "r1" / "vocoder_training.png").is_file()
+    assert list((tmp_path / "r1" / "tensorboard" / "vocoder").glob("events.out.tfevents.*"))
     vocoder = vocoder_from_checkpoint(a, "cpu")
     assert vocoder.config["dim"] == 16 and vocoder.config["hop_length"] == HOP
 

@@ -96,3 +96,4 @@ def test_a_gan_run_records_its_augmentation_and_p(ig, mnist_dir, tmp_path):
     assert augment["policy"] == ["translation", "cutout"] and augment["ada_target"] == 0.6
     assert augment["probability"] == 0.0  # ADA starts at 0 unless --augment_p says otherwise
     assert saved["augment"]["p"] == saved["history"][-1]["augment_p"] >= 0.0
+    assert list((tmp_path / "results" / "tensorboard").glob("events.out.tfevents.*"))  # the GAN logs too

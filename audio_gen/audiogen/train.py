@@ -2,6 +2,7 @@
 checkpoint after each epoch and on Ctrl-C, and the final plots and scores."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 
 from .checkpoint import (load_checkpoint, load_inverse, make_checkpoint, model_from_checkpoint, rng_state,
                          set_rng_state)
-from .common import StopRequest, World, atomic_torch_save, read_json, usage_error, write_json_atomic
+from .common import Board, StopRequest, World, atomic_torch_save, read_json, usage_error, write_json_atomic
 from .data import DataConfig, build_splits
 from .inverse import InverseConfig
 from .metrics import AudioEvaluator, evaluate, require_speech_metrics, score_split, spread_positions, versus_baseline
@@ -139,8 +140,9 @@ def make_evaluators(splits, inverse, audio_clips, seed):
     return evaluators
 
 
-def epoch_record(epoch, progress, trainer, splits, evaluators, milestone, eval_limit=512):
-    """Metrics after one epoch: training-clip and unseen-clip mel scores; PESQ/STOI at milestones."""
+def epoch_record(epoch, progress, trainer, splits, evaluators, milestone, eval_limit=512, board=None):
+    """Metrics after one epoch: training-clip and unseen-clip mel scores; PESQ/STOI at milestones, whose first
+    clip's audio goes to the TensorBoard `board` too."""
     start = time.perf_counter()
     steps = progress["steps_done"]
     record = {"epoch": epoch, "step": trainer.step, "train_seconds": progress["seconds"],
@@ -154,7 +156,9 @@ def epoch_record(epoch, progress, trainer, splits, evaluators, milestone, eval_l
         record["valid"]["loss"] = record["valid"]["mse"] + record["valid"]["mae"]
     if milestone:
         for split, evaluator in evaluators.items():
-            record[f"audio_{split}"] = evaluator(trainer.model)[0]
+            record[f"audio_{split}"], audio, _ = evaluator(trainer.model)
+            if board is not None:
+                board.audio(f"reconstruction/{split}", audio[0], epoch, evaluator.transform.sample_rate)
     record["eval_seconds"] = time.perf_counter() - start
     return record
 
@@ -174,8 +178,9 @@ def epoch_line(record, epochs):
     return line + f"  {record['clips_per_s']:.0f} clips/s"
 
 
-def train_epochs(run, config, evaluators, stop, valid_name):
-    """Epochs until `config.epochs` or a stop request: train, score, log, checkpoint, plot at milestones."""
+def train_epochs(run, config, evaluators, stop, valid_name, board):
+    """Epochs until `config.epochs` or a stop request: train, score, log (also to the TensorBoard `board`),
+    checkpoint, plot at milestones."""
     train_set = run.splits["train"]
     while run.epoch < config.epochs:
         number = run.epoch + 1
@@ -187,10 +192,11 @@ def train_epochs(run, config, evaluators, stop, valid_name):
             return
         milestone = number in (1, config.epochs) or number % config.eval_every == 0
         main = config.world.is_main  # rank 0 alone scores, prints and writes; the others wait for it
-        record = (epoch_record(number, run.progress, run.trainer, run.splits, evaluators, milestone) if main
-                  else {"epoch": number})
+        record = (epoch_record(number, run.progress, run.trainer, run.splits, evaluators, milestone, board=board)
+                  if main else {"epoch": number})
         run.epoch, run.progress = number, None
         run.history.append(record)
+        board.record(record, number)
         if main:
             print(epoch_line(record, config.epochs), flush=True)
         save_run(run, config)
@@ -220,9 +226,10 @@ def train(config):
     print(f"Training the {kind} on {len(splits['train'].recordings)} recordings ({len(splits['train'])} clip windows), "
           f"{len(splits['valid'])} unseen validation clips; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"parameters, {model.compression:g}x compression, device {config.device}{processes}, {run.steps} steps/epoch")
-    with StopRequest(world) as stop:
+    board = Board(config.results_dir / "tensorboard", enabled=world.is_main)
+    with StopRequest(world) as stop, contextlib.closing(board):
         try:
-            train_epochs(run, config, evaluators, stop, valid_name)
+            train_epochs(run, config, evaluators, stop, valid_name, board)
         except KeyboardInterrupt:
             raise SystemExit(f"\nInterrupted at once: {config.checkpoint} holds the state after epoch {run.epoch}.")
         except FloatingPointError as err:

@@ -13,7 +13,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import (PRIOR_FORMAT, PRIOR_VERSION, load_checkpoint, load_prior_checkpoint, model_from_checkpoint,
                          require_vae, rng_state, set_rng_state, weights_fingerprint)
-from .common import World, atomic_torch_save
+from .common import Board, World, atomic_torch_save
 from .data import training_splits
 from .metrics import spread_positions
 from .model import reparameterize
@@ -184,7 +184,10 @@ def train_prior(config):
     vae = vae_record(vae_state, config.vae_checkpoint)
     curves = config.results_dir / "prior_training.png"
 
+    board = Board(config.results_dir / "tensorboard" / "prior")
+
     def announce(record):
+        board.record(record, record["epoch"])
         print(f"epoch {record['epoch']:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen loss (EMA) "
               f"{record['valid_loss_ema']:.4f}  {record['train_seconds']:.1f} s", flush=True)
         if record["epoch"] % 5 == 0:  # a curve to watch; the last one is drawn below
@@ -199,6 +202,7 @@ def train_prior(config):
             checkpoint=config.checkpoint, evaluate=lambda epoch: {"valid_loss_ema": trainer.validation_loss(
                 valid_z0, config.seed)}, announce=announce, save=save)
     finally:
+        board.close()
         if position.history:
             plot_prior_curves(position.history, curves, train_set.origin)
     print(f"Saved the learned prior to {config.checkpoint}; sample it with --mode generate --prior {config.checkpoint}")

@@ -5,6 +5,7 @@ exact step. Every `eval_every` epochs, unseen 5-s clips are voiced from their tr
 beside the deterministic inverse (NNLS + PGHI + fast Griffin-Lim)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch.nn as nn
 
 from .checkpoint import (VOCODER_FORMAT, VOCODER_VERSION, data_record, load_checkpoint, load_vocoder_checkpoint,
                          model_from_checkpoint, rng_state, set_rng_state, weights_fingerprint)
-from .common import World, atomic_torch_save, usage_error
+from .common import Board, World, atomic_torch_save, usage_error
 from .inverse import InverseConfig, MelInverse
 from .metrics import paired_speech_scores
 from .model import reconstruct
@@ -129,6 +130,7 @@ class AudioCheck:
         self.clips, self.transform = clips, transform
         self.log_mels = transform(clips).cpu()
         self.reference = MelInverse(InverseConfig("pghi"), transform)(self.log_mels)
+        self.voiced = None  # the vocoder's clips at the last check
 
     @torch.no_grad()
     def __call__(self, vocoder):
@@ -138,6 +140,8 @@ class AudioCheck:
         record = {"clips": len(self.clips)}
         for kind, prefix in (("vocoder", ""), ("vocoder-pghi", "magnitude_pghi_")):
             audio = MelInverse(InverseConfig(kind), self.transform, vocoder)(self.log_mels)
+            if kind == "vocoder":
+                self.voiced = audio  # the last check's clips, for TensorBoard
             scores = paired_speech_scores(self.clips, audio, self.reference, self.transform.sample_rate)
             record.update({f"{prefix}pesq": scores["pesq"], f"{prefix}stoi": scores["stoi"],
                            f"{prefix}reference_pesq": scores["oracle_pesq"],
@@ -246,14 +250,17 @@ def train_vocoder(config):
     if state:
         print(f"Resuming {config.checkpoint} at {position.where()}")
     curves = config.results_dir / "vocoder_training.png"
+    board = Board(config.results_dir / "tensorboard" / "vocoder")
 
     def evaluate(epoch):
         record = {"valid": trainer.validation_losses(valid_waves)}
         if check is not None and (epoch % config.eval_every == 0 or epoch in (1, config.epochs)):
             record["audio"] = check(trainer.model)
+            board.audio("vocoder/unseen_clip", check.voiced[0], epoch, transform.sample_rate)
         return record
 
     def announce(record):
+        board.record(record, record["epoch"])
         line = (f"epoch {record['epoch']:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen: mel L1 "
                 f"{record['valid']['mel']:.4f}, phase {record['valid']['phase']:.3f}  {record['train_seconds']:.0f} s")
         if "audio" in record:
@@ -265,7 +272,8 @@ def train_vocoder(config):
         atomic_torch_save(vocoder_checkpoint(trainer, transform, config, segment_frames, position.epoch,
                                              position.progress, position.history, decoder_record), config.checkpoint)
 
-    fit(trainer, train_set, position, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-        checkpoint=config.checkpoint, evaluate=evaluate, announce=announce, save=save)
+    with contextlib.closing(board):
+        fit(trainer, train_set, position, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+            checkpoint=config.checkpoint, evaluate=evaluate, announce=announce, save=save)
     print(f"Saved the vocoder to {config.checkpoint}; use it with --inverse vocoder --vocoder {config.checkpoint}")
     return position.history

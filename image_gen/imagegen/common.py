@@ -300,6 +300,49 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
 
 
+# --- TensorBoard ----------------------------------------------------------------------------
+
+class Board:
+    """TensorBoard event files in `folder` (`tensorboard --logdir RESULTS_DIR/tensorboard`): every number of each
+    epoch's record, and the pictures and sounds a training makes. Writes nothing where `enabled` is false (the
+    processes other than rank 0 under torchrun), and says once where tensorboard is not installed."""
+
+    def __init__(self, folder, enabled=True):
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("note: tensorboard is not installed: no TensorBoard logs (pip install tensorboard)", flush=True)
+            return
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def record(self, record, step, prefix=""):
+        """Each number in `record` (nested dicts give 'a/b' names; None, text and lists are skipped)."""
+        if self.writer is None:
+            return
+        for name, value in record.items():
+            if isinstance(value, dict):
+                self.record(value, step, f"{prefix}{name}/")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}{name}", value, step)
+
+    def image(self, tag, image, step):
+        """A (C, H, W) picture in [0, 1]."""
+        if self.writer is not None:
+            self.writer.add_image(tag, image.float().clamp(0, 1).cpu(), step)
+
+    def audio(self, tag, wave, step, sample_rate):
+        """A (samples,) waveform in [-1, 1], which TensorBoard plays."""
+        if self.writer is not None:
+            self.writer.add_audio(tag, wave.float().clamp(-1, 1).cpu()[None], step, sample_rate=sample_rate)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
 # --- several processes (torchrun) -----------------------------------------------------------
 
 class World:

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torchvision.utils import make_grid
 
 from .checkpoint import MODEL_KINDS, checkpoint_dataset, checkpoint_position, load_checkpoint, make_checkpoint
-from .common import StopRequest, World, atomic_torch_save, read_json, usage_error, write_json_atomic
+from .common import Board, StopRequest, World, atomic_torch_save, read_json, usage_error, write_json_atomic
 from .data import class_names, dataset_title, load_images, to_model_range, to_unit_range
 from .diffusion import SamplerSettings
 from .fid import FidSettings, make_evaluator
@@ -78,6 +79,7 @@ class Run:
     epochs_completed: int = 0
     progress: EpochProgress | None = None   # the unfinished next epoch, if any
     guidance: dict | None = None  # the fitted or chosen guidance (see checkpoint.make_checkpoint)
+    board: Board | None = None    # TensorBoard logs (rank 0)
 
     @property
     def conditional(self):
@@ -168,8 +170,11 @@ def evaluate_epoch(run, evaluator, epoch):
         grid = sampler.sample_classes(classes, config.num_samples, settings, world=world)
         if world.is_main:
             save_class_grid(to_unit_range(grid), [class_names(run.dataset)[c] for c in classes], path, title=title)
+            run.board.image("samples", make_grid(to_unit_range(grid).cpu(), nrow=config.num_samples), epoch)
     elif world.is_main:
-        save_titled_grid(to_unit_range(sampler.sample(config.num_samples, settings)), path, title=title)
+        grid = to_unit_range(sampler.sample(config.num_samples, settings))
+        save_titled_grid(grid, path, title=title)
+        run.board.image("samples", make_grid(grid.cpu()), epoch)
     scores = {"fid": None, "kid": None}
     if evaluator is not None:
         print(f"  epoch {epoch}: drawing {evaluator.num_samples} samples for FID/KID "
@@ -275,6 +280,7 @@ def train_epochs(run, evaluator, stop):
         if epoch == config.epochs and run.guided:
             run.guidance = choose_run_guidance(run, evaluator, record)
         run.history.append(record)
+        run.board.record(record, epoch)
         run.epochs_completed = epoch
         run.save()
         write_training_outputs(run, evaluator, sampler)
@@ -319,6 +325,7 @@ def train(config):
         with world.main_first():  # rank 0 fills the caches (classifier, real features), the others read them
             evaluator = make_evaluator(config.fid, run.dataset, config.data_dir, config.cache_dir, config.device,
                                        run.conditional)
+    run.board = Board(config.results_dir / "tensorboard", enabled=world.is_main)
     try:
         with StopRequest(world) as stop:
             train_epochs(run, evaluator, stop)
@@ -326,5 +333,7 @@ def train(config):
         raise SystemExit(f"\nQuit without saving; {config.checkpoint} holds the last save.")
     except FloatingPointError as err:
         raise SystemExit(f"error: {err}. The last good checkpoint is {config.checkpoint}.")
+    finally:
+        run.board.close()
     summarize_timing(run.history)
     return run.history
