@@ -175,11 +175,11 @@ def error_of(response, status):
     (dict(prompt="1", n=0), 400, "n: Input should be greater than or equal to 1"),
     (dict(prompt="1", guidance_scale=-1), 400, "guidance_scale: Input should be greater than or equal to 0"),
     (dict(prompt="random", guidance_scale=1), 400, "guidance_scale needs a class prompt"),
-    (dict(prompt="1", sampler="euler"), 400, "sampler: Input should be 'ddim' or 'ddpm'"),
+    (dict(prompt="1", sampler="euler"), 400, "sampler: Input should be 'ddim', 'ddpm' or 'dpm++2m'"),
     (dict(prompt="1", steps=0), 400, "steps: Input should be greater than or equal to 1"),
     (dict(prompt="1", steps=1001), 400, "ddim takes 1 to 1000 steps"),
     (dict(prompt="1", response_format="url"), 400, "response_format: Input should be 'b64_json'"),
-    (dict(prompt="1", size="1024x1024"), 400, "size: Extra inputs are not permitted"),
+    (dict(prompt="1", size="1024x1024"), 400, "size '1024x1024' is not served: ddpm-mnist draws 28x28 images"),
 ])
 def test_bad_image_requests(client, body, status, says):
     assert says in error_of(client.post("/v1/images/generations", json=body), status)["message"]

@@ -126,7 +126,7 @@ def test_fid_samples_draws_and_scores_what_the_sweep_scores(ig, inception_cache,
 
 
 def test_ieee_fp32_convolutions_restores_the_setting(ig):
-    before = torch.backends.cudnn.allow_tf32
+    before = torch.backends.cudnn.conv.fp32_precision
     with ieee_fp32_convolutions():
-        assert torch.backends.cudnn.allow_tf32 is False
-    assert torch.backends.cudnn.allow_tf32 == before
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.backends.cudnn.conv.fp32_precision == before
