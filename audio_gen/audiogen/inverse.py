@@ -58,17 +58,25 @@ class InverseConfig:
 
 # --- mel -> linear magnitude ---------------------------------------------------------------------
 
-def nnls_magnitude(mel, filterbank, iterations=100):
+def nnls_operators(filterbank):
+    """What every NNLS solve on `filterbank` ((n_freq, n_mels), mel = fb^T S) needs, computed once: the basis
+    (n_mels, n_freq), its pseudo-inverse (n_freq, n_mels) and FISTA's step, 1 / the gradient's Lipschitz
+    constant (a 0-dim tensor)."""
+    basis = filterbank.float().T
+    return basis, torch.linalg.pinv(basis), 1.0 / torch.linalg.matrix_norm(basis, ord=2).pow(2)
+
+
+def nnls_magnitude(mel, filterbank, iterations=100, operators=None):
     """Non-negative least squares min_{S >= 0} ||F^T S - M||^2, batched: the linear magnitude whose mel is
     closest to `mel`.
 
-    mel: (..., n_mels, frames) mel magnitudes; filterbank: (n_freq, n_mels), torchaudio's `fb` (mel = fb^T S).
+    mel: (..., n_mels, frames) mel magnitudes; filterbank: (n_freq, n_mels), torchaudio's `fb` (mel = fb^T S);
+    `operators`: nnls_operators(filterbank) when the caller keeps them (else computed here).
     Returns (..., n_freq, frames). FISTA (Beck & Teboulle 2009, Alg. 2 with the projection onto S >= 0 as
     the proximal step) from the clipped minimum-norm solution, which is where least squares stops today.
     """
-    basis = filterbank.to(mel.dtype).T  # (n_mels, n_freq)
-    step = 1.0 / torch.linalg.matrix_norm(basis, ord=2).pow(2)  # 1 / Lipschitz constant of the gradient
-    estimate = (torch.linalg.pinv(basis) @ mel).clamp(min=0)
+    basis, pseudo_inverse, step = operators if operators is not None else nnls_operators(filterbank)
+    estimate = (pseudo_inverse @ mel).clamp(min=0)
     momentum_point, t = estimate, 1.0
     for _ in range(iterations):
         gradient = basis.T @ (basis @ momentum_point - mel)
@@ -200,7 +208,8 @@ class MelInverse:
         if config.needs_vocoder and vocoder is None:
             raise ValueError(f"the '{config.kind}' inverse needs a trained vocoder")
         self.config, self.transform, self.vocoder = config, transform, vocoder
-        self.filterbank = transform.mel.mel_scale.fb.detach()  # (n_freq, n_mels)
+        self.filterbank = transform.mel.mel_scale.fb.detach()  # (n_freq, n_mels), on the transform's device
+        self.operators = nnls_operators(self.filterbank)
         if config.kind == "griffinlim":
             device = transform.device
             self.least_squares = T.InverseMelScale(n_stft=transform.n_fft // 2 + 1, n_mels=transform.n_mels,
@@ -219,7 +228,7 @@ class MelInverse:
         if self.config.kind == "vocoder-pghi":
             return self.vocoder.spectrum(log_mels.to(self.transform.device))[0].exp()
         mel = log_mels.to(self.transform.device).float().exp()
-        return nnls_magnitude(mel, self.filterbank.to(mel.device), self.config.nnls_iterations)
+        return nnls_magnitude(mel, self.filterbank, self.config.nnls_iterations, self.operators)
 
     @torch.no_grad()
     def __call__(self, log_mels, seed=0):

@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .inverse import nnls_magnitude
+from .inverse import nnls_magnitude, nnls_operators
+from .transform import LogMelTransform
 
-LOG_FLOOR = 1e-5  # the transform's floor: log-mels never go below log(1e-5)
+LOG_FLOOR = LogMelTransform.LOG_FLOOR  # log-mels never go below log(1e-5); magnitudes are floored alike
 # Only a guard against overflow: a full-scale sine reaches 512 in a frame (the Hann window sums to n_fft / 2), so
 # Vocos' cap of 100 would clip loud partials of real music and stop their gradient.
 MAX_LOG_MAGNITUDE = math.log(1e4)
@@ -62,6 +63,9 @@ class Vocoder(nn.Module):
                            intermediate=intermediate, blocks=blocks, nnls_iterations=nnls_iterations)
         self.n_freq = n_fft // 2 + 1
         self.register_buffer("filterbank", mel_filterbank(n_mels, n_fft, sample_rate), persistent=False)
+        # NNLS's basis, pseudo-inverse and step, computed once (not at every step) and moved with the module.
+        for name, value in zip(("nnls_basis", "nnls_pseudo_inverse", "nnls_step"), nnls_operators(self.filterbank)):
+            self.register_buffer(name, value, persistent=False)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         # Per-bin statistics of the training log-mels: the network sees z-scores (set_statistics).
         self.register_buffer("mel_mean", torch.zeros(n_mels))
@@ -83,7 +87,8 @@ class Vocoder(nn.Module):
     def base_log_magnitude(self, log_mel):
         """(b, n_mels, frames) -> (b, n_freq, frames): log of the NNLS magnitude, floored like the transform."""
         with torch.no_grad():
-            magnitude = nnls_magnitude(log_mel.float().exp(), self.filterbank, self.config["nnls_iterations"])
+            magnitude = nnls_magnitude(log_mel.float().exp(), self.filterbank, self.config["nnls_iterations"],
+                                       (self.nnls_basis, self.nnls_pseudo_inverse, self.nnls_step))
         return magnitude.clamp(min=LOG_FLOOR).log()
 
     def spectrum(self, log_mel):

@@ -23,9 +23,10 @@ def cached_waves(path, kind, transform, cache_dir):
     except Exception:  # missing or damaged: decode again
         pass
     try:
-        decoded = decode_recordings(path, kind, transform.sample_rate)
-        waves = {source: torch.from_numpy(wave).clamp(-1, 1).mul(PCM_SCALE).round().short()
-                 for source, wave in decoded.items() if torch.from_numpy(wave).isfinite().all()}
+        decoded = {source: torch.from_numpy(wave) for source, wave in
+                   decode_recordings(path, kind, transform.sample_rate).items()}
+        waves = {source: wave.clamp(-1, 1).mul(PCM_SCALE).round().short()
+                 for source, wave in decoded.items() if wave.isfinite().all()}
     except Exception as err:  # a damaged file must not end a long preparation
         warnings.warn(f"skipping unreadable file {path}: {type(err).__name__}: {err}")
         return {}
@@ -39,9 +40,9 @@ class WaveCrops:
 
     def __init__(self, waves, segment, origin=""):
         self.segment, self.origin = segment, origin
-        self.recordings = [w for w in waves if len(w) >= segment]
-        self.samples = torch.cat(self.recordings) if self.recordings else torch.zeros(0, dtype=torch.int16)
-        lengths = torch.tensor([len(w) for w in self.recordings], dtype=torch.long)
+        kept = [w for w in waves if len(w) >= segment]
+        self.samples = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int16)
+        lengths = torch.tensor([len(w) for w in kept], dtype=torch.long)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         self._crop_cumsum = (lengths - segment + 1).cumsum(0)
 
@@ -60,7 +61,7 @@ class WaveCrops:
     def spread(self, count, length):
         """(count, length) fixed windows spread evenly over the split's recordings (fewer if they are short)."""
         starts = []
-        for r in range(len(self.recordings)):
+        for r in range(len(self.offsets) - 1):
             first, last = int(self.offsets[r]), int(self.offsets[r + 1]) - length
             starts += list(range(first, last + 1, length)) if last >= first else []
         if not starts:

@@ -92,7 +92,7 @@ class Augment:
     def __init__(self, config, generator):
         self.config, self.generator = config, generator
         self.p = config.probability if config.policy else 0.0
-        self._signs, self._count = 0.0, 0
+        self._signs, self._count = 0.0, 0  # a tensor between adjustments: no host sync at every step
 
     def __call__(self, images):
         """(n, C, H, W) in [-1, 1] -> the same, each transform applied to each image with probability p."""
@@ -109,16 +109,16 @@ class Augment:
         steps; p moves up by batch * interval / ada_images when r_t is above the target, down as much below."""
         if not self.config.adaptive:
             return
-        self._signs += float(real_scores.detach().sign().mean())
+        self._signs = self._signs + real_scores.detach().sign().mean()
         self._count += 1
         if self._count == self.config.ada_interval:
-            r_t = self._signs / self._count
+            r_t = float(self._signs) / self._count
             step = batch_size * self._count / self.config.ada_images
             self.p = min(1.0, max(0.0, self.p + math.copysign(step, r_t - self.config.ada_target)))
             self._signs, self._count = 0.0, 0
 
     def state_dict(self):
-        return {"p": self.p, "signs": self._signs, "count": self._count}
+        return {"p": self.p, "signs": float(self._signs), "count": self._count}
 
     def load_state_dict(self, state):
         self.p, self._signs, self._count = state["p"], state["signs"], state["count"]
