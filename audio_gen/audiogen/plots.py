@@ -10,7 +10,7 @@ from .common import pyplot
 
 def plot_training_curves(history, path, valid_name):
     """Loss, log-mel MSE against the time-average baseline, similarity scores and PESQ/STOI (with the
-    Griffin-Lim oracle), for training clips and unseen clips, against minutes of training."""
+    oracle: the true mel through the same inverse), for training clips and unseen clips, against minutes of training."""
     plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=110)
     minutes = np.cumsum([h["train_seconds"] for h in history]) / 60
@@ -40,12 +40,12 @@ def plot_training_curves(history, path, valid_name):
     ax = axes[1, 1]
     for split, style, name in (("audio_train", "-", seen), ("audio_valid", "--", unseen)):
         line(ax, split, "pesq", f"PESQ {name}", linestyle=style, color="tab:red")
-        line(ax, split, "oracle_pesq", f"PESQ Griffin-Lim oracle, {name}", linestyle=style, color="tab:red", alpha=0.4)
+        line(ax, split, "oracle_pesq", f"PESQ oracle, {name}", linestyle=style, color="tab:red", alpha=0.4)
     ax2 = ax.twinx()
     for split, style, name in (("audio_train", "-", seen), ("audio_valid", "--", unseen)):
         line(ax2, split, "stoi", f"STOI {name}", linestyle=style, color="tab:blue")
-        line(ax2, split, "oracle_stoi", f"STOI Griffin-Lim oracle, {name}", linestyle=style, color="tab:blue", alpha=0.4)
-    ax.set(title="Audio after Griffin-Lim (faint: oracle)", ylabel="PESQ (wide-band, 1-4.6)")
+        line(ax2, split, "oracle_stoi", f"STOI oracle, {name}", linestyle=style, color="tab:blue", alpha=0.4)
+    ax.set(title="Audio (faint: the oracle, the true mel through the same inverse)", ylabel="PESQ (wide-band, 1-4.6)")
     ax2.set_ylabel("STOI (0-1)")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     if handles:
@@ -64,7 +64,7 @@ def plot_training_curves(history, path, valid_name):
 def plot_spectrograms(originals, reconstructions, titles, path, suptitle, oracles=None,
                       names=("original", "reconstruction")):
     """One row per clip: original, reconstruction and their difference, as log-mel images on shared
-    scales; with `oracles` (log-mels of the Griffin-Lim oracle) the third column is the oracle instead.
+    scales; with `oracles` (log-mels of the oracle) the third column is the oracle instead.
     originals, reconstructions, oracles: (clips, n_mels, frames); `names` label the first two columns;
     `path` is a file name or a binary file object."""
     plt = pyplot()
@@ -75,7 +75,7 @@ def plot_spectrograms(originals, reconstructions, titles, path, suptitle, oracle
         low, high = float(a.min()), float(a.max())
         shared = {"vmin": low, "vmax": high, "cmap": "magma"}
         third = ((b - a, f"{names[1]} - {names[0]}", {"vmin": -3, "vmax": 3, "cmap": "coolwarm"}) if oracles is None
-                 else (oracles[r].cpu().numpy(), "Griffin-Lim oracle (true mel inverted)", shared))
+                 else (oracles[r].cpu().numpy(), "oracle (the true mel, same inverse)", shared))
         for c, (image, name, kwargs) in enumerate(((a, names[0], shared), (b, names[1], shared), third)):
             ax = axes[r, c]
             shown = ax.imshow(image, origin="lower", aspect="auto", extent=(0, 5, 0, image.shape[0]), **kwargs)
