@@ -73,6 +73,7 @@ class FidEvaluator:
             reference_features = self.features(reference.unsqueeze(1))
         else:
             real_features = cached["real_features"]
+        self.real_features = real_features  # (N, d): what a caller resamples for a bootstrap interval
         dim = real_features.shape[1]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # KID's "will save all extracted features" notice

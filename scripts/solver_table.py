@@ -1,0 +1,142 @@
+"""FID, KID and class accuracy against sampler and steps, with paired bootstrap intervals (issue: fast sampling).
+
+    python scripts/solver_table.py --checkpoint image_gen/models/diffusion_model.pt --n 1000 \
+        --settings ddim:50 ddim:25 dpm++2m:8 dpm++2m:10 dpm++2m:15 dpm++2m:20 dpm++2m:25 --out solver.json
+
+Every setting draws the same N class-balanced images (same seed, so the same x_T per image) at the checkpoint's
+own guidance w (or --guidance_scale), as `image_gen.py --mode infer --fid_samples N` does, and scores them with
+the same Inception features against the first N test images. The first setting is the reference: each row
+also gives the 95 % bootstrap interval of FID(row) - FID(reference) over B resamples of the N images, the same
+resample for both (the rows are paired by their noise), with the real features fixed. "Equal" then means an
+interval that holds 0. Writes the rows as JSON and, with --plot, FID against network evaluations per image.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imagegen.checkpoint import checkpoint_guidance
+from imagegen.common import number, write_json_atomic
+from imagegen.diffusion import SAMPLERS, SamplerSettings
+from imagegen.fid import FidSettings, make_evaluator
+from imagegen.guidance import DEFAULT_GUIDANCE_SCALE
+from imagegen.pretrained import ImageGenerator
+
+IMAGE_GEN = Path(__file__).resolve().parents[1] / "image_gen"
+
+
+def setting(text):
+    sampler, _, steps = text.partition(":")
+    if sampler not in SAMPLERS or (sampler != "ddpm" and not steps.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: SAMPLER:STEPS with SAMPLER one of {', '.join(SAMPLERS)}")
+    return sampler, int(steps) if steps else 1000
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="a class-conditional DDPM checkpoint or exported folder")
+    p.add_argument("--settings", nargs="+", type=setting, required=True,
+                   help="SAMPLER:STEPS per row (ddim:50, dpm++2m:10, ddpm); the first is the reference")
+    p.add_argument("--n", type=number(int, 10), default=1000, help="images per row (and real test images)")
+    p.add_argument("--guidance_scale", type=number(float, 0.0), default=None,
+                   help="w (default: the checkpoint's recorded guidance)")
+    p.add_argument("--seed", type=number(int, 0), default=1, help="noise seed (infer's FID draws use seed + 1)")
+    p.add_argument("--bootstrap", type=number(int, 10), default=200, help="bootstrap resamples")
+    p.add_argument("--data_dir", default=str(IMAGE_GEN / "data"), help="image_gen's --data_dir")
+    p.add_argument("--cache_dir", default=str(IMAGE_GEN / "data" / "cache"), help="image_gen's --cache_dir")
+    p.add_argument("--device", default="cpu", help="torch device for sampling and features")
+    p.add_argument("--out", required=True, help="the JSON file to write")
+    p.add_argument("--plot", default=None, help="a PNG of FID against network evaluations per image")
+    return p.parse_args(argv)
+
+
+def fid_from_moments(mu, sigma, mu_real, sqrt_real):
+    """Frechet distance (Heusel et al. 2017, eq. 6) with the real covariance's square root precomputed:
+    tr(sqrt(S_g S_r)) = sum of sqrt(eig(S_r^1/2 S_g S_r^1/2)), a symmetric matrix (float64)."""
+    inner = sqrt_real @ sigma @ sqrt_real
+    eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2).clip(min=0)
+    real_trace = np.trace(sqrt_real @ sqrt_real)
+    return float(((mu - mu_real) ** 2).sum() + np.trace(sigma) + real_trace - 2 * np.sqrt(eigenvalues).sum())
+
+
+def bootstrap_fids(features, real, resamples, seed=0):
+    """(B,) FIDs of `features` (n, d) resampled with the same B index sets for every caller (seeded)."""
+    real = real.astype(np.float64)
+    mu_real, cov_real = real.mean(0), np.cov(real, rowvar=False)
+    w, v = np.linalg.eigh(cov_real)
+    sqrt_real = (v * np.sqrt(w.clip(min=0))) @ v.T
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(resamples):
+        sample = features[rng.integers(0, len(features), len(features))].astype(np.float64)
+        out.append(fid_from_moments(sample.mean(0), np.cov(sample, rowvar=False), mu_real, sqrt_real))
+    return np.array(out)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    model = ImageGenerator.load(args.checkpoint, device)
+    w = args.guidance_scale if args.guidance_scale is not None else checkpoint_guidance(model.state,
+                                                                                        DEFAULT_GUIDANCE_SCALE)
+    evaluator = make_evaluator(FidSettings(args.n), model.dataset, Path(args.data_dir), Path(args.cache_dir),
+                               device, conditional=True)
+    real = evaluator.real_features.numpy()
+    rows, features = [], []
+    for sampler, steps in args.settings:
+        settings = SamplerSettings(sampler, steps, 0.0, w, args.seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            images, labels = model.sampler.draw_for_fid(evaluator.num_samples, settings)
+        seconds = time.perf_counter() - start
+        feats = evaluator.features(images)
+        scores = evaluator.scores(feats)
+        accuracy = (evaluator.classifier.predict(images) == labels).float().mean().item()
+        evaluations = settings.step_count(model.sampler.num_timesteps)
+        rows.append({"setting": settings.name(guided=True), "network_evaluations": evaluations,
+                     "guided_batch_evaluations": 2 * evaluations if w > 0 else evaluations, **scores,
+                     "accuracy": accuracy, "sample_seconds": seconds,
+                     "images_per_s": evaluator.num_samples / seconds})
+        features.append(feats.numpy())
+        print(f"{rows[-1]['setting']:>24}: FID {scores['fid']:.2f}  KID {scores['kid']:.4f}  acc {accuracy:.1%}  "
+              f"{seconds:.0f} s ({rows[-1]['images_per_s']:.1f} img/s)", flush=True)
+    reference = bootstrap_fids(features[0], real, args.bootstrap)
+    for row, feats in zip(rows, features):
+        difference = bootstrap_fids(feats, real, args.bootstrap) - reference
+        row["fid_minus_reference_95"] = [float(np.percentile(difference, 2.5)), float(np.percentile(difference, 97.5))]
+        low, high = row["fid_minus_reference_95"]
+        print(f"{row['setting']:>24}: FID - {rows[0]['setting']} in [{low:+.2f}, {high:+.2f}]"
+              + ("  (equal)" if low <= 0 <= high else ""))
+    record = {"checkpoint": str(args.checkpoint), "n": evaluator.num_samples, "guidance_scale": w,
+              "seed": args.seed, "bootstrap": args.bootstrap, "device": str(device), **evaluator.summary(),
+              "reference": rows[0]["setting"], "rows": rows}
+    write_json_atomic(record, args.out)
+    if args.plot:
+        plot(rows, args.plot, f"{Path(args.checkpoint).name}, w = {w:g}, N = {evaluator.num_samples}")
+
+
+def plot(rows, path, title):
+    from imagegen.common import pyplot
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for family, marker in (("ddim", "o"), ("dpm++2m", "s"), ("ddpm", "^")):
+        chosen = [r for r in rows if r["setting"].startswith(family)]
+        if chosen:
+            ax.plot([r["network_evaluations"] for r in chosen], [r["fid"] for r in chosen], marker=marker,
+                    label={"ddim": "DDIM", "dpm++2m": "DPM-Solver++(2M)", "ddpm": "DDPM"}[family])
+    reference = rows[0]
+    ax.axhline(reference["fid"], color="grey", lw=0.8, ls="--", label=f"{reference['setting']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per image (x2 in the batch with guidance)")
+    ax.set_ylabel("Inception FID (lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
