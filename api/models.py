@@ -1,5 +1,6 @@
-"""The models the server holds: each checkpoint loaded once, described (what it is, what it scored) and
-wrapped in the one operation the API asks of it. All the work is done by the model packages."""
+"""The models the server holds: each loaded once by its own package (imagegen.pretrained, audiogen.pretrained,
+as the demo and hubconf.py load them), described (what it is, what it scored) and wrapped in the one operation
+the API asks of it, with its answers as PNG or WAV bytes."""
 from __future__ import annotations
 
 import hashlib
@@ -7,23 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from audiogen.audio_io import SILENCE_RMS, UnusableAudio, decode_music_bytes, wav_bytes
-from audiogen.checkpoint import load_checkpoint as load_audio_checkpoint
-from audiogen.checkpoint import load_inverse, model_from_checkpoint
-from audiogen.generate import draw_clips, load_learned_prior
-from audiogen.inverse import InverseConfig
-from audiogen.metrics import score_clip
-from audiogen.prior import SamplerConfig
-from audiogen.transform import LogMelTransform
-from imagegen.checkpoint import checkpoint_guidance, checkpoint_position
-from imagegen.checkpoint import load_checkpoint as load_image_checkpoint
-from imagegen.common import read_json
-from imagegen.data import class_names, class_slug, dataset_title, to_unit_range
-from imagegen.guidance import DEFAULT_GUIDANCE_SCALE
-from imagegen.plots import png_bytes
-from imagegen.sampling import class_seed, ema_sampler_from_checkpoint
 
-RANDOM_PROMPTS = ("random", "unconditional", "none")
+from audiogen.audio_io import SILENCE_RMS, UnusableAudio, wav_bytes
+from audiogen.inverse import InverseConfig
+from audiogen.pretrained import MusicAutoencoder
+from imagegen.common import read_json
+from imagegen.plots import png_bytes
+from imagegen.pretrained import ImageGenerator, PromptError
 
 
 class BadRequest(ValueError):
@@ -31,8 +22,14 @@ class BadRequest(ValueError):
 
 
 def file_sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """SHA-256 of a checkpoint file, or of an exported folder's config.json and weights together."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for part in ([path / "config.json", path / "model.safetensors"] if path.is_dir() else [path]):
+        with open(part, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def matching_infer_record(results_dir, checkpoint, key, value):
@@ -46,26 +43,28 @@ def matching_infer_record(results_dir, checkpoint, key, value):
 
 @dataclass
 class ImageModel:
-    """An image checkpoint's EMA sampler, a DDPM's or a GAN generator's (fp32, not compiled: the pixels of
-    `image_gen.py --mode infer`)."""
+    """An image checkpoint's ImageGenerator (fp32, not compiled: the pixels of `image_gen.py --mode infer`)."""
     path: Path
     sha256: str
-    state: dict          # the checkpoint without its weights
-    sampler: object      # imagegen.sampling.Sampler or GanSampler
+    generator: ImageGenerator
     results_dir: Path | None = None
 
     @classmethod
     def load(cls, path, device, results_dir=None):
-        state = load_image_checkpoint(path)
-        sampler = ema_sampler_from_checkpoint(state, device)
-        heavy = ("model", "ema", "optimizer", "discriminator", "d_optimizer", "generator", "epoch_progress")
-        light = {k: v for k, v in state.items() if k not in heavy}
-        return cls(Path(path), file_sha256(path), light, sampler, results_dir)
+        return cls(Path(path), file_sha256(path), ImageGenerator.load(path, device), results_dir)
+
+    @property
+    def state(self):
+        return self.generator.state
+
+    @property
+    def sampler(self):
+        return self.generator.sampler
 
     @property
     def kind(self):
         """'ddpm' or 'gan'."""
-        return self.state["kind"]
+        return self.generator.kind
 
     @property
     def id(self):
@@ -73,56 +72,38 @@ class ImageModel:
 
     @property
     def dataset(self):
-        return self.state["dataset"]
+        return self.generator.dataset
 
     @property
     def conditional(self):
-        return self.sampler.num_classes > 0
+        return self.generator.conditional
 
     @property
     def default_guidance(self):
-        return checkpoint_guidance(self.state, DEFAULT_GUIDANCE_SCALE)
+        return self.generator.default_guidance
 
     def label_of(self, prompt):
         """The class index a prompt names (7, '7', 'ankle boot', 'ankle-boot'), or None for 'random'."""
-        text = str(prompt).strip().lower()
-        if text in RANDOM_PROMPTS:
-            if self.conditional and self.kind == "gan":
-                raise BadRequest(f"{self.id} is a class-conditional GAN: it has no unconditional samples; "
-                                 f"give a class of {dataset_title(self.dataset)}")
-            return None
-        if not self.conditional:
-            raise BadRequest(f"{self.id} is unconditional: the only prompt it takes is 'random'")
-        names = class_names(self.dataset)
-        for label, name in enumerate(names):
-            if text in (name.lower(), class_slug(self.dataset, label)):
-                return label
-        if text.lstrip("-").isdigit():
-            raise BadRequest(f"class {text} is out of range: {self.id} has classes 0 to {len(names) - 1}")
-        raise BadRequest(f"unknown prompt {prompt!r}: give a class of {dataset_title(self.dataset)} "
-                         f"({', '.join(names)}), its index 0-{len(names) - 1}, or 'random'")
+        try:
+            return self.generator.label_of(prompt)
+        except PromptError as err:
+            raise BadRequest(str(err)) from None
 
     def noise_seed(self, label, seed):
-        """The seed of the noise `image_gen.py --mode infer --seed seed` draws for this class (or for an
-        unconditional model's samples), so a request reproduces infer's images."""
-        if not self.conditional:
-            return seed
-        return class_seed(seed, self.sampler.null_class if label is None else label)
+        return self.generator.noise_seed(label, seed)
 
     def draw(self, groups, settings):
         """groups [(label, n, noise seed)] drawn as one batch -> one list of PNG bytes per group."""
-        with torch.inference_mode():
-            images = self.sampler.sample_groups(groups, settings)
-        return [[png_bytes(image) for image in to_unit_range(group)] for group in images]
+        return [[png_bytes(image) for image in group] for group in self.generator.draw(groups, settings)]
 
     def health(self):
         return {"id": self.id, "kind": self.kind, "checkpoint": str(self.path), "sha256": self.sha256,
                 "dataset": self.dataset, "epochs": self.state["epochs_completed"], "step": self.state["step"],
-                "position": checkpoint_position(self.state)}
+                "position": self.generator.position}
 
     def card(self):
         """health() plus what the model is and what it scored, from the checkpoint and its results folder."""
-        classes = list(class_names(self.dataset)) if self.conditional else []
+        classes = self.generator.class_names
         evaluated = [h for h in self.state["history"] if h.get("fid") is not None]
         train = read_json(Path(self.results_dir) / "metrics.json").get("train", {}) if self.results_dir else {}
         same_run = train.get("epochs") and train["epochs"][-1] == self.state["history"][-1]
@@ -147,35 +128,42 @@ class ImageModel:
 
 @dataclass
 class AudioModel:
-    """The mel autoencoder (or VAE) of a checkpoint, its log-mel transform and the inverse that voices its mels
-    (audio_gen's default)."""
+    """A MusicAutoencoder: the mel autoencoder (or VAE) of a checkpoint with its transform, the inverse that voices
+    its mels (audio_gen's default unless told) and a VAE's prior."""
     path: Path
     sha256: str
-    state: dict
-    model: object
-    inverse: object
+    autoencoder: MusicAutoencoder
     results_dir: Path | None = None
-    prior: object = None         # a learned prior over the VAE's latents, or None: N(0, I)
-    prior_name: str = "N(0, I)"
 
     @classmethod
     def load(cls, path, device, results_dir=None, inverse=InverseConfig(), prior=None):
         """The checkpoint at `path`, voiced by the InverseConfig `inverse`; with `prior`, the learned prior that
         generations sample (it must belong to this VAE; default DDIM settings)."""
-        state = load_audio_checkpoint(path)
-        model = model_from_checkpoint(state, device)
-        inverse = load_inverse(inverse, LogMelTransform.from_config(state["transform_config"], device))
-        learned, prior_name = load_learned_prior(prior, state, path, SamplerConfig(), device)
-        light = {k: v for k, v in state.items() if k in ("epoch", "history", "data", "args", "model_config", "kind")}
-        return cls(Path(path), file_sha256(path), light, model, inverse, results_dir, learned, prior_name)
+        return cls(Path(path), file_sha256(path), MusicAutoencoder.load(path, device, inverse, prior), results_dir)
+
+    @property
+    def state(self):
+        return self.autoencoder.state
+
+    @property
+    def model(self):
+        return self.autoencoder.model
+
+    @property
+    def inverse(self):
+        return self.autoencoder.inverse
+
+    @property
+    def prior_name(self):
+        return self.autoencoder.prior_name
 
     @property
     def transform(self):
-        return self.inverse.transform
+        return self.autoencoder.transform
 
     @property
     def kind(self):
-        return self.state["kind"]
+        return self.autoencoder.kind
 
     @property
     def id(self):
@@ -184,16 +172,16 @@ class AudioModel:
     def generate(self, count, seed):
         """`count` clips from the VAE's prior (N(0, I) or the learned one) as WAV bytes: what `audio_gen.py --mode
         generate --seed` (with the same --prior and --inverse) writes for the same seed."""
-        _, audio = draw_clips(self.model, self.inverse, count, seed, prior=self.prior, sampler=SamplerConfig())
+        _, audio = self.autoencoder.generate(count, seed)
         return [wav_bytes(a, self.transform.sample_rate) for a in audio]
 
     @property
     def clip_seconds(self):
-        return self.transform.clip_samples / self.transform.sample_rate
+        return self.autoencoder.clip_seconds
 
     def decode(self, data, name):
         """The uploaded bytes (file `name`) as a mono waveform at the model's rate; UnusableAudio says why not."""
-        return decode_music_bytes(data, name, self.transform.sample_rate)
+        return self.autoencoder.decode(data, name)
 
     def reconstruct(self, wave, start, with_oracle):
         """The `clip_seconds` window from `start` s of a decoded waveform through the autoencoder and the
@@ -205,7 +193,7 @@ class AudioModel:
         clip = self.transform.cut(torch.from_numpy(wave), int(start * rate))
         if float(clip.pow(2).mean().sqrt()) < SILENCE_RMS:
             raise UnusableAudio(f"the {self.clip_seconds:g} s from {start:g} s are silent (below -60 dBFS)")
-        result = score_clip(self.model, self.inverse, clip)
+        result = self.autoencoder.reconstruct(clip)
         oracle = wav_bytes(result["oracle"], rate) if with_oracle else None
         return wav_bytes(result["audio"], rate), oracle, {"audio": result["scores"], "mel": result["mel"],
                                                           "duration_seconds": duration}

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
+from audiogen.export import paired
 from audiogen.inverse import INVERSES, InverseConfig
 from imagegen.common import ArgumentParser, HelpFormatter, number, resolve_device
 
@@ -42,7 +43,8 @@ def build_parser():
                        description="The REST API over image_gen's and audio_gen's checkpoints (docs/api.md).")
     models = p.add_argument_group("models")
     for kind in ("image", "audio"):
-        what = "image_gen checkpoint, a DDPM or a GAN" if kind == "image" else "audio_gen checkpoint"
+        what = ("image_gen checkpoint, a DDPM or a GAN" if kind == "image" else "audio_gen checkpoint") + \
+            " (or a folder written by --mode export)"
         models.add_argument(f"--{kind}_checkpoint", type=Path, default=None,
                             help=f"{what} (default: {DEFAULTS[f'{kind}_checkpoint'].relative_to(ROOT)}, "
                                  f"skipped with a note when absent)")
@@ -51,7 +53,7 @@ def build_parser():
                                  f"(default: {DEFAULTS[f'{kind}_results'].relative_to(ROOT)})")
     models.add_argument("--audio_inverse", choices=INVERSES, default=InverseConfig.kind,
                         help="how the audio model's log-mels become audio (audio_gen.py --inverse); the vocoder "
-                             "kinds need --vocoder")
+                             "kinds need --vocoder, or an exported --audio_checkpoint folder with its vocoder")
     models.add_argument("--vocoder", type=Path, default=None, help="audio_gen vocoder checkpoint (--mode train_vocoder)")
     models.add_argument("--audio_prior", type=Path, default=None,
                         help="a learned prior of the audio VAE (audio_gen.py --mode train_prior) that generations "
@@ -93,9 +95,9 @@ def load_model(parser, cls, kind, path, results, device, **options):
     explicit = path is not None
     path = path or DEFAULTS[f"{kind}_checkpoint"]
     results = results or DEFAULTS[f"{kind}_results"]
-    if not path.is_file():
+    if not path.exists():
         if explicit:
-            parser.error(f"--{kind}_checkpoint {path}: no such file")
+            parser.error(f"--{kind}_checkpoint {path}: no such file or folder")
         print(f"note: no {kind} checkpoint at {path}: the {kind} endpoints answer 400 "
               f"(train one with {kind}_gen/train.sh, or pass --{kind}_checkpoint)", flush=True)
         return None
@@ -109,10 +111,15 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     device = resolve_device(args.device, parser)
-    if args.audio_inverse.startswith("vocoder") != (args.vocoder is not None):
-        parser.error("--vocoder goes with --audio_inverse vocoder or vocoder-pghi, and they with it")
+    if args.vocoder is not None and not args.audio_inverse.startswith("vocoder"):
+        parser.error("--vocoder goes with --audio_inverse vocoder or vocoder-pghi (which without it use the "
+                     "vocoder an exported --audio_checkpoint folder pairs with)")
+    if args.audio_inverse.startswith("vocoder") and args.vocoder is None \
+            and paired(args.audio_checkpoint or DEFAULTS["audio_checkpoint"], "vocoder") is None:
+        parser.error(f"--audio_inverse {args.audio_inverse} needs --vocoder (or an exported --audio_checkpoint folder "
+                     f"with its vocoder)")
     for name in ("vocoder", "audio_prior"):
-        if getattr(args, name) is not None and not getattr(args, name).is_file():
+        if getattr(args, name) is not None and not getattr(args, name).exists():
             parser.error(f"--{name} {getattr(args, name)}: no such file")
         if getattr(args, name) is not None and args.audio_checkpoint is None \
                 and not DEFAULTS["audio_checkpoint"].is_file():

@@ -20,25 +20,22 @@ row's distance is the price of the training music's own style.
 Prints the table and writes it as JSON (--out).
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-AUDIO_GEN = Path(__file__).resolve().parents[1] / "audio_gen"
-sys.path.insert(0, str(AUDIO_GEN))  # the audio package, imported as audio_gen.py imports it
-from audiogen.checkpoint import (load_checkpoint, load_inverse, load_prior_checkpoint,  # noqa: E402
+from audiogen.checkpoint import (load_checkpoint, load_inverse, load_prior_checkpoint,
                                  model_from_checkpoint, prior_from_checkpoint, weights_fingerprint)
-from audiogen.common import number, write_json_atomic  # noqa: E402
-from audiogen.data import DataConfig, training_splits  # noqa: E402
-from audiogen.fad import EMBEDDINGS, make_embedding  # noqa: E402
-from audiogen.generate import (decoded_clips, draw_clips, format_table, frechet_table, real_halves,  # noqa: E402
+from audiogen.common import number, write_json_atomic
+from audiogen.data import DataConfig, training_splits
+from audiogen.fad import EMBEDDINGS, make_embedding
+from audiogen.generate import (decoded_clips, draw_clips, format_table, frechet_table, real_halves,
                                scored_rows)
-from audiogen.inverse import INVERSES, InverseConfig  # noqa: E402
-from audiogen.metrics import spread_positions  # noqa: E402
-from audiogen.prior import SamplerConfig  # noqa: E402
-from audiogen.train_prior import latents_of  # noqa: E402
-from audiogen.transform import LogMelTransform  # noqa: E402
+from audiogen.inverse import INVERSES, InverseConfig
+from audiogen.metrics import spread_positions
+from audiogen.prior import SamplerConfig
+from audiogen.train_prior import latents_of
+from audiogen.transform import LogMelTransform
 
 
 def parse_args(argv=None):

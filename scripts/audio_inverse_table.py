@@ -11,25 +11,22 @@ chain); the aisfx Frechet distance of the row's clips to as many other real clip
 real-against-real floor; and the CPU seconds (all threads) and wall seconds per clip, one clip at a time.
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-AUDIO_GEN = Path(__file__).resolve().parents[1] / "audio_gen"
-sys.path.insert(0, str(AUDIO_GEN))  # the audio package, imported as audio_gen.py imports it
-from audiogen.checkpoint import load_inverse  # noqa: E402
-from audiogen.common import number, write_json_atomic  # noqa: E402
-from audiogen.data import DataConfig  # noqa: E402
-from audiogen.fad import frechet_distance, make_embedding  # noqa: E402
-from audiogen.generate import real_halves  # noqa: E402
-from audiogen.inverse import InverseConfig  # noqa: E402
-from audiogen.metrics import require_speech_metrics  # noqa: E402
-from audiogen.plots import plot_spectrogram_grid  # noqa: E402
-from audiogen.transform import LogMelTransform  # noqa: E402
-from audiogen.vocoder import multi_resolution_stft_loss  # noqa: E402
+from audiogen.checkpoint import load_inverse
+from audiogen.common import number, write_json_atomic
+from audiogen.data import DataConfig
+from audiogen.fad import frechet_distance, make_embedding
+from audiogen.generate import real_halves
+from audiogen.inverse import InverseConfig
+from audiogen.metrics import require_speech_metrics
+from audiogen.plots import plot_spectrogram_grid
+from audiogen.transform import LogMelTransform
+from audiogen.vocoder import multi_resolution_stft_loss
 
 
 def parse_args(argv=None):

@@ -14,7 +14,6 @@ scales it also draws results_dir/guidance_sweep.png; --results_dir/metrics.json 
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -22,14 +21,13 @@ import numpy as np
 import torch
 
 IMAGE_GEN = Path(__file__).resolve().parents[1] / "image_gen"
-sys.path.insert(0, str(IMAGE_GEN))  # the image package, imported as image_gen.py imports it
-from image_gen import guidance_scales  # noqa: E402
-from imagegen.checkpoint import load_checkpoint, require_kind  # noqa: E402
-from imagegen.common import number, read_json, write_json_atomic  # noqa: E402
-from imagegen.diffusion import SAMPLERS, SamplerSettings  # noqa: E402
-from imagegen.fid import FidSettings, make_evaluator  # noqa: E402
-from imagegen.guidance import GUIDANCE_SWEEP, report_guidance_sweep  # noqa: E402
-from imagegen.sampling import ema_sampler_from_checkpoint  # noqa: E402
+from imagegen.cli import guidance_scales
+from imagegen.checkpoint import load_checkpoint, require_kind
+from imagegen.common import number, read_json, write_json_atomic
+from imagegen.diffusion import SAMPLERS, SamplerSettings
+from imagegen.fid import FidSettings, make_evaluator
+from imagegen.guidance import GUIDANCE_SWEEP, report_guidance_sweep
+from imagegen.sampling import ema_sampler_from_checkpoint
 
 
 def parse_args(argv=None):

@@ -23,6 +23,9 @@ if [[ -d .gpu/wheels ]] && ls .gpu/wheels/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/wheels/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# The project's packages without installing it (pip install -e . would need setuptools from the network): each
+# model's folder, and the repository root for api/ and demo/.
+export PYTHONPATH=$PWD/image_gen:$PWD/audio_gen:$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [[ -d .gpu/mnist ]]; then
   mkdir -p image_gen/data/MNIST/raw
   for f in .gpu/mnist/*.gz; do gunzip -c "$f" > "image_gen/data/MNIST/raw/$(basename "$f" .gz)"; done

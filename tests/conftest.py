@@ -10,9 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def ig():
-    """image_gen/image_gen.py, the image model's command line (pytest.ini puts its folder on the path)."""
-    import image_gen
-    return image_gen
+    """imagegen.cli, the image model's command line (what image_gen/image_gen.py runs)."""
+    from imagegen import cli
+    return cli
 
 
 def synthetic_digits(n, seed):
@@ -60,9 +60,9 @@ MUSDB_SOURCES = ("mixture", "drums", "bass", "other", "vocals")
 
 @pytest.fixture(scope="session")
 def ag():
-    """audio_gen/audio_gen.py, the audio model's command line."""
-    import audio_gen
-    return audio_gen
+    """audiogen.cli, the audio model's command line (what audio_gen/audio_gen.py runs)."""
+    from audiogen import cli
+    return cli
 
 
 def stem_signals(seconds, seed, silent_vocals=False, rate=44100):

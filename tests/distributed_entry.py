@@ -10,10 +10,7 @@
 import os
 import signal
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "image_gen"), str(ROOT / "audio_gen")]
 
 
 def interrupt_after(trainer_class, step, rank):
@@ -61,13 +58,13 @@ if __name__ == "__main__":
         sys.exit(0)
     step, rank = int(os.environ.get("SIGINT_AT_STEP", "0")), int(os.environ.get("SIGINT_RANK", "0"))
     if kind == "image":
-        import image_gen
+        from imagegen import cli as image_gen
         from imagegen.training import TrainState
         if step:
             interrupt_after(TrainState, step, rank)
         image_gen.main(argv)
     else:
-        import audio_gen
+        from audiogen import cli as audio_gen
         from audiogen.trainer import AudioTrainer
         if step:
             interrupt_after(AudioTrainer, step, rank)

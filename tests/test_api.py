@@ -411,7 +411,7 @@ def test_the_api_serves_a_learned_prior_and_a_vocoder(ckpt, ag, tmp_path):
         s.stop()
     refused = subprocess.run([sys.executable, "-m", "api.serve", "--audio_inverse", "vocoder"], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "--vocoder goes with --audio_inverse vocoder" in refused.stderr
+    assert refused.returncode == 2 and "--audio_inverse vocoder needs --vocoder" in refused.stderr
 
 
 def test_the_official_openai_client_draws_digits(server, ckpt):

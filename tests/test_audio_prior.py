@@ -304,7 +304,7 @@ def test_train_prior_resumes_at_the_exact_step_after_ctrl_c(ag, vae_run, tmp_pat
     (["--mode", "train_prior", "--prior_steps", "5"], "--prior_steps applies to --mode generate"),
     (["--mode", "train_prior", "--audio_dir", "."], "--audio_dir applies to"),
     (["--mode", "train", "--prior_hidden", "64"], "--prior_hidden applies to --mode train_prior"),
-    (["--mode", "infer", "--prior", "x.pt"], "--prior applies to --mode generate or train_prior"),
+    (["--mode", "infer", "--prior", "x.pt"], "--prior applies to --mode export or generate or train_prior"),
 ])
 def test_bad_prior_arguments(flags, expected):
     result = run_cli(flags)

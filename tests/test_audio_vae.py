@@ -288,7 +288,7 @@ def test_generate_refuses_a_plain_autoencoder_and_kinds_do_not_mix(vae_run, musi
     (["--mode", "generate", "--epochs", "3"], "--epochs applies to --mode train"),
     (["--mode", "infer", "--num_samples", "3"], "--num_samples applies to --mode generate"),
     (["--model", "vae", "--kl_weight", "-1"], "--kl_weight: must be in [0.0, 100.0]"),
-    (["--mode", "generate", "--model", "vae"], "--model applies to --mode benchmark or train"),
+    (["--mode", "generate", "--model", "vae"], "--model applies to --mode benchmark or export or train"),
 ])
 def test_bad_generate_arguments(flags, expected):
     result = run_cli(flags)

@@ -172,7 +172,7 @@ def test_models_load_once_per_server_and_again_when_retrained(monkeypatch, demo_
     loads = []
     for module in (image_checkpoint, audio_checkpoint):  # the demo reads both through these
         original = module.load_checkpoint
-        monkeypatch.setattr(module, "load_checkpoint", lambda *a, _f=original: loads.append(a[0]) or _f(*a))
+        monkeypatch.setattr(module, "load_checkpoint", lambda *a, _f=original: loads.append(str(a[0])) or _f(*a))
     audio = tmp_path / "ae.pt"
     audio.write_bytes(demo_checkpoints["audio"].read_bytes())
     at = page(monkeypatch, *demo_args(demo_checkpoints, audio_checkpoint=audio))

@@ -19,10 +19,10 @@ NNLS, PGHI and fast Griffin-Lim turn the mel into audio again, or a vocoder trai
 N(0, I) prior `--mode generate` samples new music from; `--mode train_prior` fits a small diffusion model to
 its latents, a learned prior that `--mode generate --prior FILE` samples instead.
 Training draws random 5-s crops from whole recordings; scores use fixed, evenly spaced windows.
-Relative default paths (data/, models/, results/) live next to this file.
+Relative default paths (data/, models/, results/) live next to audio_gen.py.
 
-This file is the command line: it reads and checks the options and hands plain values to the package
-beside it, audiogen/ (audiogen/__init__.py lists its modules). train and infer also log to
+This module is the command line (audio_gen.py and the `audio-gen` command run its main): it reads and checks
+the options and hands plain values to the rest of the package (audiogen/__init__.py lists its modules). train and infer also log to
 RESULTS_DIR/train.log and RESULTS_DIR/infer.log.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from audiogen.benchmark import BenchmarkConfig, benchmark
 from audiogen.common import (ArgumentParser, HelpFormatter, World, given_flags, logged_to, number,
                              reject_flags_of_other_modes, resolve_device, resolve_path)
 from audiogen.data import DataConfig
+from audiogen.export import export, paired
 from audiogen.fad import EMBEDDINGS
 from audiogen.generate import GenerateConfig, generate
 from audiogen.infer import InferConfig, infer
@@ -47,7 +48,12 @@ from audiogen.train_prior import PriorTrainConfig, train_prior
 from audiogen.train_vocoder import VocoderShape, VocoderTrainConfig, train_vocoder
 from audiogen.trainer import KlWeight
 
-SCRIPT_DIR = Path(__file__).resolve().parent
+# Relative default paths (data/, models/, results/) live next to audio_gen.py in a checkout, so that the script,
+# train.sh and the `audio-gen` command share one set of outputs; an installed wheel has no such
+# folder, and then they are relative to the current one.
+SCRIPT_DIR = Path(__file__).resolve().parents[1]
+if not (SCRIPT_DIR / "audio_gen.py").is_file():
+    SCRIPT_DIR = Path.cwd()
 SHAPE = ("n_mels", "latent_dim", "hidden", "time_downsample", "dropout")
 # The latent's shape when not given: the VAE's is smaller, as generation wants (docs/audio-results.md).
 LATENT_DEFAULTS = {"ae": {"latent_dim": 128, "time_downsample": 2}, "vae": {"latent_dim": 64, "time_downsample": 8}}
@@ -61,15 +67,17 @@ TRAINING_DEFAULTS = {"train": {"epochs": 60, "batch_size": 16, "learning_rate": 
 # The modes that read each option; an option left out applies to every mode. benchmark prepares its
 # data in a temporary cache and never downloads; infer and generate take the model from the checkpoint.
 MODES_OF = {
-    **{name: {"train", "benchmark"} for name in (*SHAPE, "model")},
+    **{name: {"train", "benchmark"} for name in SHAPE},
+    "model": {"train", "benchmark", "export"},
     **{name: {"train", "benchmark", "train_prior", "train_vocoder"} for name in ("batch_size", "learning_rate")},
     **{name: {"train", "train_vocoder"} for name in ("eval_every",)},
     **{name: {"train"} for name in ("kl_weight", "kl_warmup_steps")},
     **{name: {"train", "train_prior", "train_vocoder"} for name in ("epochs", "warmup_steps", "resume")},
-    **{name: {"train", "infer", "generate", "train_prior"} for name in ("checkpoint",)},
+    **{name: {"train", "infer", "generate", "train_prior", "export"} for name in ("checkpoint",)},
     **{name: {"train", "infer", "generate", "train_prior", "train_vocoder"} for name in ("results_dir", "cache_dir")},
     **{name: {"train_vocoder"} for name in ("vocoder_dim", "vocoder_blocks", "segment_frames", "vocoder_decoder")},
-    "prior": {"generate", "train_prior"},
+    "prior": {"generate", "train_prior", "export"},
+    "export_dir": {"export"},
     "audio_dir": {"train", "infer", "generate", "benchmark", "train_vocoder"},
     **{name: {"train", "infer", "generate", "benchmark"} for name in ("griffin_lim_iters", "inverse")},
     **{name: {"train_prior"} for name in ("prior_hidden", "prior_blocks", "prior_clip_context")},
@@ -85,11 +93,12 @@ def build_parser():
     p = ArgumentParser(
         description="Residual Conv1d autoencoder over log-mel spectrograms of music (any folder, or MUSDB18 stems).",
         formatter_class=HelpFormatter)
-    p.add_argument("--mode", choices=["train", "infer", "generate", "train_prior", "train_vocoder", "benchmark"],
+    p.add_argument("--mode", choices=["train", "infer", "generate", "train_prior", "train_vocoder", "benchmark",
+                                      "export"],
                    default="train",
                    help="train a model, reconstruct held-out clips from a checkpoint, generate new clips from a VAE "
-                        "checkpoint, train a learned prior over a VAE's latents, train a vocoder on the music, or "
-                        "measure speed")
+                        "checkpoint, train a learned prior over a VAE's latents, train a vocoder on the music, "
+                        "measure speed, or export a checkpoint's inference weights (--export_dir)")
     data = p.add_argument_group("data")
     data.add_argument("--audio_dir", default=None,
                       help="any folder of music (wav, flac, ogg, opus, mp3, m4a/aac; searched recursively), "
@@ -148,8 +157,13 @@ def build_parser():
                                   "first and last); mel metrics are logged every epoch")
     out = p.add_argument_group("evaluation and outputs")
     out.add_argument("--checkpoint", default=DEFAULT_CHECKPOINTS["ae"],
-                     help="checkpoint path (train, infer, generate, train_prior; models/audio_vae.pt by default for "
-                          "--model vae, generate and train_prior, whose VAE it is)")
+                     help="checkpoint path (train, infer, generate, train_prior, export; models/audio_vae.pt by "
+                          "default for --model vae, generate and train_prior, whose VAE it is); infer and generate "
+                          "also take a folder written by --mode export")
+    out.add_argument("--export_dir", default=None,
+                     help="export: the folder to write the checkpoint's inference weights to (model.safetensors) "
+                          "with config.json; an autoencoder's --prior and --vocoder go into its subfolders prior/ "
+                          "and vocoder/, and whatever loads the folder uses them")
     out.add_argument("--results_dir", default="results",
                      help="where plots, WAVs, metrics.json and the logs go (train, infer, generate, train_prior)")
     out.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda (default: cuda if available)")
@@ -240,29 +254,52 @@ def parse_args(argv=None, world=None):
         parser.error(f"--prior_hidden {args.prior_hidden}: must be a multiple of 8 (its GroupNorm has 8 groups)")
     if args.mode == "train_prior":
         args.prior = resolve_path(args.prior or DEFAULT_PRIOR, DEFAULT_PRIOR, SCRIPT_DIR)
-    elif args.prior is not None:
-        args.prior = Path(args.prior)
-        if not args.prior.is_file():
-            parser.error(f"--prior {args.prior}: no such file (train one with --mode train_prior)")
-    if args.mode == "train_vocoder":
-        args.vocoder = resolve_path(args.vocoder or DEFAULT_VOCODER, DEFAULT_VOCODER, SCRIPT_DIR)
-    elif args.inverse.startswith("vocoder"):
-        args.vocoder = resolve_path(args.vocoder or DEFAULT_VOCODER, DEFAULT_VOCODER, SCRIPT_DIR)
-        if not args.vocoder.is_file():
-            parser.error(f"--vocoder {args.vocoder}: no such file (train one with --mode train_vocoder)")
-    elif args.vocoder is not None:
-        parser.error("--vocoder is read with --inverse vocoder (or written by --mode train_vocoder)")
     if args.vocoder_decoder is not None and not Path(args.vocoder_decoder).is_file():
         parser.error(f"--vocoder_decoder {args.vocoder_decoder}: no such file")
     kind = "vae" if args.mode in ("generate", "train_prior") else args.model
     if "checkpoint" not in given_flags(parser, argv):
         args.checkpoint = DEFAULT_CHECKPOINTS[kind]
     args.checkpoint = resolve_path(args.checkpoint, DEFAULT_CHECKPOINTS[kind], SCRIPT_DIR)
+    resolve_prior_and_vocoder(parser, args)
+    if args.mode == "export" and args.export_dir is None:
+        parser.error("--mode export writes to --export_dir: name the folder")
+    if args.resume:
+        trained = {"train": args.checkpoint, "train_prior": args.prior, "train_vocoder": args.vocoder}[args.mode]
+        if trained.is_dir():
+            parser.error(f"--resume needs the training checkpoint (.pt): {trained} is an exported folder, which "
+                         f"holds the inference weights only")
     for name in ("results_dir", "cache_dir"):
         setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name), SCRIPT_DIR))
     args.sources = list(dict.fromkeys(args.sources or SOURCES))  # drop repeats, keep order
     args.device = world.process_device(resolve_device(args.device, parser))
     return args
+
+
+def resolve_prior_and_vocoder(parser, args):
+    """--prior and --vocoder as paths: the files a training mode writes (defaults under models/), the ones the
+    other modes read (checked to exist), or, when not given, those an exported --checkpoint folder pairs with."""
+    if args.mode == "train_prior":
+        args.prior = resolve_path(args.prior or DEFAULT_PRIOR, DEFAULT_PRIOR, SCRIPT_DIR)
+    elif args.prior is not None:
+        args.prior = Path(args.prior)
+        if not args.prior.exists():
+            parser.error(f"--prior {args.prior}: no such file (train one with --mode train_prior)")
+    elif args.mode == "generate":
+        args.prior = paired(args.checkpoint, "prior")
+    if args.mode == "train_vocoder":
+        args.vocoder = resolve_path(args.vocoder or DEFAULT_VOCODER, DEFAULT_VOCODER, SCRIPT_DIR)
+    elif args.inverse.startswith("vocoder"):
+        default = paired(args.checkpoint, "vocoder") or resolve_path(DEFAULT_VOCODER, DEFAULT_VOCODER, SCRIPT_DIR)
+        args.vocoder = Path(args.vocoder) if args.vocoder else default
+        if not args.vocoder.exists():
+            parser.error(f"--vocoder {args.vocoder}: no such file (train one with --mode train_vocoder)")
+    elif args.mode == "export" and args.vocoder is not None:
+        args.vocoder = Path(args.vocoder)
+        if not args.vocoder.exists():
+            parser.error(f"--vocoder {args.vocoder}: no such file")
+    elif args.vocoder is not None:
+        parser.error("--vocoder is read with --inverse vocoder (or written by --mode train_vocoder, or exported "
+                     "beside an autoencoder by --mode export)")
 
 
 def as_recorded(args):
@@ -314,6 +351,8 @@ def main(argv=None):
     world = World.from_environment()
     with world.quiet():  # a usage error is said once, by rank 0
         args = parse_args(argv, world)
+    if args.mode == "export":
+        return export(args.checkpoint, Path(args.export_dir), args.prior, args.vocoder)
     config = configs(args, world)
     if args.mode == "benchmark":
         return benchmark(config)

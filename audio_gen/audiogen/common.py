@@ -150,23 +150,100 @@ def read_json(path):
 
 
 def load_checkpoint(path, expected_format, versions):
-    """Load a checkpoint with weights_only=True (no pickled code runs); any problem ends the program with
-    one clear line. `versions`: the checkpoint versions of `expected_format` that the caller can read."""
+    """Load a checkpoint with weights_only=True (no pickled code runs), or an exported folder (export_weights);
+    any problem ends the program with one clear line. `versions`: the checkpoint versions of `expected_format`
+    that the caller can read."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        state = read_exported(path)
+    elif not path.is_file():
         raise SystemExit(f"error: checkpoint {path} does not exist (train first, or pass --checkpoint)")
-    try:
-        with warnings.catch_warnings():  # garbage that starts like a pickle warns first; one error line is enough
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle error, not a torch file at all
-        raise SystemExit(f"error: cannot read checkpoint {path}: it is truncated or not a PyTorch file "
-                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+    else:
+        try:
+            with warnings.catch_warnings():  # garbage that starts like a pickle warns first; one error line is enough
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated zip, pickle error, not a torch file at all
+            raise SystemExit(f"error: cannot read checkpoint {path}: it is truncated or not a PyTorch file "
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
     if not isinstance(state, dict) or state.get("format") != expected_format:
         raise SystemExit(f"error: {path} is not an ImageAudioGen checkpoint of type {expected_format!r}")
     if state.get("version") not in versions:
         raise SystemExit(f"error: {path} has checkpoint version {state.get('version')}; this program reads "
                          f"version {', '.join(map(str, versions))} (train a new one)")
+    return state
+
+
+# --- exported weights: safetensors + config.json ------------------------------------------------
+
+PROJECT_VERSION = "0.5.0"  # pyproject.toml reads it from here
+EXPORT_VERSION = 1         # the layout of an exported folder; a newer one is refused, not misread
+EXPORT_CONFIG, EXPORT_WEIGHTS = "config.json", "model.safetensors"
+
+
+def jsonable(value, where="config"):
+    """`value` as plain JSON types (tuples as lists, paths as strings); a tensor or another object outside the
+    weights is a ValueError naming where it is, never silently turned into text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    raise ValueError(f"{where} is a {type(value).__name__}, which config.json cannot hold")
+
+
+def export_weights(state, export_dir, weights, drop):
+    """Write a loaded checkpoint `state` as an exported folder: the state dicts named in `weights` into
+    model.safetensors (each tensor as '<name>.<key>'), every other field except those in `drop` (optimizer,
+    RNG and other resume-only state) into config.json, with "weights" naming the state dicts and the
+    project's version. Both files are written atomically."""
+    from safetensors.torch import save_file
+    export_dir = Path(export_dir)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{name}.{key}": value.detach().cpu().contiguous()
+               for name in weights for key, value in state[name].items()}
+    config = {k: jsonable(v, k) for k, v in state.items() if k not in weights and k not in drop}
+    config.update(export_version=EXPORT_VERSION, package_version=PROJECT_VERSION, weights=list(weights))
+    tmp = export_dir / (EXPORT_WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": str(state.get("format"))})
+    os.chmod(tmp, 0o644)  # a file to share: readable by all, like config.json
+    os.replace(tmp, export_dir / EXPORT_WEIGHTS)
+    write_json_atomic(config, export_dir / EXPORT_CONFIG)
+    return export_dir
+
+
+def read_exported(folder):
+    """The checkpoint fields of an exported folder (export_weights): config.json's fields, with each state dict
+    it names rebuilt from model.safetensors. A folder without config.json, a newer layout or a missing weights
+    file ends the program with one line."""
+    from safetensors.torch import load_file
+    config_path, weights_path = folder / EXPORT_CONFIG, folder / EXPORT_WEIGHTS
+    if not config_path.is_file():
+        raise SystemExit(f"error: {folder} is a folder without {EXPORT_CONFIG}: give a checkpoint file or a "
+                         f"folder written by --mode export")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise SystemExit(f"error: {config_path} is not valid JSON ({err})")
+    if not isinstance(config, dict) or not isinstance(config.get("export_version"), int):
+        raise SystemExit(f"error: {config_path} is not an ImageAudioGen export (no export_version)")
+    if config["export_version"] > EXPORT_VERSION:
+        raise SystemExit(f"error: {folder} was exported by a newer ImageAudioGen ({config.get('package_version')}, "
+                         f"export format {config['export_version']}); this one ({PROJECT_VERSION}) reads format "
+                         f"{EXPORT_VERSION}: update the code")
+    if not weights_path.is_file():
+        raise SystemExit(f"error: {folder} has {EXPORT_CONFIG} but no {EXPORT_WEIGHTS}")
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as err:  # truncated or not a safetensors file
+        raise SystemExit(f"error: cannot read {weights_path}: {type(err).__name__}: {str(err).splitlines()[0]}")
+    state = {k: v for k, v in config.items() if k not in ("export_version", "package_version", "weights")}
+    for name in config["weights"]:
+        prefix = name + "."
+        state[name] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     return state
 
 

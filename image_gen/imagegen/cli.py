@@ -12,10 +12,10 @@ or train a class-conditional GAN beside it (--model gan) and measure both the sa
     python image_gen/image_gen.py --model gan                # a GAN: models/gan_model.pt, results/gan/
     python image_gen/image_gen.py --mode infer --model gan   # its digits (any --checkpoint says its own kind)
 
-This file is the command line only: it checks the arguments, turns them into settings and calls the
-package beside it (imagegen/, one module per job; its __init__ lists them). Relative default paths (data/,
-models/, results/) live next to this file, so the commands above and `cd image_gen && ./train.sh` share
-one set of outputs. The math follows Ho et al. 2020 (DDPM), Song et al. 2021 (DDIM) and Ho & Salimans
+This module is the command line only (image_gen.py and the `image-gen` command run its main): it checks
+the arguments, turns them into settings and calls the rest of the package (one module per job; its
+__init__ lists them). Relative default paths (data/, models/, results/) live next to image_gen.py, so the
+commands above and `cd image_gen && ./train.sh` share one set of outputs. The math follows Ho et al. 2020 (DDPM), Song et al. 2021 (DDIM) and Ho & Salimans
 2022 (classifier-free guidance); the GAN's sources are cited in imagegen/gan.py. FID is Heusel et al. 2017
 on the standard Inception-v3, KID Binkowski et al. 2018.
 """
@@ -37,22 +37,28 @@ from imagegen.fid import FidSettings
 from imagegen.gan import GAN_LOSSES
 from imagegen.guidance import DEFAULT_GUIDANCE_SCALE, GUIDANCE_SWEEP
 
-SCRIPT_DIR = Path(__file__).resolve().parent
-MODES = ("train", "infer", "guidance_sweep", "benchmark")
+# Relative default paths (data/, models/, results/) live next to image_gen.py in a checkout, so that the script,
+# train.sh and the `image-gen` command share one set of outputs; an installed wheel has no such
+# folder, and then they are relative to the current one.
+SCRIPT_DIR = Path(__file__).resolve().parents[1]
+if not (SCRIPT_DIR / "image_gen.py").is_file():
+    SCRIPT_DIR = Path.cwd()
+MODES = ("train", "infer", "guidance_sweep", "benchmark", "export")
 EVALUATING = {"train", "infer", "guidance_sweep"}
 # The modes that read each flag; flags not listed here apply to every mode.
 MODES_OF = {
     "conditioning": {"train"}, "cond_drop_prob": {"train"}, "epochs": {"train"}, "learning_rate": {"train"},
-    "ema_decay": {"train"}, "resume": {"train"}, "model": {"train", "infer", "benchmark"},
+    "ema_decay": {"train"}, "resume": {"train"}, "model": {"train", "infer", "benchmark", "export"},
     "gan_loss": {"train"}, "r1_gamma": {"train"}, "d_learning_rate": {"train"}, "latent_dim": {"train", "benchmark"},
     "augment": {"train"}, "augment_p": {"train"}, "ada_target": {"train"},
     "batch_size": {"train", "benchmark"}, "base_channels": {"train", "benchmark"},
     "classes": {"infer"}, "guidance_scale": {"train", "infer"}, "guidance_scales": {"guidance_sweep"},
     "num_samples": {"train", "infer"}, "sampler": {"infer", "guidance_sweep"},
     "sampling_steps": EVALUATING, "eta": EVALUATING, "fid_samples": EVALUATING, "fid_backbone": EVALUATING,
-    "dataset": EVALUATING, "checkpoint": EVALUATING, "data_dir": EVALUATING, "results_dir": EVALUATING,
+    "dataset": EVALUATING, "checkpoint": EVALUATING | {"export"}, "data_dir": EVALUATING, "results_dir": EVALUATING,
+    "export_dir": {"export"},
 }
-FID_DEFAULTS = {"train": 1000, "infer": 0, "guidance_sweep": 1000, "benchmark": 0}
+FID_DEFAULTS = {"train": 1000, "infer": 0, "guidance_sweep": 1000, "benchmark": 0, "export": 0}
 GAN_ONLY = ("gan_loss", "r1_gamma", "d_learning_rate", "latent_dim", "augment", "augment_p", "ada_target")
 # What a GAN has no use for, per mode: it draws in one pass (no sampler, steps, guidance or label dropout),
 # trains in fp32 without torch.compile, and its benchmark times the default conditional GAN only.
@@ -100,7 +106,8 @@ def build_parser():
         formatter_class=HelpFormatter)
     p.add_argument("--mode", choices=MODES, default="train",
                    help="train a model, generate samples from a checkpoint, measure FID and class accuracy "
-                        "against the guidance scale, or measure throughput on --device")
+                        "against the guidance scale, measure throughput on --device, or export a checkpoint's "
+                        "sampling weights as safetensors + config.json (--export_dir)")
     p.add_argument("--dataset", choices=list(DATASETS), default=None,
                    help="training data (default: mnist); infer and the sweep use the checkpoint's and refuse another")
     p.add_argument("--seed", type=number(int, 0), default=0, help="random seed for weights, data order and noise")
@@ -192,12 +199,17 @@ def build_parser():
 
     paths = p.add_argument_group("files (default relative paths are next to this script)")
     paths.add_argument("--checkpoint", default="models/diffusion_model.pt",
-                       help="checkpoint path (--model gan: models/gan_model.pt)")
+                       help="checkpoint path (--model gan: models/gan_model.pt); infer and the sweep also take a "
+                            "folder written by --mode export")
     paths.add_argument("--data_dir", default="data",
                        help="data root in torchvision's layout: DATA_DIR/MNIST/raw or DATA_DIR/FashionMNIST/raw")
     paths.add_argument("--results_dir", default="results",
                        help="where plots, sample grids, metrics.json and the logs train.log / infer.log go "
                             "(--model gan: results/gan)")
+    paths.add_argument("--export_dir", default=None,
+                       help="export: the folder to write the checkpoint's sampling weights to (model.safetensors, the "
+                            "EMA network) with config.json (what rebuilds and describes it); --checkpoint then takes "
+                            "that folder everywhere")
     paths.add_argument("--cache_dir", default="data/cache",
                        help="converted Inception weights, the data set's classifier and cached real-image features")
 
@@ -237,6 +249,11 @@ def parse_args(argv=None, world=None):
         parser.error("--eta is DDIM's stochasticity; --sampler dpm++2m is deterministic and takes none")
     given = given_flags(parser, argv)
     resolve_paths(parser, args, given, args.model)
+    if args.mode == "export" and args.export_dir is None:
+        parser.error("--mode export writes to --export_dir: name the folder")
+    if args.resume and args.checkpoint.is_dir():
+        parser.error(f"--resume needs the training checkpoint (.pt): {args.checkpoint} is an exported folder, which "
+                     f"holds the sampling weights only")
     kind = args.model
     if kind is None and (args.mode in ("infer", "guidance_sweep") or args.resume):
         kind = checkpoint_kind(args.checkpoint)
@@ -254,7 +271,7 @@ def checkpoint_kind(path):
     """'ddpm' or 'gan' for a readable image checkpoint, else None (the mode itself then says what is wrong)."""
     from imagegen.checkpoint import load_checkpoint
     try:
-        return load_checkpoint(path)["kind"] if Path(path).is_file() else None
+        return load_checkpoint(path)["kind"] if Path(path).exists() else None
     except SystemExit:
         return None
 
@@ -336,6 +353,9 @@ def main(argv=None):
                                                     args.dataset)
         require_kind(state, "ddpm", args.checkpoint, "--mode guidance_sweep")
         return guidance_sweep(sampler, dataset, args.guidance_scales, settings, fid, args.checkpoint, **paths)
+    if args.mode == "export":
+        from imagegen.export import export
+        return export(args.checkpoint, Path(args.export_dir))
     from imagegen.benchmark import benchmark
     if args.model == "gan":
         from imagegen.benchmark import benchmark_gan
