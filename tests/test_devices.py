@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from audiogen import checkpoint as audio_checkpoint
+from imagegen.common import StopRequest
 from imagegen.diffusion import GaussianDiffusion, SamplerSettings, cpu_normal, restore_generator
 from imagegen.sampling import NoiseStreams, Sampler, seeded_generator
 from imagegen.training import TrainState
@@ -91,3 +92,35 @@ def test_a_gpu_training_state_resumes_on_the_cpu():
     cpu = TrainState(DiffusionModel(base_channels=8), torch.device("cpu"), seed=0)
     cpu.load_state_dict({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in gpu.state_dict().items()})
     assert torch.equal(cpu.generator.get_state(), gpu.generator.get_state())
+
+
+class CountingWorld:
+    """A stand-in for common.World with several processes: counts the agreements (all-reduces) asked of it."""
+    active = True
+
+    def __init__(self, device):
+        self.device, self.agreements = torch.device(device), []
+
+    def any(self, flag):
+        self.agreements.append(bool(flag))
+        return bool(flag)
+
+
+@pytest.mark.parametrize("device, every", [("cpu", 1), ("cuda", 25)])
+def test_processes_agree_on_a_stop_every_step_on_cpus_and_every_25_on_gpus(device, every):
+    """The stop flag's all-reduce (a host synchronisation) runs after every `every`-th step and at every epoch
+    boundary, never in between; a Ctrl-C is then honoured at the next agreement by every process alike."""
+    world = CountingWorld(device)
+    stop = StopRequest(world)
+    assert stop.every == every
+    for _ in range(60):
+        stop.poll()
+    assert len(world.agreements) == 60 // every
+    stop.poll(boundary=True)
+    assert len(world.agreements) == 60 // every + 1
+    stop._asked = True  # what the first Ctrl-C's handler sets
+    polls = 0
+    while not stop.poll():
+        polls += 1
+    assert polls == (every - 60 % every) - 1 and stop.requested
+    assert StopRequest(None).every == 1 and not StopRequest(None).poll()

@@ -202,7 +202,7 @@ def train_epochs(run, config, evaluators, stop, valid_name, board):
         save_run(run, config)
         if milestone and main:
             plot_training_curves(run.history, config.results_dir / "training_curves.png", valid_name)
-        if stop.poll():
+        if stop.poll(boundary=True):
             return
 
 

@@ -221,7 +221,7 @@ def fit(trainer, train_set, position, *, epochs, batch_size, seed, checkpoint, e
                 position.history.append(record)
                 save()  # before anything that could fail or be interrupted: the finished epoch is kept
                 announce(record)
-                if stop.poll():
+                if stop.poll(boundary=True):
                     raise SystemExit(f"Stopped after epoch {number}: {checkpoint} saved; continue with --resume.")
         except KeyboardInterrupt:
             raise SystemExit(f"\nInterrupted at once: {checkpoint} holds the state after epoch {position.epoch}.")

@@ -284,7 +284,7 @@ def train_epochs(run, evaluator, stop):
         run.epochs_completed = epoch
         run.save()
         write_training_outputs(run, evaluator, sampler)
-        if stop.poll() and epoch < config.epochs:
+        if stop.poll(boundary=True) and epoch < config.epochs:
             config.world.barrier()
             raise SystemExit(f"Stopped after epoch {epoch}: saved to {config.checkpoint}; continue with --resume.")
 
