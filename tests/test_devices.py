@@ -124,3 +124,18 @@ def test_processes_agree_on_a_stop_every_step_on_cpus_and_every_25_on_gpus(devic
         polls += 1
     assert polls == (every - 60 % every) - 1 and stop.requested
     assert StopRequest(None).every == 1 and not StopRequest(None).poll()
+
+
+def test_training_crops_are_gathered_on_the_device_the_split_is_kept_on():
+    """MelClips.keep_on moves the split's log-mels once; crops are then indexed there (here the meta device, which
+    any machine has), and on the CPU they are the same numbers as before."""
+    from types import SimpleNamespace
+    from audiogen.clips import MelClips
+    log_mel = torch.randn(4, 40).half()
+    clips = MelClips([SimpleNamespace(log_mel=log_mel, windows=[0, 8])], SimpleNamespace(frames=8, n_mels=4))
+    starts = torch.tensor([0, 5, 32])
+    expected = torch.stack([log_mel[:, s:s + 8].float() for s in starts.tolist()])
+    assert torch.equal(clips.crops(starts), expected)
+    assert torch.equal(clips.keep_on("cpu").crops(starts), expected)
+    on_meta = clips.keep_on("meta").crops(starts)
+    assert on_meta.device.type == "meta" and on_meta.shape == (3, 4, 8) and on_meta.dtype == torch.float32

@@ -182,6 +182,8 @@ def train_epochs(run, config, evaluators, stop, valid_name, board):
     """Epochs until `config.epochs` or a stop request: train, score, log (also to the TensorBoard `board`),
     checkpoint, plot at milestones."""
     train_set = run.splits["train"]
+    if config.device.type == "cuda":
+        train_set.keep_on(config.device)
     while run.epoch < config.epochs:
         number = run.epoch + 1
         run.progress = run.progress or {"epoch": number, "steps_done": 0, "loss_sum": 0.0, "seconds": 0.0,
