@@ -120,9 +120,9 @@ def main(argv=None):
                      f"with its vocoder)")
     for name in ("vocoder", "audio_prior"):
         if getattr(args, name) is not None and not getattr(args, name).exists():
-            parser.error(f"--{name} {getattr(args, name)}: no such file")
+            parser.error(f"--{name} {getattr(args, name)}: no such file or folder")
         if getattr(args, name) is not None and args.audio_checkpoint is None \
-                and not DEFAULTS["audio_checkpoint"].is_file():
+                and not DEFAULTS["audio_checkpoint"].exists():
             parser.error(f"--{name} is for the audio model, and there is none to serve: pass --audio_checkpoint")
     api_key = os.environ.get(API_KEY_VARIABLE) or None
     if not is_loopback(args.host) and api_key is None:

@@ -71,7 +71,8 @@ def parse_args(argv):
     p.add_argument("--audio_results", type=Path, default=script_default(ag, "results_dir"),
                    help="audio_gen results folder whose metrics.json holds infer's scores for the checkpoint")
     p.add_argument("--audio_inverse", choices=INVERSES, default=InverseConfig.kind,
-                   help="how audio_gen's log-mels become audio (audio_gen.py --inverse); the vocoder kinds need --vocoder")
+                   help="how audio_gen's log-mels become audio (audio_gen.py --inverse); the vocoder kinds need "
+                        "--vocoder, or an exported --audio_checkpoint folder with its vocoder")
     p.add_argument("--vocoder", type=Path, default=None, help="audio_gen vocoder checkpoint (--mode train_vocoder)")
     p.add_argument("--audio_prior", type=Path, default=None,
                    help="a learned prior of the audio VAE (--mode train_prior) that Generate samples instead of "
@@ -94,7 +95,7 @@ def parse_args(argv):
                 f"its vocoder)")
     for name in ("vocoder", "audio_prior"):
         if getattr(args, name) is not None and not getattr(args, name).exists():
-            p.error(f"--{name} {getattr(args, name)}: no such file")
+            p.error(f"--{name} {getattr(args, name)}: no such file or folder")
     args.device = resolve_device(args.device, p)
     args.precision = resolve_precision(args.precision, args.device)
     return args

@@ -35,7 +35,6 @@ def same_checkpoint(recorded, path):
     return bool(recorded) and Path(recorded).resolve() == path.resolve()
 
 
-
 @contextlib.contextmanager
 def errors_as_messages():
     """A bug must not turn the page into a traceback: one line in the page, the details in the server's log.

@@ -12,7 +12,6 @@ import signal
 import sys
 
 
-
 def interrupt_after(trainer_class, step, rank):
     real = trainer_class.train_step
 

@@ -124,8 +124,8 @@ def test_a_vae_exported_with_its_prior_and_vocoder_generates_what_its_files_do(a
     assert wav == (tmp_path / "files" / "generated_000.wav").read_bytes()
     from api.models import AudioModel
     served = AudioModel.load(folder, "cpu", inverse=InverseConfig("vocoder-pghi"))
-    assert served.health()["prior"].startswith("learned prior prior (epoch 1")
-    assert served.health()["inverse"] == "vocoder vocoder magnitude + PGHI + FGLA-64"
+    assert served.health()["prior"].startswith("learned prior vae_export/prior (epoch 1")
+    assert served.health()["inverse"] == "vocoder vae_export/vocoder magnitude + PGHI + FGLA-64"
     with pytest.raises(SystemExit) as err:  # a prior of another VAE is refused before anything is written
         ag.main(["--mode", "export", "--checkpoint", str(demo_checkpoints["audio"]), "--prior", str(prior),
                  "--export_dir", str(tmp_path / "wrong")])
@@ -154,10 +154,13 @@ def test_bad_exports_and_folders_are_one_line_errors(ig, ag, exported, demo_chec
     (newer / "config.json").write_text(json.dumps(config))
     assert "has config.json but no model.safetensors" in error(ig.main, "--mode", "infer", "--checkpoint", str(newer),
                                                                "--device", "cpu")
-    assert "holds the sampling weights only" in error(ig.main, "--resume", "--checkpoint", str(exported["image"]),
-                                                      "--device", "cpu")
-    assert "holds the inference weights only" in error(ag.main, "--resume", "--checkpoint", str(exported["image"]),
-                                                       "--device", "cpu")
+    for argv in (["--resume"], []):  # training would write into the folder, resuming would read no optimizer
+        assert "holds the sampling weights only" in error(ig.main, *argv, "--checkpoint", str(exported["image"]),
+                                                          "--device", "cpu")
+        assert "holds the inference weights only" in error(ag.main, *argv, "--checkpoint", str(exported["image"]),
+                                                           "--device", "cpu")
+    assert "holds the inference weights only" in error(ag.main, "--mode", "train_vocoder", "--vocoder",
+                                                       str(exported["image"]), "--device", "cpu")
     assert "is not an ImageAudioGen checkpoint of type 'imageaudiogen.audio_autoencoder'" in error(
         ag.main, "--mode", "export", "--checkpoint", str(exported["image"]), "--export_dir", str(tmp_path / "y"))
 

@@ -1,5 +1,8 @@
-"""The audio model's package; audio_gen.py beside it is its command line. One module per job:
+"""The audio model's package; audio_gen.py beside it runs its command line (cli). One module per job:
 
+    cli         the command line: options, checks, dispatch (also the installed `audio-gen` command)
+    pretrained  MusicAutoencoder: a trained autoencoder with its inverse and prior, ready to use (API, demo, hub)
+    export      --mode export: inference weights as safetensors + config.json, a VAE's prior and vocoder beside
     common      helpers shared with image_gen (a byte-identical copy): CLI checks, files, checkpoints, logs
     audio_io    decoding any audio file to mono 16 kHz with PyAV; writing WAVs
     musdb       MUSDB18 on disk: layout, official splits, checked download

@@ -192,8 +192,9 @@ def build_parser():
                      help="VGGish weights file (torchvggish's vggish-10086976.pth) for --fad_embedding vggish")
     voc = p.add_argument_group("vocoder (train_vocoder writes it; --inverse vocoder voices mels with it)")
     voc.add_argument("--vocoder", default=None,
-                     help=f"vocoder checkpoint (default {DEFAULT_VOCODER}): train_vocoder writes it; infer, generate and "
-                          f"benchmark read it with --inverse vocoder or vocoder-pghi")
+                     help=f"vocoder checkpoint (default {DEFAULT_VOCODER}, or the one an exported --checkpoint folder "
+                          f"pairs with): train_vocoder writes it; infer, generate and benchmark read it with --inverse "
+                          f"vocoder or vocoder-pghi; export puts it beside the autoencoder")
     voc.add_argument("--vocoder_dim", type=number(int, 16, 2048), default=256,
                      help="train_vocoder: channels of the ConvNeXt blocks (their expansion is 3x)")
     voc.add_argument("--vocoder_blocks", type=number(int, 1, 64), default=8, help="train_vocoder: ConvNeXt blocks")
@@ -206,7 +207,8 @@ def build_parser():
     prior = p.add_argument_group("learned prior (train_prior writes it, generate samples it)")
     prior.add_argument("--prior", default=None,
                        help=f"learned-prior checkpoint: train_prior writes it (default {DEFAULT_PRIOR}); generate "
-                            f"samples latents from it instead of N(0, I) (default: none, N(0, I))")
+                            f"samples latents from it instead of N(0, I) (default: the one an exported --checkpoint "
+                            f"folder pairs with, else none: N(0, I)); export puts it beside the VAE")
     prior.add_argument("--prior_hidden", type=number(int, 8, 2048), default=128,
                        help="train_prior: channels inside the denoiser (a multiple of 8)")
     prior.add_argument("--prior_blocks", type=number(int, 1, 64), default=8,
@@ -252,10 +254,8 @@ def parse_args(argv=None, world=None):
             setattr(args, name, value)
     if args.prior_hidden % 8:
         parser.error(f"--prior_hidden {args.prior_hidden}: must be a multiple of 8 (its GroupNorm has 8 groups)")
-    if args.mode == "train_prior":
-        args.prior = resolve_path(args.prior or DEFAULT_PRIOR, DEFAULT_PRIOR, SCRIPT_DIR)
-    if args.vocoder_decoder is not None and not Path(args.vocoder_decoder).is_file():
-        parser.error(f"--vocoder_decoder {args.vocoder_decoder}: no such file")
+    if args.vocoder_decoder is not None and not Path(args.vocoder_decoder).exists():
+        parser.error(f"--vocoder_decoder {args.vocoder_decoder}: no such file or folder")
     kind = "vae" if args.mode in ("generate", "train_prior") else args.model
     if "checkpoint" not in given_flags(parser, argv):
         args.checkpoint = DEFAULT_CHECKPOINTS[kind]
@@ -263,11 +263,10 @@ def parse_args(argv=None, world=None):
     resolve_prior_and_vocoder(parser, args)
     if args.mode == "export" and args.export_dir is None:
         parser.error("--mode export writes to --export_dir: name the folder")
-    if args.resume:
-        trained = {"train": args.checkpoint, "train_prior": args.prior, "train_vocoder": args.vocoder}[args.mode]
-        if trained.is_dir():
-            parser.error(f"--resume needs the training checkpoint (.pt): {trained} is an exported folder, which "
-                         f"holds the inference weights only")
+    trained = {"train": args.checkpoint, "train_prior": args.prior, "train_vocoder": args.vocoder}.get(args.mode)
+    if trained is not None and trained.is_dir():
+        parser.error(f"training writes and --resume reads a checkpoint file (.pt): {trained} is a folder (an "
+                     f"exported one holds the inference weights only)")
     for name in ("results_dir", "cache_dir"):
         setattr(args, name, resolve_path(getattr(args, name), parser.get_default(name), SCRIPT_DIR))
     args.sources = list(dict.fromkeys(args.sources or SOURCES))  # drop repeats, keep order
@@ -283,7 +282,7 @@ def resolve_prior_and_vocoder(parser, args):
     elif args.prior is not None:
         args.prior = Path(args.prior)
         if not args.prior.exists():
-            parser.error(f"--prior {args.prior}: no such file (train one with --mode train_prior)")
+            parser.error(f"--prior {args.prior}: no such file or folder (train one with --mode train_prior)")
     elif args.mode == "generate":
         args.prior = paired(args.checkpoint, "prior")
     if args.mode == "train_vocoder":
@@ -292,11 +291,11 @@ def resolve_prior_and_vocoder(parser, args):
         default = paired(args.checkpoint, "vocoder") or resolve_path(DEFAULT_VOCODER, DEFAULT_VOCODER, SCRIPT_DIR)
         args.vocoder = Path(args.vocoder) if args.vocoder else default
         if not args.vocoder.exists():
-            parser.error(f"--vocoder {args.vocoder}: no such file (train one with --mode train_vocoder)")
+            parser.error(f"--vocoder {args.vocoder}: no such file or folder (train one with --mode train_vocoder)")
     elif args.mode == "export" and args.vocoder is not None:
         args.vocoder = Path(args.vocoder)
         if not args.vocoder.exists():
-            parser.error(f"--vocoder {args.vocoder}: no such file")
+            parser.error(f"--vocoder {args.vocoder}: no such file or folder")
     elif args.vocoder is not None:
         parser.error("--vocoder is read with --inverse vocoder (or written by --mode train_vocoder, or exported "
                      "beside an autoencoder by --mode export)")

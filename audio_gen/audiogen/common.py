@@ -141,6 +141,13 @@ def write_json_atomic(data, path):
     os.replace(tmp, path)
 
 
+def checkpoint_name(path):
+    """How logs and tables name a checkpoint: its file name, or an exported folder's last two path parts (so a
+    prior or vocoder exported beside an autoencoder reads 'my-vae/prior', not 'prior')."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.is_dir() else path.name
+
+
 def read_json(path):
     """The JSON object in `path`, or {} when it is missing or unreadable."""
     try:
@@ -228,8 +235,9 @@ def read_exported(folder):
         config = json.loads(config_path.read_text())
     except ValueError as err:
         raise SystemExit(f"error: {config_path} is not valid JSON ({err})")
-    if not isinstance(config, dict) or not isinstance(config.get("export_version"), int):
-        raise SystemExit(f"error: {config_path} is not an ImageAudioGen export (no export_version)")
+    if not isinstance(config, dict) or not isinstance(config.get("export_version"), int) \
+            or not isinstance(config.get("weights"), list):
+        raise SystemExit(f"error: {config_path} is not an ImageAudioGen export (no export_version or weights)")
     if config["export_version"] > EXPORT_VERSION:
         raise SystemExit(f"error: {folder} was exported by a newer ImageAudioGen ({config.get('package_version')}, "
                          f"export format {config['export_version']}); this one ({PROJECT_VERSION}) reads format "
@@ -239,11 +247,14 @@ def read_exported(folder):
     try:
         tensors = load_file(str(weights_path))
     except Exception as err:  # truncated or not a safetensors file
-        raise SystemExit(f"error: cannot read {weights_path}: {type(err).__name__}: {str(err).splitlines()[0]}")
+        raise SystemExit(f"error: cannot read {weights_path}: it is truncated or not a safetensors file "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
     state = {k: v for k, v in config.items() if k not in ("export_version", "package_version", "weights")}
     for name in config["weights"]:
         prefix = name + "."
         state[name] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not state[name]:
+            raise SystemExit(f"error: {weights_path} holds no '{name}' weights, which {EXPORT_CONFIG} names")
     return state
 
 

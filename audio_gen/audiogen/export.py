@@ -59,11 +59,11 @@ def export(checkpoint, export_dir, prior=None, vocoder=None):
         state = {**state, "pairs": pairs}
     folder = export_weights(state, export_dir, *EXPORTED[state["format"]])
     size = (folder / EXPORT_WEIGHTS).stat().st_size / 1e6
-    paired = "".join(f", with its {NAMES[f]} in {name}/" for name, f in (("prior", PRIOR_FORMAT),
+    beside = "".join(f", with its {NAMES[f]} in {name}/" for name, f in (("prior", PRIOR_FORMAT),
                                                                           ("vocoder", VOCODER_FORMAT))
                      if name in state.get("pairs", {}))
     print(f"Exported the {NAMES[state['format']]} of {checkpoint} (epoch {state['epoch']}) to {folder}: "
-          f"{EXPORT_WEIGHTS} ({size:.1f} MB) and {EXPORT_CONFIG}{paired}")
+          f"{EXPORT_WEIGHTS} ({size:.1f} MB) and {EXPORT_CONFIG}{beside}")
     return folder
 
 

@@ -14,7 +14,7 @@ import torch
 from .audio_io import write_wav
 from .checkpoint import (load_checkpoint, load_inverse, load_prior_checkpoint, model_from_checkpoint,
                          prior_from_checkpoint, require_vae)
-from .common import progress_bar, read_json, write_json_atomic
+from .common import checkpoint_name, progress_bar, read_json, write_json_atomic
 from .data import DataConfig, build_splits, training_splits
 from .fad import frechet_distance, make_embedding
 from .inverse import InverseConfig, MelInverse
@@ -231,7 +231,7 @@ def load_learned_prior(path, vae_state, vae_path, sampler, device):
     if path is None:
         return None, "N(0, I)"
     prior_state = load_prior_checkpoint(path, vae_state, vae_path)
-    name = f"learned prior {Path(path).name} (epoch {prior_state['epoch']}, {sampler.name})"
+    name = f"learned prior {checkpoint_name(path)} (epoch {prior_state['epoch']}, {sampler.name})"
     return prior_from_checkpoint(prior_state, device), name
 
 

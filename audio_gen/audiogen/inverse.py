@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .common import checkpoint_name
+
 INVERSES = ("pghi", "griffinlim", "vocoder", "vocoder-pghi")
 # The Hann window's equivalent Gaussian: lambda = HANN_LAMBDA * n_fft^2 samples^2 (Prusa et al. 2017, Sec. V;
 # ltfat's pghi uses the same constant), where the Gaussian window is exp(-pi t^2 / lambda).
@@ -48,7 +50,7 @@ class InverseConfig:
             return f"least squares + random-phase FGLA-{self.iterations}"
         if self.kind == "pghi":
             return f"NNLS + PGHI + FGLA-{self.iterations}"
-        vocoder = f"vocoder {self.vocoder.name}" if self.vocoder else "vocoder"
+        vocoder = f"vocoder {checkpoint_name(self.vocoder)}" if self.vocoder else "vocoder"
         return f"{vocoder} magnitude + PGHI + FGLA-{self.iterations}" if self.kind == "vocoder-pghi" else vocoder
 
     @property

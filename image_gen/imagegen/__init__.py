@@ -1,5 +1,8 @@
 """The image model's package: a class-conditional DDPM on MNIST and Fashion-MNIST, and a GAN beside it.
 
+    cli         the command line: options, checks, dispatch (image_gen.py and the `image-gen` command run it)
+    pretrained  ImageGenerator: a trained DDPM or GAN, ready to draw (the API, the demo, hubconf.py)
+    export      --mode export: the EMA weights as safetensors + config.json
     data        MNIST / Fashion-MNIST IDX files, class names, pixel ranges
     unet        the noise predictor eps_theta(x_t, t, c) and the Denoiser that runs it
     diffusion   the math: schedule, q_sample, loss, DDPM and DDIM steps and loops, guidance; SamplerSettings

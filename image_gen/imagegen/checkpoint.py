@@ -8,6 +8,9 @@ CHECKPOINT_FORMAT = "imageaudiogen.ddpm"
 CHECKPOINT_VERSION = 4
 READABLE_CHECKPOINT_VERSIONS = (2, 3, 4)  # 2: unconditional MNIST only (no num_classes, no dataset); 3: no kind
 MODEL_KINDS = {"ddpm": "DDPM", "gan": "GAN"}
+# The fields that only resume training: sampling needs the EMA network ("ema") and what describes it.
+RESUME_ONLY = ("model", "optimizer", "discriminator", "d_optimizer", "generator", "epoch_progress", "lr_plan",
+               "augment")
 
 
 def load_checkpoint(path):

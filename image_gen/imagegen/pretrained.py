@@ -14,8 +14,6 @@ from .guidance import DEFAULT_GUIDANCE_SCALE
 from .sampling import class_seed, ema_sampler_from_checkpoint
 
 RANDOM_PROMPTS = ("random", "unconditional", "none")
-# What only resumes training: the raw (non-EMA) weights, the optimizers, the discriminator, the RNG state.
-RESUME_ONLY = ("model", "optimizer", "discriminator", "d_optimizer", "generator", "epoch_progress")
 
 
 class PromptError(ValueError):
@@ -39,7 +37,8 @@ class ImageGenerator:
         if kind is not None:
             checkpoint.require_kind(state, kind, path, asked_by or f"--model {kind}")
         sampler = ema_sampler_from_checkpoint(state, torch.device(device), precision, compile_model)
-        return cls(Path(path), {k: v for k, v in state.items() if k not in RESUME_ONLY and k != "ema"}, sampler)
+        return cls(Path(path), {k: v for k, v in state.items() if k not in checkpoint.RESUME_ONLY and k != "ema"},
+                   sampler)
 
     @property
     def kind(self):
