@@ -68,9 +68,11 @@ class ImageRequest(BaseModel):
     response_format: Literal["b64_json"] = Field("b64_json", description="PNGs as base64 strings (the only format)")
     guidance_scale: float | None = Field(None, ge=0, le=50, description="classifier-free guidance w; default: "
                                                                         "the checkpoint's own")
-    sampler: Literal["ddim", "ddpm", "dpm++2m"] = Field("ddim", description="ddim or dpm++2m (`steps` steps; "
-                                                                            "DPM-Solver++(2M)) or ddpm (all T steps)")
-    steps: int = Field(50, ge=1, description="DDIM steps (1 to the model's T)")
+    sampler: Literal["ddim", "ddpm", "dpm++2m"] = Field(SamplerSettings.sampler,
+                                                        description="dpm++2m (DPM-Solver++(2M)) or ddim, each "
+                                                                    "`steps` steps, or ddpm (all T steps)")
+    steps: int = Field(SamplerSettings.steps, ge=1, description="network evaluations per image of dpm++2m or ddim "
+                                                                 "(1 to the model's T)")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="noise seed; default: a random one, returned")
     size: str | None = Field(None, description=f"'{IMAGE_SIZE}', the models' own size and the only one served; "
                                                f"OpenAI's clients send it")

@@ -64,9 +64,10 @@ def image_scores(about, path, results_dir):
     if evaluated:
         h, args = evaluated[-1], about["args"]
         accuracy = f", class accuracy {h['accuracy']:.1%}" if h.get("accuracy") is not None else ""
-        sampler = f"DDIM-{args.get('sampling_steps')}" if about["kind"] == "ddpm" else "one generator pass"
+        sampler = (f"{args.get('sampler', 'ddim')}-{args.get('sampling_steps')}" if about["kind"] == "ddpm"
+                   else "one generator pass")
         lines.append(f"FID {h['fid']:.2f}, KID {h['kid']:.4f}{accuracy} after epoch {h['epoch']} (training's "
-                     f"evaluation: {sampler}, N = {args.get('fid_samples')}, "
+                     f"evaluation: {sampler}, N = {h.get('fid_samples', args.get('fid_samples'))}, "
                      f"--fid_backbone {args.get('fid_backbone')})")
     infer = read_json(results_dir / "metrics.json").get("infer", {})
     if infer.get("fid") is not None and same_checkpoint(infer.get("checkpoint"), path) \
@@ -136,7 +137,7 @@ def image_files(images, dataset, classes, per_class, title):
 def image_controls(diffusion, dataset, default_guidance, kind):
     """The sampling settings chosen in the page: (classes or None, per_class, sampler, steps, seed, guidance).
     A GAN draws in one pass: no sampler, steps or guidance, and a conditional one has no null class."""
-    classes, guidance, sampler, steps = None, 0.0, "ddim", 50
+    classes, guidance, sampler, steps = None, 0.0, SamplerSettings.sampler, SamplerSettings.steps
     ddpm = kind == "ddpm"
     if diffusion.num_classes:
         labels = {name: c for c, name in enumerate(class_names(dataset))}
@@ -149,12 +150,13 @@ def image_controls(diffusion, dataset, default_guidance, kind):
             guidance = st.slider("Classifier-free guidance w (0: the plain conditional model)", 0.0, 5.0,
                                  float(default_guidance), 0.5, key="guidance")
     if ddpm:
-        sampler = st.radio("Sampler", ["ddim", "dpm++2m", "ddpm"], key="sampler", horizontal=True,
+        choices = ["dpm++2m", "ddim", "ddpm"]
+        sampler = st.radio("Sampler", choices, index=choices.index(sampler), key="sampler", horizontal=True,
                            format_func=lambda s: {"ddim": "DDIM", "dpm++2m": "DPM-Solver++(2M)",
                                                   "ddpm": "DDPM (all 1000 steps: slow)"}[s])
     left, middle, right = st.columns(3)
     if ddpm:
-        steps = left.number_input("Steps (DDIM, DPM-Solver++)", 1, diffusion.num_timesteps, 50, key="steps",
+        steps = left.number_input("Steps (DPM-Solver++, DDIM)", 1, diffusion.num_timesteps, steps, key="steps",
                                   disabled=sampler == "ddpm")
     else:
         left.caption("GAN: one generator pass per image")

@@ -30,10 +30,13 @@ flag --num_samples NUM_SAMPLES
 flag --seed SEED
 flag --data_dir DATA_DIR
 flag --results_dir RESULTS_DIR
+flag --sampler SAMPLER
 flag --sampling_steps SAMPLING_STEPS
 flag --eta ETA
 flag --ema_decay EMA_DECAY
 flag --fid_samples FID_SAMPLES
+flag --fid_every FID_EVERY
+flag --accuracy_samples ACCURACY_SAMPLES
 flag --fid_backbone FID_BACKBONE
 flag --fid_weights FID_WEIGHTS
 flag --cache_dir CACHE_DIR

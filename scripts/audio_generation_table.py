@@ -44,7 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--checkpoints", nargs="+", required=True, help="audio_gen checkpoints (VAE or plain AE)")
     p.add_argument("--priors", nargs="+", default=[],
                    help="learned-prior checkpoints (audio_gen.py --mode train_prior), each of a VAE in --checkpoints")
-    p.add_argument("--prior_steps", type=number(int, 1, 1000), default=50, help="DDIM steps of the learned priors")
+    p.add_argument("--prior_sampler", choices=["ddim", "dpm++2m"], default="ddim",
+                   help="the learned priors' reverse process: DDIM or DPM-Solver++(2M)")
+    p.add_argument("--prior_steps", type=number(int, 1, 1000), default=50,
+                   help="network evaluations of the learned priors' reverse process")
     p.add_argument("--prior_eta", type=number(float, 0.0, 1.0), default=0.0,
                    help="DDIM eta of the learned priors (0: deterministic, 1: DDPM-like noise)")
     p.add_argument("--training_rows", action="store_true",
@@ -99,7 +102,7 @@ def main(argv=None):
         if prior_state["vae"]["fingerprint"] not in fingerprints:
             raise SystemExit(f"error: {path} is the prior of {prior_state['vae']['checkpoint']}, not of a checkpoint "
                              f"in --checkpoints")
-    sampler = SamplerConfig(args.prior_steps, args.prior_eta)
+    sampler = SamplerConfig(args.prior_steps, args.prior_eta, args.prior_sampler)
     models, samples = [], {}
     for (path, state), fingerprint in zip(states, fingerprints):
         model = model_from_checkpoint(state, torch.device("cpu"))

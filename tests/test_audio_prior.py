@@ -72,6 +72,35 @@ def test_ddim_with_the_exact_denoiser_samples_the_data_distribution(eta):
     assert errors[2] < 0.005 and errors[0] > errors[1] > errors[2], errors
 
 
+@pytest.mark.parametrize("steps", [10, 20])
+def test_dpm_solver_2m_solves_the_probability_flow_ode_of_gaussian_data(steps):
+    """For data N(0, s^2) the probability-flow ODE keeps z_t / sqrt(abar_t s^2 + 1 - abar_t) fixed, so z_T
+    maps exactly to s z_T / sqrt(abar_T s^2 + 1 - abar_T): an answer computed without any solver. DPM-Solver++(2M)
+    lands there several times closer than deterministic DDIM in as many evaluations (measured at s = 0.3: mean
+    error 0.0069 against 0.054 at 10 steps, 0.0038 against 0.027 at 20)."""
+    diffusion = LatentDiffusion(1000)
+    s = 0.3
+    noise = torch.randn(2000, 2, 3, generator=torch.Generator().manual_seed(1))
+    abar_T = float(diffusion.alphas_cumprod[-1])
+    exact = s * noise / (abar_T * s ** 2 + 1 - abar_T) ** 0.5
+    model = optimal_v_for_gaussian_data(diffusion, s)
+    errors = {name: float((diffusion.sample(model, noise, SamplerConfig(steps, sampler=name)) - exact).abs().mean())
+              for name in ("ddim", "dpm++2m")}
+    assert errors["dpm++2m"] < 0.2 * errors["ddim"], errors
+    assert errors["dpm++2m"] < 1e-2, errors
+
+
+def test_log_snr_timesteps_are_distinct_and_span_the_chain():
+    diffusion = LatentDiffusion(1000)
+    for steps in (1, 2, 10, 50, 1000):
+        times = diffusion.log_snr_timesteps(steps)
+        assert len(times) == steps and times[0] == 999 and torch.all(times[1:] < times[:-1])
+        assert steps == 1 or times[-1] == 0
+    lam = lambda t: 0.5 * (diffusion.alphas_cumprod[t].log() - (1 - diffusion.alphas_cumprod[t]).log())  # noqa: E731
+    gaps = lam(diffusion.log_snr_timesteps(10)[1:]).diff()
+    assert float(gaps.std() / gaps.mean().abs()) < 0.2  # after the first step: even in log-SNR, not in t
+
+
 def test_ddim_with_the_exact_denoiser_of_one_point_returns_that_point():
     diffusion = LatentDiffusion(1000)
     point = torch.tensor([[[1.5, -0.5]]])
@@ -95,6 +124,11 @@ def test_bad_sampler_settings_are_refused():
         with pytest.raises(ValueError, match="bad sampler settings"):
             SamplerConfig(steps, eta)
     assert SamplerConfig(50).name == "ddim-50" and SamplerConfig(20, 0.5).name == "ddim-20 eta 0.5"
+    assert SamplerConfig(10, sampler="dpm++2m").name == "dpm++2m-10"
+    with pytest.raises(ValueError, match="bad sampler settings"):
+        SamplerConfig(10, 0.5, "dpm++2m")  # deterministic: no eta
+    with pytest.raises(ValueError, match="unknown sampler"):
+        SamplerConfig(10, sampler="euler")
 
 
 def test_the_denoiser_starts_predicting_zero_and_hears_the_whole_clip():
@@ -228,6 +262,12 @@ def test_generate_with_the_learned_prior_is_seeded_and_named(prior_run):
     assert (tmp / "gp1" / "generated_000.wav").read_bytes() == clip
     assert (tmp / "gn1" / "generated_000.wav").read_bytes() != clip  # the learned prior, not N(0, I)
     assert json.loads((tmp / "gn1" / "metrics.json").read_text())["generate"]["prior"] == "N(0, I)"
+    solver = generate(tmp, "gd1", "--prior", str(tmp / "prior.pt"), "--prior_sampler", "dpm++2m", "--prior_steps",
+                      "4", "--num_samples", "1", "--seed", "2")
+    assert solver.returncode == 0, solver.stderr
+    record = json.loads((tmp / "gd1" / "metrics.json").read_text())["generate"]
+    assert record["prior"] == "learned prior prior.pt (epoch 2, dpm++2m-4)"
+    assert (tmp / "gd1" / "generated_000.wav").read_bytes() != (tmp / "gp1" / "generated_000.wav").read_bytes()
 
 
 def test_a_version_1_prior_without_clip_context_still_loads(prior_run, tmp_path):
@@ -298,6 +338,8 @@ def test_train_prior_resumes_at_the_exact_step_after_ctrl_c(ag, vae_run, tmp_pat
     (["--mode", "generate", "--prior", "/no/such/prior.pt"], "--prior /no/such/prior.pt: no such file"),
     (["--mode", "generate", "--prior_steps", "0"], "--prior_steps: must be in [1, 1000]"),
     (["--mode", "generate", "--prior_eta", "2"], "--prior_eta: must be in [0.0, 1.0]"),
+    (["--mode", "generate", "--prior_sampler", "dpm++2m", "--prior_eta", "0.5"], "takes none"),
+    (["--mode", "train_prior", "--prior_sampler", "dpm++2m"], "--prior_sampler applies to --mode generate"),
     (["--mode", "train_prior", "--prior_hidden", "20"], "must be a multiple of 8"),
     (["--mode", "train_prior", "--prior_clip_context", "2"], "--prior_clip_context: must be in [0, 1]"),
     (["--mode", "generate", "--prior_clip_context", "0"], "--prior_clip_context applies to --mode train_prior"),

@@ -1,6 +1,8 @@
 """Class-conditional DDPM with classifier-free guidance: the guidance math, per-class seeds, asking for
 classes on the command line, Fashion-MNIST, older checkpoints, and the usage errors."""
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from test_image_e2e import CLASSIFIER, SAMPLE_TINY, SWEEP_TINY, TINY, assert_png
 from imagegen.benchmark import benchmark_training
 from imagegen.checkpoint import CHECKPOINT_VERSION
 from imagegen.diffusion import GaussianDiffusion, SamplerSettings
+from imagegen.fid import FidSettings
 from imagegen.guidance import DEFAULT_GUIDANCE_SCALE, choose_guidance, fit_guidance
 from imagegen.sampling import Sampler, balanced_counts
 from imagegen.unet import DiffusionModel
@@ -141,7 +144,8 @@ def test_parse_classes(ig, text, expected):
 def conditional_run(ig, mnist_dir, tmp_path_factory):
     """Two epochs of the default (class-conditional) model, FID and class accuracy on the classifier backbone."""
     tmp = tmp_path_factory.mktemp("cond")
-    ig.main(["--epochs", "2", "--fid_samples", "20", *TINY, *CLASSIFIER, *paths(tmp, mnist_dir)])
+    ig.main(["--epochs", "2", "--fid_samples", "20", "--accuracy_samples", "40", *TINY, *CLASSIFIER,
+             *paths(tmp, mnist_dir)])
     return tmp
 
 
@@ -153,8 +157,12 @@ def test_conditional_training_records_what_it_is(ig, conditional_run):
     assert state["ema"]["class_embedding.weight"].shape[0] == 11  # ten digits and the null class
     train = json.loads((conditional_run / "results" / "metrics.json").read_text())["train"]
     assert train["fid_sampler"] == f"ddim-4, w={DEFAULT_GUIDANCE_SCALE:g}" and train["classifier_test_accuracy"] > 0.5
-    for epoch in train["epochs"]:
-        assert 0.0 <= epoch["accuracy"] <= 1.0 and epoch["fid"] > 0
+    first, last = train["epochs"]
+    # epoch 1: the accuracy check alone; the last: the check, the guidance fit, then FID at the fitted w
+    assert first["accuracy_samples"] == 40 and first["fid"] is None and set(first["eval_parts"]) == {"grid", "accuracy"}
+    assert set(last["eval_parts"]) == {"grid", "accuracy", "guidance_fit", "fid"}
+    assert last["fid"] > 0 and last["fid_samples"] == last["accuracy_samples"] == 20
+    assert last["guidance_scale"] == state["guidance"]["scale"]
     assert_png(conditional_run / "results" / "epoch_comparisons" / "samples_epoch_002.png")
 
 
@@ -313,14 +321,46 @@ def test_fit_guidance_climbs_the_ladder_until_99_percent():
     assert never["scale"] == 5.0 and "no w reached" in never["rule"]  # the most accurate one
 
 
+def test_the_guidance_fit_runs_without_fid(ig, mnist_dir, tmp_path):
+    """With --fid_samples 0 the run still fits w on class accuracy (no Inception, no FID), and with
+    --accuracy_samples 0 it measures nothing and records no w."""
+    ig.main(["--epochs", "1", "--fid_samples", "0", "--accuracy_samples", "30", *TINY, *paths(tmp_path, mnist_dir)])
+    state = load(tmp_path / "models" / "ddpm.pt")
+    record = state["history"][-1]
+    assert record["fid"] is None and record["accuracy_samples"] == 30 and "fid" not in record["eval_parts"]
+    assert state["guidance"]["rows"][0] == {"guidance_scale": DEFAULT_GUIDANCE_SCALE, "accuracy": record["accuracy"],
+                                            "accuracy_samples": 30}
+    assert record["guidance_scale"] == DEFAULT_GUIDANCE_SCALE  # the w that accuracy was measured at
+    assert not list((tmp_path / "cache").glob("fid-real-*"))  # no real features were computed
+    ig.main(["--epochs", "1", "--fid_samples", "0", "--accuracy_samples", "0", *TINY,
+             *paths(tmp_path / "none", mnist_dir)])
+    state = load(tmp_path / "none" / "models" / "ddpm.pt")
+    assert state["guidance"] is None and "accuracy" not in state["history"][-1]
+
+
+def test_fid_by_default_only_for_runs_long_enough():
+    """--fid_samples unset: N = 1000 at the last epoch from 600,000 training images shown, else none."""
+    from imagegen.train import AUTO_FID_IMAGES, TrainConfig, resolve_fid
+    config = TrainConfig(Path("x.pt"), Path("."), Path("."), Path("."), torch.device("cpu"), epochs=20,
+                         fid=FidSettings(None))
+    assert resolve_fid(config, 60_000).fid.num_samples == 1000  # the default 20-epoch MNIST run
+    assert resolve_fid(dataclasses.replace(config, epochs=1), 60_000).fid.num_samples == 0
+    assert resolve_fid(dataclasses.replace(config, epochs=15), 4_000).fid.num_samples == 0
+    assert resolve_fid(config, AUTO_FID_IMAGES // 20).fid.num_samples == 1000
+    given = dataclasses.replace(config, epochs=1, fid=FidSettings(50))
+    assert resolve_fid(given, 100).fid.num_samples == 50  # a given N is kept
+    assert dataclasses.replace(config, fid_every=5, epochs=12, fid=FidSettings(10)).fid_epochs() == {5, 10, 12}
+    assert dataclasses.replace(config, fid=FidSettings(0)).fid_epochs() == set()
+
+
 def test_checkpoint_carries_its_guidance_and_infer_uses_it(conditional_run, mnist_dir):
     """Training fits w after its last evaluation and stores it; infer without --guidance_scale uses it, says
     so, and --guidance_scale still overrides it."""
     guidance = load(conditional_run / "models" / "ddpm.pt")["guidance"]
     rows = guidance["rows"]
     assert rows[0]["guidance_scale"] == DEFAULT_GUIDANCE_SCALE and guidance["scale"] in [r["guidance_scale"] for r in rows]
-    assert guidance["sampler"] == "ddim-4" and guidance["fid_samples"] == 20 and guidance["epoch"] == 2
-    assert all(0 <= r["accuracy"] <= 1 and r["fid"] > 0 for r in rows)
+    assert guidance["sampler"] == "ddim-4" and guidance["accuracy_samples"] == 40 and guidance["epoch"] == 2
+    assert all(0 <= r["accuracy"] <= 1 and "fid" not in r for r in rows)  # fitted on class accuracy alone
     train = json.loads((conditional_run / "results" / "metrics.json").read_text())["train"]
     assert train["guidance"]["scale"] == guidance["scale"]
     result = infer(conditional_run, mnist_dir, "--digits", "1", "--fid_samples", "0", results="fitted")

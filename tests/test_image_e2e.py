@@ -75,11 +75,16 @@ def test_training_outputs(trained):
     assert train["fid_sampler"] == "ddim-4"
     floor = train["real_vs_real_floor"]
     assert floor["fid"] > 0 and "48 training images" in floor["what"]
-    assert [e["epoch"] for e in train["epochs"]] == [1, 2]
-    for e in train["epochs"]:
-        # the untrained-for-long model is much farther from the test digits than other real digits are
-        assert e["fid"] > floor["fid"] and e["kid"] > floor["kid"]
-    assert train["epochs"][1]["loss"] < train["epochs"][0]["loss"]
+    first, last = train["epochs"]
+    assert [first["epoch"], last["epoch"]] == [1, 2]
+    # FID at the last epoch only (no --fid_every); epoch 1 got the grid alone (unconditional: no accuracy check)
+    assert first["fid"] is None and set(first["eval_parts"]) == {"grid"}
+    assert set(last["eval_parts"]) == {"grid", "fid"} and "accuracy" not in last
+    # the untrained-for-long model is much farther from the test digits than other real digits are
+    assert last["fid"] > floor["fid"] and last["kid"] > floor["kid"] and last["fid_samples"] == 48
+    assert last["eval_seconds"] == pytest.approx(sum(last["eval_parts"].values()))
+    assert train["setup_seconds"] > 0
+    assert last["loss"] < first["loss"]
 
 
 def test_checkpoint_describes_itself(trained, ig):

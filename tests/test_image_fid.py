@@ -134,8 +134,8 @@ def test_ieee_fp32_convolutions_restores_the_setting(ig):
 
 
 def test_the_solver_tables_frechet_distance_matches_the_textbook_formula():
-    """scripts/solver_table.py's FID (the real covariance's square root precomputed, one symmetric eigen-
-    decomposition per resample) equals |mu_g - mu_r|^2 + tr(S_g + S_r - 2 sqrtm(S_g S_r)) (scipy)."""
+    """scripts/solver_table.py's FID (one n x n symmetric eigendecomposition per resample, the dual of the
+    d x d one) equals |mu_g - mu_r|^2 + tr(S_g + S_r - 2 sqrtm(S_g S_r)) (scipy)."""
     import scipy.linalg
     import solver_table
     rng = np.random.default_rng(0)
@@ -144,8 +144,12 @@ def test_the_solver_tables_frechet_distance_matches_the_textbook_formula():
     mu_r, s_r = real.mean(0), np.cov(real, rowvar=False)
     mu_g, s_g = generated.mean(0), np.cov(generated, rowvar=False)
     textbook = ((mu_g - mu_r) ** 2).sum() + np.trace(s_g + s_r - 2 * scipy.linalg.sqrtm(s_g @ s_r).real)
-    w, v = np.linalg.eigh(s_r)
-    ours = solver_table.fid_from_moments(mu_g, s_g, mu_r, (v * np.sqrt(w)) @ v.T)
-    assert ours == pytest.approx(textbook, rel=1e-9) and ours > 1
+    ours = solver_table.fid_from_features(generated, mu_r, s_r, np.trace(s_r))
+    assert ours == pytest.approx(textbook, rel=1e-6) and ours > 1  # scipy's sqrtm: about 1e-7
+    # fewer samples than dimensions (N = 1,000 against Inception's 2,048): the dual form still holds
+    few = generated[:5]
+    textbook_few = (((few.mean(0) - mu_r) ** 2).sum()
+                    + np.trace(np.cov(few, rowvar=False) + s_r - 2 * scipy.linalg.sqrtm(np.cov(few, rowvar=False) @ s_r).real))
+    assert solver_table.fid_from_features(few, mu_r, s_r, np.trace(s_r)) == pytest.approx(textbook_few, rel=1e-6)
     fids = solver_table.bootstrap_fids(generated, real, 20)
     assert fids.shape == (20,) and np.all(np.abs(fids - ours) < 0.5 * ours) and fids.std() > 0

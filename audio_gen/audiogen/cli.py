@@ -42,7 +42,7 @@ from audiogen.generate import GenerateConfig, generate
 from audiogen.infer import InferConfig, infer
 from audiogen.inverse import INVERSES, InverseConfig
 from audiogen.model import MODEL_KINDS, ModelConfig
-from audiogen.prior import PriorConfig, SamplerConfig
+from audiogen.prior import PRIOR_SAMPLERS, PriorConfig, SamplerConfig
 from audiogen.train import TrainConfig, train
 from audiogen.train_prior import PriorTrainConfig, train_prior
 from audiogen.train_vocoder import VocoderShape, VocoderTrainConfig, train_vocoder
@@ -81,7 +81,7 @@ MODES_OF = {
     "audio_dir": {"train", "infer", "generate", "benchmark", "train_vocoder"},
     **{name: {"train", "infer", "generate", "benchmark"} for name in ("griffin_lim_iters", "inverse")},
     **{name: {"train_prior"} for name in ("prior_hidden", "prior_blocks", "prior_clip_context")},
-    **{name: {"generate"} for name in ("prior_steps", "prior_eta")},
+    **{name: {"generate"} for name in ("prior_sampler", "prior_steps", "prior_eta")},
     **{name: {"train", "infer", "benchmark", "train_vocoder"} for name in ("musdb_root", "download", "sources",
                                                                           "audio_eval_clips")},
     "num_examples": {"infer"},
@@ -216,8 +216,11 @@ def build_parser():
     prior.add_argument("--prior_clip_context", type=number(int, 0, 1), default=1,
                        help="train_prior: 1 tells every block the clip's mean latent (what carries loudness and "
                             "colour at high noise); 0 does not, as version-1 priors did")
-    prior.add_argument("--prior_steps", type=number(int, 1, 1000), default=50,
-                       help="generate --prior: DDIM steps of the reverse process")
+    prior.add_argument("--prior_sampler", choices=list(PRIOR_SAMPLERS), default=SamplerConfig.sampler,
+                       help="generate --prior: the reverse process, DDIM or DPM-Solver++(2M) (second order, "
+                            "deterministic, steps even in log-SNR)")
+    prior.add_argument("--prior_steps", type=number(int, 1, 1000), default=SamplerConfig.steps,
+                       help="generate --prior: network evaluations of the reverse process")
     prior.add_argument("--prior_eta", type=number(float, 0.0, 1.0), default=0.0,
                        help="generate --prior: DDIM's stochasticity (0: deterministic; 1: DDPM's variance)")
     return p
@@ -254,6 +257,8 @@ def parse_args(argv=None, world=None):
             setattr(args, name, value)
     if args.prior_hidden % 8:
         parser.error(f"--prior_hidden {args.prior_hidden}: must be a multiple of 8 (its GroupNorm has 8 groups)")
+    if args.prior_sampler == "dpm++2m" and args.prior_eta:
+        parser.error("--prior_eta is DDIM's stochasticity; --prior_sampler dpm++2m is deterministic and takes none")
     if args.vocoder_decoder is not None and not Path(args.vocoder_decoder).exists():
         parser.error(f"--vocoder_decoder {args.vocoder_decoder}: no such file or folder")
     kind = "vae" if args.mode in ("generate", "train_prior") else args.model
@@ -326,7 +331,7 @@ def configs(args, world=None):
                               inverse_config(args), args.cache_dir, data if args.audio_dir else None,
                               tuple(dict.fromkeys(args.fad_embedding)),
                               Path(args.fad_weights) if args.fad_weights else None, args.prior,
-                              SamplerConfig(args.prior_steps, args.prior_eta))
+                              SamplerConfig(args.prior_steps, args.prior_eta, args.prior_sampler))
     if args.mode == "train_prior":
         return PriorTrainConfig(args.checkpoint, args.prior, PriorConfig(0, args.prior_hidden, args.prior_blocks,
                                                                            bool(args.prior_clip_context)),

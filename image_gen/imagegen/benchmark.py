@@ -65,6 +65,7 @@ def benchmark(device, base_channels=32, batch_size=64, seed=0, precision="fp32",
         seconds = _timed(lambda: sampler.sample(n, SamplerSettings("ddim", 50, guidance_scale=w), label=7), device, 1)
         kind = f"guided w={w:g} (2 evaluations per step, one stacked pass)" if w else "conditional, unguided"
         print(f"[{device}] sampling DDIM-50   {n} images, {kind}: {n / seconds:8.1f} img/s")
+    benchmark_waits(sampler, device)
     try:
         extractor = inception_extractor(inception_weights(cache_dir, fid_weights), device)
     except InceptionUnavailable as err:
@@ -75,6 +76,23 @@ def benchmark(device, base_channels=32, batch_size=64, seed=0, precision="fp32",
     with torch.no_grad(), ieee_fp32_convolutions():  # as FidEvaluator.features runs it
         seconds = _timed(lambda: extractor(images), device, 2)
     print(f"[{device}] FID Inception-v3 features (28 -> 299 px) batch {n}: {n / seconds:8.1f} img/s")
+
+
+def benchmark_waits(sampler, device, rounds=3):
+    """What a user waits for: 16 guided digits (a demo grid) and 4 (an API request), with DDIM-50 and with the
+    default sampler, alternating, the median of `rounds`."""
+    default = SamplerSettings()
+    for n, what in ((16, "16 guided digits (a demo grid)"), (4, "4 guided digits (an API request)")):
+        times = {}
+        for _ in range(rounds):
+            for settings in (SamplerSettings("ddim", 50), default):
+                settings = settings.replace(guidance_scale=DEFAULT_GUIDANCE_SCALE)
+                seconds = _timed(lambda: sampler.sample(n, settings, label=7), device, 1)
+                times.setdefault(settings.name(guided=True), []).append(seconds)
+        medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+        (slow, slow_s), (fast, fast_s) = medians.items()
+        print(f"[{device}] {what}: {slow} {slow_s:.2f} s, {fast} {fast_s:.2f} s ({slow_s / fast_s:.1f}x; medians "
+              f"of {rounds}, alternating)")
 
 
 def benchmark_gan(device, base_channels=32, latent_dim=128, batch_size=64, seed=0):

@@ -32,7 +32,7 @@ from imagegen.augment import AUGMENTATIONS, AugmentConfig
 from imagegen.common import (ArgumentParser, HelpFormatter, World, given_flags, logged_to, number,
                              reject_flags_of_other_modes, resolve_device, resolve_path)
 from imagegen.data import DATASETS
-from imagegen.diffusion import SamplerSettings
+from imagegen.diffusion import SAMPLERS, SamplerSettings
 from imagegen.fid import FidSettings
 from imagegen.gan import GAN_LOSSES
 from imagegen.guidance import DEFAULT_GUIDANCE_SCALE, GUIDANCE_SWEEP
@@ -53,16 +53,18 @@ MODES_OF = {
     "augment": {"train"}, "augment_p": {"train"}, "ada_target": {"train"},
     "batch_size": {"train", "benchmark"}, "base_channels": {"train", "benchmark"},
     "classes": {"infer"}, "guidance_scale": {"train", "infer"}, "guidance_scales": {"guidance_sweep"},
-    "num_samples": {"train", "infer"}, "sampler": {"infer", "guidance_sweep"},
+    "num_samples": {"train", "infer"}, "sampler": EVALUATING,
+    "fid_every": {"train"}, "accuracy_samples": {"train"},
     "sampling_steps": EVALUATING, "eta": EVALUATING, "fid_samples": EVALUATING, "fid_backbone": EVALUATING,
     "dataset": EVALUATING, "checkpoint": EVALUATING | {"export"}, "data_dir": EVALUATING, "results_dir": EVALUATING,
     "export_dir": {"export"},
 }
-FID_DEFAULTS = {"train": 1000, "infer": 0, "guidance_sweep": 1000, "benchmark": 0, "export": 0}
+FID_DEFAULTS = {"train": None, "infer": 0, "guidance_sweep": 1000, "benchmark": 0, "export": 0}
 GAN_ONLY = ("gan_loss", "r1_gamma", "d_learning_rate", "latent_dim", "augment", "augment_p", "ada_target")
 # What a GAN has no use for, per mode: it draws in one pass (no sampler, steps, guidance or label dropout),
 # trains in fp32 without torch.compile, and its benchmark times the default conditional GAN only.
-GAN_REFUSES = {"train": ("cond_drop_prob", "guidance_scale", "sampling_steps", "eta", "precision", "compile"),
+GAN_REFUSES = {"train": ("cond_drop_prob", "guidance_scale", "sampler", "sampling_steps", "eta", "precision",
+                         "compile"),
                "infer": ("sampler", "sampling_steps", "eta"),
                "benchmark": ("conditioning", "precision", "compile", "fid_weights")}
 LEARNING_RATES = {"ddpm": 1e-3, "gan": 1e-4}
@@ -170,12 +172,15 @@ def build_parser():
                                "conditional model. Default: infer uses the w the checkpoint's own last evaluation "
                                f"supports (>= 99%% class accuracy), else {DEFAULT_GUIDANCE_SCALE:g}; training "
                                f"evaluates at {DEFAULT_GUIDANCE_SCALE:g} and then fits that w (a given w is used as is)")
-    sampling.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++2m"], default="ddim",
-                          help="infer's and the sweep's sampler: DDIM with --sampling_steps, DPM-Solver++(2M) with "
-                               "--sampling_steps (second order, deterministic), or ancestral DDPM over all 1000 "
-                               "timesteps (20x slower: 160 guided digits take about 9 minutes on a CPU)")
-    sampling.add_argument("--sampling_steps", type=number(int, 1, 1000), default=50,
-                          help="DDIM steps (per-epoch evaluation, which always uses DDIM, infer and the sweep)")
+    sampling.add_argument("--sampler", choices=list(SAMPLERS), default=SamplerSettings.sampler,
+                          help="the sampler of training's evaluation, infer and the sweep: DPM-Solver++(2M) (second "
+                               "order, deterministic) or DDIM, each with --sampling_steps, or ancestral DDPM over all "
+                               f"1000 timesteps (160 guided digits take about 9 minutes on a CPU). Default: "
+                               f"{SamplerSettings().name(guided=False)}, measured equal to DDIM-50 in FID and class "
+                               f"accuracy (docs/image-results.md)")
+    sampling.add_argument("--sampling_steps", type=number(int, 1, 1000), default=SamplerSettings.steps,
+                          help="network evaluations per image of DPM-Solver++ or DDIM (twice as many passes when "
+                               "guided, in one batch)")
     sampling.add_argument("--eta", type=number(float, 0.0, 1.0), default=0.0,
                           help="DDIM stochasticity: 0 is deterministic, 1 matches DDPM's posterior variance")
     sampling.add_argument("--guidance_scales", type=guidance_scales, default=list(GUIDANCE_SWEEP),
@@ -183,13 +188,17 @@ def build_parser():
 
     evaluation = p.add_argument_group("evaluation: FID/KID and class accuracy")
     evaluation.add_argument("--fid_samples", type=number(int, 0), default=None,
-                            help="N generated and N real test images per FID/KID, 0 for none, else >= 10 (capped at "
-                                 "the test-set size). Default: 1000 in train (epochs 1, every 5th and the last) and "
-                                 "guidance_sweep (per w), 0 in infer. N = 1000 costs about 5 minutes on a 2-core CPU "
-                                 "(guided DDIM-50 samples and their Inception features); the first evaluation also "
-                                 "prepares, once and cached: the Inception weights, the real images' features "
-                                 "(about 4 minutes at N = 1000) and, for class accuracy, the data set's classifier "
-                                 "(about 2 minutes). N = 10000 gives the headline figures (a GPU helps)")
+                            help="N generated and N real test images per Inception FID/KID, 0 for none, else >= 10 "
+                                 "(capped at the test-set size). Default: guidance_sweep 1000 per w; infer 0; train "
+                                 "1000 at the last epoch for runs of at least 600,000 training images (10 MNIST "
+                                 "epochs), else 0. The first FID prepares, once and cached, the Inception weights "
+                                 "and the real images' features; N = 10000 gives the headline figures (a GPU helps)")
+    evaluation.add_argument("--fid_every", type=number(int, 0), default=0,
+                            help="train: FID/KID also every K epochs (default 0: at the last epoch only)")
+    evaluation.add_argument("--accuracy_samples", type=number(int, 0, 10_000), default=500,
+                            help="train: class-balanced draws whose class accuracy (the data set's own classifier) "
+                                 "is checked at epoch 1, every 5th and the last, and per w of the guidance fit; "
+                                 "0: no check and no fit (the checkpoint then records no w)")
     evaluation.add_argument("--fid_backbone", choices=["auto", "inception", "mnist-classifier"], default="auto",
                             help="FID/KID features: standard FID Inception-v3 (auto falls back to a small MNIST "
                                  "classifier, with a note, only when no Inception weights can be had)")
@@ -231,10 +240,10 @@ def parse_args(argv=None, world=None):
     world = world or World()
     world.check_command_line(parser, args.mode, args.batch_size)
     if args.fid_samples is None:
-        args.fid_samples = FID_DEFAULTS[args.mode]
+        args.fid_samples = FID_DEFAULTS[args.mode]  # train: None, decided by the run's length (train.resolve_fid)
     if args.base_channels % 8:
         parser.error(f"--base_channels must be a multiple of 8 (GroupNorm groups), got {args.base_channels}")
-    if 0 < args.fid_samples < 10:
+    if args.fid_samples is not None and 0 < args.fid_samples < 10:
         parser.error(f"--fid_samples must be 0 (no FID) or >= 10, got {args.fid_samples}")
     if args.fid_weights and args.fid_backbone == "mnist-classifier":
         parser.error("--fid_weights are Inception weights; they cannot be used with --fid_backbone mnist-classifier")
@@ -334,7 +343,8 @@ def main(argv=None):
             cond_drop_prob=args.cond_drop_prob, base_channels=args.base_channels, epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
             precision=args.precision, compile_model=args.compile, resume=args.resume, num_samples=args.num_samples,
-            sampling_steps=args.sampling_steps, eta=args.eta, guidance_scale=args.guidance_scale, fid=fid,
+            sampling=settings, guidance_scale=args.guidance_scale, fid=fid, fid_every=args.fid_every,
+            accuracy_samples=args.accuracy_samples,
             command_line=command_line_record(args), world=world, **paths)
         log = logged_to(args.results_dir / "train.log") if world.is_main else contextlib.nullcontext()
         with world.session(args.device), world.quiet(), log:

@@ -140,19 +140,24 @@ class FidEvaluator:
                 **({"classifier_test_accuracy": self.classifier.test_accuracy} if self.classifier else {})}
 
 
-def make_evaluator(settings, dataset, data_dir, cache_dir, device, conditional):
-    """The FID/KID evaluator that `settings` (FidSettings) names, on N = min(settings.num_samples, test
-    set size) images; for a `conditional` model it also carries the data set's classifier for class
-    accuracy. Built inside fork_rng: it draws nothing from the caller's RNG, whichever backbone, cache or
-    download state it meets."""
+def load_classifier(cache_dir, dataset, data_dir, device):
+    """The data set's classifier (trained once and cached), with its test accuracy as `test_accuracy`."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        classifier, loaded = None, None
-        if conditional:
-            loaded = load_or_train_classifier(cache_dir, dataset, data_dir, device)
-            classifier, accuracy, _ = loaded
-            classifier.test_accuracy = accuracy
-            print(f"Class accuracy is measured by the {dataset_title(dataset)} classifier, trained on the training "
-                  f"set ({accuracy:.2%} on the test set)")
+        classifier, accuracy, path = load_or_train_classifier(cache_dir, dataset, data_dir, device)
+    classifier.test_accuracy, classifier.path = accuracy, path
+    print(f"Class accuracy is measured by the {dataset_title(dataset)} classifier, trained on the training "
+          f"set ({accuracy:.2%} on the test set)")
+    return classifier
+
+
+def make_evaluator(settings, dataset, data_dir, cache_dir, device, conditional, classifier=None):
+    """The FID/KID evaluator that `settings` (FidSettings) names, on N = min(settings.num_samples, test
+    set size) images; for a `conditional` model it also carries the data set's classifier (`classifier`,
+    or loaded here) for class accuracy. Built inside fork_rng: it draws nothing from the caller's RNG,
+    whichever backbone, cache or download state it meets."""
+    if conditional and classifier is None:
+        classifier = load_classifier(cache_dir, dataset, data_dir, device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         backbone = None
         if settings.backbone in ("auto", "inception"):
             try:
@@ -165,7 +170,9 @@ def make_evaluator(settings, dataset, data_dir, cache_dir, device, conditional):
                 print(f"note: {err}. FID/KID fall back to the features of a small {dataset_title(dataset)} "
                       f"classifier; such values are NOT comparable with Inception FID.")
         if backbone is None:
-            extractor, accuracy, path = loaded or load_or_train_classifier(cache_dir, dataset, data_dir, device)
+            if classifier is None:
+                classifier = load_classifier(cache_dir, dataset, data_dir, device)
+            extractor, accuracy, path = classifier, classifier.test_accuracy, classifier.path
             backbone, weights_id = "mnist-classifier", file_sha1(path)
             print(f"FID/KID backbone: {dataset_title(dataset)} classifier (test accuracy {accuracy:.2%})")
         real = load_images(dataset, data_dir, train=False)[0]

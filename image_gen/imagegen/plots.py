@@ -107,31 +107,60 @@ def plot_training_loss(history, path, dataset_title, model="DDPM"):
 
 
 def plot_metrics_comparison(history, evaluator, sampler, path):
-    """FID and KID per evaluated epoch with the real-vs-real floor; the titles name N, sampler, backbone."""
+    """Per evaluated epoch: class accuracy (the quick check, or FID's own draws) and FID with the
+    real-vs-real floor, beside the training loss; the titles name N, the sampler and the backbone. The points
+    name their w where it differs from the run's (the last epoch after the guidance fit)."""
     plt = pyplot()
-    fig, (ax_fid, ax_kid, ax_loss) = plt.subplots(1, 3, figsize=(15, 4), dpi=120)
+    fig, (ax_acc, ax_fid, ax_loss) = plt.subplots(1, 3, figsize=(15, 4), dpi=120)
+    checked = [h for h in history if h.get("accuracy") is not None]
+    if checked:
+        ax_acc.plot([h["epoch"] for h in checked], [100 * h["accuracy"] for h in checked], marker="o",
+                    color="tab:green")
+        ax_acc.axhline(99, color="gray", ls=":", label="99% (the guidance fit's bar)")
+        _label_guidance(ax_acc, checked, lambda h: 100 * h["accuracy"], sampler)
+        ax_acc.legend(fontsize=8)
+        sizes = sorted({h["accuracy_samples"] for h in checked})
+        ax_acc.set_title(f"Class accuracy, N={'/'.join(map(str, sizes))}, {sampler}", fontsize=9)
+    else:
+        ax_acc.text(0.5, 0.5, "class accuracy not measured\n(unconditional model or --accuracy_samples 0)",
+                    ha="center", va="center", transform=ax_acc.transAxes)
+    ax_acc.set_ylabel("samples recognised as the asked class (%)")
     evaluated = [h for h in history if h.get("fid") is not None]
-    for ax, key, label in ((ax_fid, "fid", "FID"), (ax_kid, "kid", "KID")):
-        if evaluated and evaluator is not None:
-            ax.plot([h["epoch"] for h in evaluated], [h[key] for h in evaluated], marker="o", color="tab:red",
+    if evaluated and evaluator is not None:
+        ax_fid.plot([h["epoch"] for h in evaluated], [h["fid"] for h in evaluated], marker="o", color="tab:red",
                     label="generated")
-            ax.axhline(evaluator.floor[key], color="gray", ls="--", label="real vs real (floor)")
-            if min([h[key] for h in evaluated] + [evaluator.floor[key]]) > 0:
-                ax.set_yscale("log")  # the scores fall by orders of magnitude
-            ax.legend(fontsize=8)
-            ax.set_title(f"{label}, {evaluator.backbone}, N={evaluator.num_samples}, {sampler}", fontsize=9)
-        else:
-            ax.text(0.5, 0.5, f"{label} not measured (--fid_samples 0)", ha="center", va="center",
-                    transform=ax.transAxes)
-        ax.set_ylabel(f"{label} (lower is better)")
+        ax_fid.axhline(evaluator.floor["fid"], color="gray", ls="--", label="real vs real (floor)")
+        _label_guidance(ax_fid, evaluated, lambda h: h["fid"], sampler, show_value=True)
+        if min([h["fid"] for h in evaluated] + [evaluator.floor["fid"]]) > 0:
+            ax_fid.set_yscale("log")  # the scores fall by orders of magnitude
+        ax_fid.legend(fontsize=8)
+        ax_fid.set_title(f"FID, {evaluator.backbone}, N={evaluator.num_samples}, {sampler}", fontsize=9)
+    else:
+        ax_fid.text(0.5, 0.5, "FID not measured\n(--fid_samples, --fid_every)", ha="center", va="center",
+                    transform=ax_fid.transAxes)
+    ax_fid.set_ylabel("FID (lower is better)")
     _plot_losses(ax_loss, history)
     ax_loss.set_title("Training loss")
-    for ax in (ax_fid, ax_kid, ax_loss):
+    for ax in (ax_acc, ax_fid, ax_loss):
         ax.grid(True, alpha=0.3)
         _epoch_axis(ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _label_guidance(ax, rows, value, sampler, show_value=False):
+    """Writes 'w=2' beside the points measured at another w than the run's `sampler` names (and, with
+    `show_value`, each point's value)."""
+    run_w = sampler.split("w=")[-1] if "w=" in sampler else None
+    for h in rows:
+        w = h.get("guidance_scale")
+        text = [f"{value(h):.1f}"] if show_value else []
+        if w is not None and run_w is not None and f"{w:g}" != run_w:
+            text.append(f"w={w:g}")
+        if text:
+            ax.annotate(", ".join(text), (h["epoch"], value(h)), textcoords="offset points", xytext=(4, 6),
+                        fontsize=8)
 
 
 def plot_guidance_sweep(rows, floor, description, path, chosen=None):

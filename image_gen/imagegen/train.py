@@ -3,6 +3,7 @@ fit, and the checkpoint, plots and metrics.json it leaves behind. Interrupting w
 resumable state."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from .checkpoint import MODEL_KINDS, checkpoint_dataset, checkpoint_position, lo
 from .common import Board, StopRequest, World, atomic_torch_save, read_json, usage_error, write_json_atomic
 from .data import class_names, dataset_title, load_images, to_model_range, to_unit_range
 from .diffusion import SamplerSettings
-from .fid import FidSettings, make_evaluator
+from .fid import FidSettings, load_classifier, make_evaluator
 from .gan import Discriminator, Generator
 from .gan_training import GanConfig, GanTrainState
 from .guidance import DEFAULT_GUIDANCE_SCALE, fit_guidance
@@ -22,6 +23,12 @@ from .plots import plot_metrics_comparison, plot_training_loss, save_class_grid,
 from .training import (EpochProgress, TrainState, evaluation_epochs, mean_losses, new_lr_plan, replan_lr,
                        train_one_epoch)
 from .unet import DiffusionModel
+
+
+# By default a run measures Inception FID (N = 1000, at its last epoch) only when it trains on at least this many
+# images (10 epochs of MNIST): on a 2-core CPU the FID's one-off set-up and its draws cost about 5 minutes, more
+# than a shorter run trains (docs/image-results.md, the cost table).
+AUTO_FID_IMAGES = 600_000
 
 
 @dataclass(frozen=True)
@@ -51,19 +58,27 @@ class TrainConfig:
     compile_model: bool = False
     resume: bool = False
     num_samples: int = 16
-    sampling_steps: int = 50
-    eta: float = 0.0
+    sampling: SamplerSettings = SamplerSettings()
     guidance_scale: float | None = None
     gan: GanConfig = GanConfig()
     latent_dim: int = 128
     fid: FidSettings = FidSettings()
+    fid_every: int = 0
+    accuracy_samples: int = 500
     command_line: dict = field(default_factory=dict)
     world: World = field(default_factory=World)
 
     def eval_settings(self, seed):
-        """The per-epoch evaluation's sampler: always DDIM, guided at the run's w for a conditional model."""
+        """The evaluation's sampler (`sampling`), guided at the run's w for a conditional model."""
         w = DEFAULT_GUIDANCE_SCALE if self.guidance_scale is None else self.guidance_scale
-        return SamplerSettings("ddim", self.sampling_steps, self.eta, w, seed)
+        return self.sampling.replace(guidance_scale=w, seed=seed)
+
+    def fid_epochs(self):
+        """The epochs with an Inception FID: every `fid_every`-th and the last (none without FID)."""
+        if not self.fid.num_samples:
+            return set()
+        every = set(range(self.fid_every, self.epochs + 1, self.fid_every)) if self.fid_every else set()
+        return {self.epochs} | every
 
 
 @dataclass
@@ -157,11 +172,20 @@ def resumed_run(config, saved, state, dataset, images, steps_per_epoch):
     return run
 
 
-def evaluate_epoch(run, evaluator, epoch):
-    """Sample grid from fixed noise (a conditional model: one row per class, guided), and FID/KID (plus
-    class accuracy) when enabled. Returns the record fields it measured."""
+def evaluate_epoch(run, checks, epoch):
+    """The sample grid from fixed noise (a conditional model: one row per class, guided), class accuracy of
+    `accuracy_samples` class-balanced draws, and at the FID epochs Inception FID/KID (with the accuracy of
+    those N draws). The last epoch of a guided run fits the checkpoint's w on class accuracy first
+    (choose_run_guidance) and measures its FID at that w. Returns the record fields it measured, with
+    `eval_parts`: the seconds of each part."""
     config, sampler, world = run.config, run.state.sampler, run.config.world
-    start = time.perf_counter()
+    parts, clock = {}, time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        parts[name] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
     settings = config.eval_settings(config.seed + 1)
     path = config.results_dir / "epoch_comparisons" / f"samples_epoch_{epoch:03d}.png"
     title = f"epoch {epoch}, {sampler.name(settings, guided=run.guided)}"
@@ -175,63 +199,96 @@ def evaluate_epoch(run, evaluator, epoch):
         grid = to_unit_range(sampler.sample(config.num_samples, settings))
         save_titled_grid(grid, path, title=title)
         run.board.image("samples", make_grid(grid.cpu()), epoch)
-    scores = {"fid": None, "kid": None}
-    if evaluator is not None:
-        print(f"  epoch {epoch}: drawing {evaluator.num_samples} samples for FID/KID "
+    lap("grid")
+    record = {"fid": None, "kid": None}
+    settings = settings.replace(seed=config.seed + 2)
+    fid_now, fit_now = epoch in config.fid_epochs(), epoch == config.epochs and run.guided
+    at_w = lambda s: {"guidance_scale": s.guidance_scale} if run.guided else {}  # noqa: E731  the w measured at
+    if checks.classifier is not None and (fit_now or not fid_now):  # FID's own draws give the accuracy
+        record.update(checks.accuracy(settings), **at_w(settings))
+        lap("accuracy")
+    if fit_now:
+        run.guidance = choose_run_guidance(run, checks, record["accuracy"] if "accuracy" in record else None)
+        if run.guidance:
+            settings = settings.replace(guidance_scale=run.guidance["scale"])
+        lap("guidance_fit")
+    if fid_now:
+        print(f"  epoch {epoch}: drawing {checks.fid.num_samples} samples for FID/KID "
               f"({sampler.name(settings, guided=run.guided)}) ...", flush=True)
-        scores = score_samples(run, evaluator, settings.replace(seed=config.seed + 2))
-        scores.update(fid_backbone=evaluator.backbone, fid_samples=evaluator.num_samples)
-    return {**scores, "eval_seconds": time.perf_counter() - start}
+        record.update(checks.scores(settings), fid_backbone=checks.fid.backbone, fid_samples=checks.fid.num_samples,
+                      **at_w(settings))
+        lap("fid")
+    return {**record, "eval_seconds": sum(parts.values()), "eval_parts": parts}
 
 
-def score_samples(run, evaluator, settings):
-    """The evaluator's scores of the EMA model's draw_for_fid samples. Several processes share the drawing;
-    rank 0 gathers the images, scores them and tells the others the scores."""
-    world = run.config.world
-    images, labels = run.state.sampler.draw_for_fid(evaluator.num_samples, settings, world=world)
-    return world.broadcast(evaluator(images, labels) if world.is_main else None)
+class EpochChecks:
+    """What the training evaluation measures with: the data set's `classifier` (class accuracy of
+    `accuracy_samples` draws; None when the model is unconditional or the check is off) and the FID/KID
+    evaluator `fid` (None without FID), and the seconds their one-off set-up took. Several processes share
+    each drawing; rank 0 scores it and tells the others."""
+
+    def __init__(self, run, classifier, fid, setup_seconds=0.0):
+        self.run, self.classifier, self.fid, self.setup_seconds = run, classifier, fid, setup_seconds
+
+    def _draw(self, n, settings):
+        return self.run.state.sampler.draw_for_fid(n, settings, world=self.run.config.world)
+
+    def accuracy(self, settings):
+        """{'accuracy', 'accuracy_samples'}: the share of `accuracy_samples` class-balanced draws that the
+        classifier recognises as the class asked for."""
+        n = self.run.config.accuracy_samples
+        images, labels = self._draw(n, settings)
+        world = self.run.config.world
+        value = (self.classifier.predict(images) == labels).float().mean().item() if world.is_main else None
+        return {"accuracy": world.broadcast(value), "accuracy_samples": n}
+
+    def scores(self, settings):
+        """The FID evaluator's scores (FID, KID, and class accuracy of its N draws)."""
+        images, labels = self._draw(self.fid.num_samples, settings)
+        world = self.run.config.world
+        scores = world.broadcast(self.fid(images, labels) if world.is_main else None)
+        return {**scores, **({"accuracy_samples": self.fid.num_samples} if "accuracy" in scores else {})}
 
 
-def choose_run_guidance(run, evaluator, record):
+def choose_run_guidance(run, checks, accuracy):
     """The guidance the checkpoint records after the last epoch: the run's own w when --guidance_scale was
-    given, else fit_guidance from this evaluation up the ladder (each further w costs one more evaluation)."""
+    given, else fit_guidance on class accuracy from this epoch's `accuracy` at the evaluation's w up the
+    ladder (each further w costs one more check of `accuracy_samples` draws; no Inception)."""
     config = run.config
     if config.guidance_scale is not None:
         return {"scale": config.guidance_scale, "rows": [], "rule": "set by --guidance_scale"}
-    if evaluator is None or evaluator.classifier is None:
+    if accuracy is None:
         return None  # nothing measured: infer falls back to the default w
     settings = config.eval_settings(config.seed + 2)
-    first = {"guidance_scale": settings.guidance_scale,
-             **{k: record[k] for k in ("fid", "kid", "kid_std", "accuracy")}}
 
     def score(w):
         print(f"  guidance fit: w = {w:g} (class accuracy at the previous w is under 99%) ...", flush=True)
-        return score_samples(run, evaluator, settings.replace(guidance_scale=w))
+        return checks.accuracy(settings.replace(guidance_scale=w))
 
-    start = time.perf_counter()
-    fitted = fit_guidance(score, first)
-    record["eval_seconds"] += time.perf_counter() - start
+    fitted = fit_guidance(score, {"guidance_scale": settings.guidance_scale, "accuracy": accuracy,
+                                  "accuracy_samples": config.accuracy_samples})
     steps = ", ".join(f"w={r['guidance_scale']:g}: {r['accuracy']:.1%}" for r in fitted["rows"])
     print(f"Guidance recorded in the checkpoint: w = {fitted['scale']:g} ({fitted['rule']}; {steps}; "
-          f"{evaluator.describe()}, {settings.name(guided=False)})")
-    return {**fitted, "sampler": settings.name(guided=False), "fid_samples": evaluator.num_samples,
-            "epoch": record["epoch"]}
+          f"{config.accuracy_samples} draws each, {settings.name(guided=False)})")
+    return {**fitted, "sampler": settings.name(guided=False), "accuracy_samples": config.accuracy_samples,
+            "epoch": config.epochs}
 
 
-def write_training_outputs(run, evaluator, sampler):
+def write_training_outputs(run, checks, sampler):
     """training_loss.png, epoch_comparisons/metrics_comparison.png and metrics.json["train"] (rank 0)."""
     config, history = run.config, run.history
     if not config.world.is_main:
         return
     plot_training_loss(history, config.results_dir / "training_loss.png", dataset_title(run.dataset),
                        MODEL_KINDS[run.state.kind])
-    plot_metrics_comparison(history, evaluator, sampler,
+    plot_metrics_comparison(history, checks.fid, sampler,
                             config.results_dir / "epoch_comparisons" / "metrics_comparison.png")
     metrics = read_json(config.results_dir / "metrics.json")
     metrics["train"] = {
-        **(evaluator.summary() if evaluator else {"fid_backbone": None, "fid_samples": 0}),
+        **(checks.fid.summary() if checks.fid else {"fid_backbone": None, "fid_samples": 0}),
         "model": run.state.kind, "fid_sampler": sampler, "device": str(config.device), "batch_size": config.batch_size,
         **({"processes": config.world.size} if config.world.active else {}), "epochs": history,
+        "setup_seconds": checks.setup_seconds,
         "train_seconds": sum(h["train_seconds"] for h in history),
         "eval_seconds": sum(h["eval_seconds"] for h in history),
         "guidance": run.guidance,
@@ -239,11 +296,11 @@ def write_training_outputs(run, evaluator, sampler):
     write_json_atomic(metrics, config.results_dir / "metrics.json")
 
 
-def train_epochs(run, evaluator, stop):
-    """Epochs until config.epochs or a stop request: train, evaluate (epoch 1, every 5th, the last), log,
-    checkpoint and plot after each. Raises SystemExit after saving when stopped early."""
+def train_epochs(run, checks, stop):
+    """Epochs until config.epochs or a stop request: train, evaluate (epoch 1, every 5th, the FID epochs and
+    the last), log, checkpoint and plot after each. Raises SystemExit after saving when stopped early."""
     config, state = run.config, run.state
-    eval_epochs = evaluation_epochs(config.epochs)
+    eval_epochs = set(evaluation_epochs(config.epochs)) | config.fid_epochs()
     sampler = state.sampler.name(config.eval_settings(config.seed + 1), guided=run.guided)
     for epoch in range(run.epochs_completed + 1, config.epochs + 1):
         if run.progress is None:
@@ -270,23 +327,59 @@ def train_epochs(run, evaluator, stop):
         line = (f"epoch {epoch:3d}/{config.epochs}  {loss}  {record['images_per_s']:7.0f} img/s"
                 f"  {record['train_seconds']:6.1f}s")
         if epoch in eval_epochs:
-            record.update(evaluate_epoch(run, evaluator, epoch))
-            if record["fid"] is not None:
-                line += (f"  FID {record['fid']:.2f} KID {record['kid']:.4f}"
-                         + (f" acc {record['accuracy']:.1%}" if record.get("accuracy") is not None else "")
-                         + f" ({evaluator.describe()}, {sampler})")
-            line += f"  eval {record['eval_seconds']:.1f}s"
+            record.update(evaluate_epoch(run, checks, epoch))
+            line += describe_evaluation(record, checks, sampler)
         print(line, flush=True)
-        if epoch == config.epochs and run.guided:
-            run.guidance = choose_run_guidance(run, evaluator, record)
         run.history.append(record)
         run.board.record(record, epoch)
         run.epochs_completed = epoch
         run.save()
-        write_training_outputs(run, evaluator, sampler)
+        write_training_outputs(run, checks, sampler)
         if stop.poll(boundary=True) and epoch < config.epochs:
             config.world.barrier()
             raise SystemExit(f"Stopped after epoch {epoch}: saved to {config.checkpoint}; continue with --resume.")
+
+
+def describe_evaluation(record, checks, sampler):
+    """The epoch line's evaluation part: accuracy (N), FID/KID (backbone, N), the sampler and the seconds."""
+    sampler = sampler if "guidance_scale" not in record else sampler.split(", w=")[0] + f", w={record['guidance_scale']:g}"
+    text = ""
+    if record.get("accuracy") is not None:
+        text += f"  acc {record['accuracy']:.1%} (N={record['accuracy_samples']})"
+    if record["fid"] is not None:
+        text += f"  FID {record['fid']:.2f} KID {record['kid']:.4f} ({checks.fid.describe()})"
+    if text:
+        text += f" [{sampler}]"
+    return text + f"  eval {record['eval_seconds']:.1f}s"
+
+
+def resolve_fid(config, num_images):
+    """`config` with its FID settled: --fid_samples as given, or by default N = 1000 at the last epoch for
+    runs that show at least AUTO_FID_IMAGES training images and none for shorter ones (said either way)."""
+    if config.fid.num_samples is not None:
+        return config
+    shown = config.epochs * num_images
+    n = 1000 if shown >= AUTO_FID_IMAGES else 0
+    if n:
+        print(f"FID/KID: N = {n} at the last epoch{' and every %d' % config.fid_every if config.fid_every else ''} "
+              f"(the default for runs of at least {AUTO_FID_IMAGES:,} training images; --fid_samples 0 for none)")
+    else:
+        print(f"FID/KID: not measured in this short run ({shown:,} training images shown, under "
+              f"{AUTO_FID_IMAGES:,}): an Inception FID at N = 1000 would cost more than its training on a CPU. "
+              f"Ask with --fid_samples 1000, or later: --mode infer --fid_samples 1000")
+    return dataclasses.replace(config, fid=dataclasses.replace(config.fid, num_samples=n))
+
+
+def epoch_checks(run):
+    """The EpochChecks of `run`: the classifier (a conditional model, unless --accuracy_samples 0) and the
+    FID evaluator (with --fid_samples), each loaded or prepared once and cached; the seconds that took."""
+    config, start = run.config, time.perf_counter()
+    classifier = None
+    if run.conditional and (config.accuracy_samples or config.fid.num_samples):
+        classifier = load_classifier(config.cache_dir, run.dataset, config.data_dir, config.device)
+    fid = (make_evaluator(config.fid, run.dataset, config.data_dir, config.cache_dir, config.device,
+                          run.conditional, classifier) if config.fid.num_samples else None)
+    return EpochChecks(run, classifier if config.accuracy_samples else None, fid, time.perf_counter() - start)
 
 
 def summarize_timing(history):
@@ -320,15 +413,13 @@ def train(config):
     print(f"Training {MODEL_KINDS[run.state.kind]} ({kind}) on {len(run.images)} {dataset_title(run.dataset)} images, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {config.device}"
           f"{processes}, {run.steps_per_epoch} steps/epoch")
-    evaluator = None
-    if config.fid.num_samples:
-        with world.main_first():  # rank 0 fills the caches (classifier, real features), the others read them
-            evaluator = make_evaluator(config.fid, run.dataset, config.data_dir, config.cache_dir, config.device,
-                                       run.conditional)
+    run.config = config = resolve_fid(config, len(run.images))
+    with world.main_first():  # rank 0 fills the caches (classifier, real features), the others read them
+        checks = epoch_checks(run)
     run.board = Board(config.results_dir / "tensorboard", enabled=world.is_main)
     try:
         with StopRequest(world) as stop:
-            train_epochs(run, evaluator, stop)
+            train_epochs(run, checks, stop)
     except KeyboardInterrupt:
         raise SystemExit(f"\nQuit without saving; {config.checkpoint} holds the last save.")
     except FloatingPointError as err:
