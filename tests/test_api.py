@@ -106,7 +106,7 @@ def test_health_and_models(client, ckpt):
 def test_generation_matches_infer(client, ig, ckpt, mnist_dir, tmp_path):
     """Same seed and settings as image_gen's infer: the same pixels (fp32, eager)."""
     result = generate(client, model="ddpm-mnist", prompt="7", n=3, seed=5, steps=4, guidance_scale=1.0)
-    assert result["class"] == "7" and result["seed"] == 5 and result["sampler"] == "ddim-4, w=1"
+    assert result["class"] == "7" and result["seed"] == 5 and result["sampler"] == "dpm++2m-4, w=1"
     assert len(result["data"]) == 3 and all(d["class"] == "7" for d in result["data"])
     ig.main(["--mode", "infer", "--digits", "7", "--num_samples", "3", "--seed", "5", "--sampling_steps", "4",
              "--guidance_scale", "1.0", "--device", "cpu", "--checkpoint", str(ckpt["image"]),
@@ -123,7 +123,7 @@ def test_generation_matches_infer(client, ig, ckpt, mnist_dir, tmp_path):
 
 def test_random_prompt_and_default_seed(client):
     first = generate(client, prompt="random", n=2, steps=2)
-    assert first["class"] == "random" and first["guidance_scale"] is None and first["sampler"] == "ddim-2"
+    assert first["class"] == "random" and first["guidance_scale"] is None and first["sampler"] == "dpm++2m-2"
     assert 0 <= first["seed"] < 2**31
     replay = generate(client, prompt="random", n=2, steps=2, seed=first["seed"])
     assert [d["b64_json"] for d in replay["data"]] == [d["b64_json"] for d in first["data"]]
@@ -177,7 +177,7 @@ def error_of(response, status):
     (dict(prompt="random", guidance_scale=1), 400, "guidance_scale needs a class prompt"),
     (dict(prompt="1", sampler="euler"), 400, "sampler: Input should be 'ddim', 'ddpm' or 'dpm++2m'"),
     (dict(prompt="1", steps=0), 400, "steps: Input should be greater than or equal to 1"),
-    (dict(prompt="1", steps=1001), 400, "ddim takes 1 to 1000 steps"),
+    (dict(prompt="1", steps=1001), 400, "dpm++2m takes 1 to 1000 steps"),
     (dict(prompt="1", response_format="url"), 400, "response_format: Input should be 'b64_json'"),
     (dict(prompt="1", size="1024x1024"), 400, "size '1024x1024' is not served: ddpm-mnist draws 28x28 images"),
 ])

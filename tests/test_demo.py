@@ -19,7 +19,7 @@ from conftest import ROOT, write_music_file
 import audiogen.checkpoint as audio_checkpoint
 import imagegen.checkpoint as image_checkpoint
 from imagegen import sampling, unet
-from imagegen.checkpoint import load_checkpoint
+from imagegen.checkpoint import checkpoint_guidance, load_checkpoint
 from imagegen.data import to_unit_range
 from imagegen.diffusion import SamplerSettings
 from imagegen.guidance import DEFAULT_GUIDANCE_SCALE
@@ -75,10 +75,11 @@ def singles(at):
         return {name: np.asarray(Image.open(io.BytesIO(archive.read(name))))[..., 0] for name in archive.namelist()}
 
 
-def eager_digits(ig, ckpt, classes, per_class, steps, seed, guidance, precision="fp32"):
+def eager_digits(ig, ckpt, classes, per_class, steps, seed, guidance, precision="fp32",
+                 sampler=SamplerSettings.sampler):
     """uint8 (n, 28, 28): what image_gen's own eager sampler draws for these settings, as the page's PNGs hold it."""
     images = ema_sampler_from_checkpoint(load_checkpoint(ckpt), torch.device("cpu"), precision).sample_classes(
-        classes, per_class, SamplerSettings("ddim", steps, guidance_scale=guidance, seed=seed))
+        classes, per_class, SamplerSettings(sampler, steps, guidance_scale=guidance, seed=seed))
     return to_unit_range(images).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)[:, 0].numpy()
 
 
@@ -199,7 +200,10 @@ def test_a_failure_inside_a_tab_is_a_message_not_a_traceback(app, ig, monkeypatc
 
 def test_every_digit_control_reaches_the_sampler(app, demo_checkpoints, ig):
     assert app.multiselect(key="classes").value == [str(c) for c in range(10)]  # all classes by default
-    assert app.slider(key="guidance").value == DEFAULT_GUIDANCE_SCALE and app.number_input(key="steps").value == 50
+    recorded = checkpoint_guidance(load_checkpoint(demo_checkpoints["image"]), DEFAULT_GUIDANCE_SCALE)
+    assert app.slider(key="guidance").value == recorded  # the w the checkpoint's own fit recorded
+    assert app.number_input(key="steps").value == SamplerSettings.steps
+    assert app.radio(key="sampler").value == SamplerSettings.sampler
     generate(app, classes=["3", "7"], guidance=2.0, sampler="ddim", steps=3, seed=5, count=3)
     assert not app.error
     shown = app.session_state["images"]
@@ -212,7 +216,7 @@ def test_every_digit_control_reaches_the_sampler(app, demo_checkpoints, ig):
     assert sorted(files) == [f"digit{c}_{i:03d}.png" for c in (3, 7) for i in range(3)]
     # exactly what image_gen draws for these settings
     np.testing.assert_array_equal(np.stack([files[name] for name in sorted(files)]),
-                                  eager_digits(ig, demo_checkpoints["image"], [3, 7], 3, 3, 5, 2.0))
+                                  eager_digits(ig, demo_checkpoints["image"], [3, 7], 3, 3, 5, 2.0, sampler="ddim"))
     # the result outlives the rerun a download click causes; another seed draws other digits
     app.get("download_button")[0].click()
     run(app)
@@ -284,7 +288,7 @@ def test_an_unconditional_checkpoint_has_no_class_controls(monkeypatch, demo_che
     assert at.number_input(key="count").label == "Images" and at.number_input(key="count").value == 16
     generate(at, steps=2, count=5)
     assert sorted(singles(at)) == [f"sample_{i:03d}.png" for i in range(5)]
-    assert at.session_state["images"].sampler == "ddim-2"
+    assert at.session_state["images"].sampler == "dpm++2m-2"
 
 
 def test_a_gan_checkpoint_draws_classes_without_sampler_or_guidance(monkeypatch, demo_checkpoints, ig, mnist_dir,

@@ -156,7 +156,7 @@ def test_conditional_training_records_what_it_is(ig, conditional_run):
     assert state["dataset"] == "mnist" and state["class_names"] == [str(i) for i in range(10)]
     assert state["ema"]["class_embedding.weight"].shape[0] == 11  # ten digits and the null class
     train = json.loads((conditional_run / "results" / "metrics.json").read_text())["train"]
-    assert train["fid_sampler"] == f"ddim-4, w={DEFAULT_GUIDANCE_SCALE:g}" and train["classifier_test_accuracy"] > 0.5
+    assert train["fid_sampler"] == f"dpm++2m-4, w={DEFAULT_GUIDANCE_SCALE:g}" and train["classifier_test_accuracy"] > 0.5
     first, last = train["epochs"]
     # epoch 1: the accuracy check alone; the last: the check, the guidance fit, then FID at the fitted w
     assert first["accuracy_samples"] == 40 and first["fid"] is None and set(first["eval_parts"]) == {"grid", "accuracy"}
@@ -359,7 +359,7 @@ def test_checkpoint_carries_its_guidance_and_infer_uses_it(conditional_run, mnis
     guidance = load(conditional_run / "models" / "ddpm.pt")["guidance"]
     rows = guidance["rows"]
     assert rows[0]["guidance_scale"] == DEFAULT_GUIDANCE_SCALE and guidance["scale"] in [r["guidance_scale"] for r in rows]
-    assert guidance["sampler"] == "ddim-4" and guidance["accuracy_samples"] == 40 and guidance["epoch"] == 2
+    assert guidance["sampler"] == "dpm++2m-4" and guidance["accuracy_samples"] == 40 and guidance["epoch"] == 2
     assert all(0 <= r["accuracy"] <= 1 and "fid" not in r for r in rows)  # fitted on class accuracy alone
     train = json.loads((conditional_run / "results" / "metrics.json").read_text())["train"]
     assert train["guidance"]["scale"] == guidance["scale"]

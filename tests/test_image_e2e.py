@@ -72,7 +72,7 @@ def test_training_outputs(trained):
     metrics = json.loads((results / "metrics.json").read_text())
     train = metrics["train"]
     assert train["fid_backbone"] == "mnist-classifier" and train["fid_samples"] == 48
-    assert train["fid_sampler"] == "ddim-4"
+    assert train["fid_sampler"] == "dpm++2m-4"
     floor = train["real_vs_real_floor"]
     assert floor["fid"] > 0 and "48 training images" in floor["what"]
     first, last = train["epochs"]

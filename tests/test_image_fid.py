@@ -66,7 +66,7 @@ def test_training_with_inception_fid(ig, inception_cache, mnist_dir, tmp_path, c
     ig.main([*common, "--fid_samples", "10", "--fid_backbone", "inception", *paths(tmp_path / "fid", mnist_dir),
              "--cache_dir", str(inception_cache)])
     out = capsys.readouterr().out
-    assert "Converting" not in out and f"(inception-v3, N=10, ddim-4, w={DEFAULT_GUIDANCE_SCALE:g})" in out
+    assert "Converting" not in out and "(inception-v3, N=10) [dpm++2m-4, w=" in out
     train = json.loads((tmp_path / "fid" / "results" / "metrics.json").read_text())["train"]
     assert train["fid_backbone"] == "inception-v3" and train["fid_samples"] == 10
     assert train["epochs"][0]["fid"] > train["real_vs_real_floor"]["fid"] > 0
