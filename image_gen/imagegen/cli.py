@@ -2,7 +2,7 @@
 or train a class-conditional GAN beside it (--model gan) and measure both the same way.
 
     python image_gen/image_gen.py --mode train               # 20 epochs, FID/KID at epochs 1, 5, 10, 15, 20
-    python image_gen/image_gen.py --mode infer               # 16 of each digit, DDIM-50, in about a minute on a CPU
+    python image_gen/image_gen.py --mode infer               # 16 of each digit, DPM-Solver++ (10 steps), seconds on a CPU
     python image_gen/image_gen.py --mode infer --digits 7 --guidance_scale 2
     python image_gen/image_gen.py --mode infer --fid_samples 10000         # the headline FID/KID and accuracy
     python image_gen/image_gen.py --mode infer --digits none --fid_samples 1000  # the null class (unconditional)
