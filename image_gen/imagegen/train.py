@@ -26,8 +26,9 @@ from .unet import DiffusionModel
 
 
 # By default a run measures Inception FID (N = 1000, at its last epoch) only when it trains on at least this many
-# images (10 epochs of MNIST): on a 2-core CPU the FID's one-off set-up and its draws cost about 5 minutes, more
-# than a shorter run trains (docs/image-results.md, the cost table).
+# images (10 epochs of MNIST): on a 2-core CPU one FID costs about 1.5 minutes (draws and their Inception
+# features) and the first also 2.5 minutes of real features, as much as a 1-epoch MNIST run trains
+# (docs/image-results.md, what evaluation costs).
 AUTO_FID_IMAGES = 600_000
 
 
