@@ -258,11 +258,8 @@ class LatentDiffusion:
         log_snr = 0.5 * (abar_all.log() - (1 - abar_all).log())
         times = self.log_snr_timesteps(steps).tolist()
         previous = None
-        for i, step in enumerate(times):
+        for step, prev in zip(times, times[1:]):
             z0, _, _ = self._z0_and_eps(model, z, step)
-            if i + 1 == len(times):
-                return z0
-            prev = times[i + 1]
             h = float(log_snr[prev] - log_snr[step])
             estimate = z0
             if previous is not None:
@@ -272,7 +269,7 @@ class LatentDiffusion:
             sigma_ratio = float(((1 - abar_all[prev]) / (1 - abar_all[step])).sqrt())
             z = sigma_ratio * z - float(abar_all[prev].sqrt() * math.expm1(-h)) * estimate
             previous = (z0, h)
-        return z
+        return self._z0_and_eps(model, z, times[-1])[0]  # the last evaluation, at t = 0
 
 
 def sample_latents(prior, count, frames, seed, sampler, progress=lambda clips: clips):
