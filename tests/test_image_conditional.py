@@ -3,6 +3,7 @@ classes on the command line, Fashion-MNIST, older checkpoints, and the usage err
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,11 +11,13 @@ import torch
 from conftest import write_idx
 from test_image_e2e import CLASSIFIER, SAMPLE_TINY, SWEEP_TINY, TINY, assert_png, load, paths, run_script
 from imagegen.benchmark import benchmark_training
+from imagegen.common import World
 from imagegen.checkpoint import CHECKPOINT_VERSION
 from imagegen.diffusion import GaussianDiffusion, SamplerSettings
 from imagegen.fid import FidSettings
 from imagegen.guidance import DEFAULT_GUIDANCE_SCALE, choose_guidance, fit_guidance
 from imagegen.sampling import Sampler, balanced_counts
+from imagegen.train import EpochChecks
 from imagegen.unet import DiffusionModel
 
 
@@ -319,6 +322,70 @@ def test_fit_guidance_climbs_the_ladder_until_99_percent():
     assert asked == [1.0, 2.0]
     never = fit_guidance(lambda w: {"fid": 1.0, "kid": 0.0, "accuracy": 0.9 + w / 100}, first)
     assert never["scale"] == 5.0 and "no w reached" in never["rule"]  # the most accurate one
+
+
+class _Missing:
+    """A classifier that gets every image right except those whose class is in `wrong_classes` (one miss each)."""
+
+    def __init__(self, wrong_classes):
+        self.wrong_classes = wrong_classes
+
+    def predict(self, images):
+        labels = images[:, 0, 0, 0].long()  # the stub sampler writes the asked class into the first pixel
+        guess = labels.clone()
+        for label in self.wrong_classes:
+            where = (labels == label).nonzero()
+            if len(where):
+                guess[where[0]] = (label + 1) % 10
+        return guess
+
+
+class _InTurn:
+    """A sampler stub: draw_classes_in_turn and draw_for_fid as the real ones split n, remembering which classes
+    they drew."""
+
+    def __init__(self):
+        self.drawn = []
+
+    def draw_classes_in_turn(self, n, settings):
+        for label, count in enumerate(balanced_counts(n, 10)):
+            self.drawn.append(label)
+            yield torch.full((count, 1, 28, 28), label, dtype=torch.uint8), torch.full((count,), label)
+
+    def draw_for_fid(self, n, settings, world=None):
+        images, labels = zip(*self.draw_classes_in_turn(n, settings))
+        return torch.cat(images), torch.cat(labels)
+
+
+def _checks(sampler, classifier, n):
+    config = SimpleNamespace(accuracy_samples=n, world=World())
+    return EpochChecks(SimpleNamespace(config=config, state=SimpleNamespace(sampler=sampler)), classifier, None)
+
+
+def test_a_guidance_rung_stops_once_it_cannot_reach_99_percent():
+    """With `required`, the check stops at the first miss beyond the 1 % of N that a passing draw may have (here
+    N = 200: 2 misses allowed, the third one decides), and its verdict is the full draw's."""
+    sampler = _InTurn()
+    stopped = _checks(sampler, _Missing({1, 4, 6, 8}), 200).accuracy(SamplerSettings(), required=0.99)
+    assert sampler.drawn == [0, 1, 2, 3, 4, 5, 6] and stopped == {"accuracy": 137 / 140, "accuracy_samples": 140,
+                                                                 "stopped": True}
+    full = _checks(_InTurn(), _Missing({1, 4, 6, 8}), 200).accuracy(SamplerSettings())
+    assert full == {"accuracy": pytest.approx(196 / 200), "accuracy_samples": 200}  # the full draw fails 99 % too
+    sampler = _InTurn()
+    passed = _checks(sampler, _Missing({1, 9}), 200).accuracy(SamplerSettings(), required=0.99)
+    assert sampler.drawn == list(range(10)) and passed == {"accuracy": 0.99, "accuracy_samples": 200}
+
+
+def test_classes_in_turn_draw_what_the_fid_draw_draws(cond_diffusion):
+    """draw_classes_in_turn gives draw_for_fid's images class after class: bit-equal when the full draw goes
+    class by class too (more images than a sampling batch), equal up to rounding when it is one batch."""
+    settings = SamplerSettings("ddim", 3, guidance_scale=1.0, seed=5)
+    for n in (150, 20):
+        images, labels = cond_diffusion.draw_for_fid(n, settings)
+        parts = list(cond_diffusion.draw_classes_in_turn(n, settings))
+        assert torch.equal(torch.cat([p[1] for p in parts]), labels)
+        difference = (torch.cat([p[0] for p in parts]).int() - images.int()).abs()
+        assert difference.max() == 0 if n > cond_diffusion.batch_size(True) else difference.max() <= 1, n
 
 
 def test_the_guidance_fit_runs_without_fid(ig, mnist_dir, tmp_path):

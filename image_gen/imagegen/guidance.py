@@ -28,7 +28,9 @@ def fit_guidance(score, first_row, ladder=GUIDANCE_SWEEP, min_accuracy=MIN_ACCUR
     run's w; `score(w)` evaluates another w (FID, KID, accuracy). Guidance trades diversity for
     recognisability, so the smallest w that is recognised enough is the least distorting one; a full
     sweep (choose_guidance) picks the best FID among the w that reach the accuracy instead, which after
-    the default training is the same w (docs/image-results.md). Returns {'scale', 'rows', 'rule'}."""
+    the default training is the same w (docs/image-results.md). `score` may stop a w's draw as soon as it
+    cannot reach `min_accuracy` (training's rungs do: EpochChecks.accuracy); such a row holds the accuracy of
+    the draws made, which is then only an estimate in the no-w-reached fallback. Returns {'scale', 'rows', 'rule'}."""
     rows = [first_row]
     for w in [w for w in ladder if w > first_row["guidance_scale"]]:
         if rows[-1]["accuracy"] >= min_accuracy:

@@ -4,6 +4,7 @@ resumable state."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from .diffusion import SamplerSettings
 from .fid import FidSettings, load_classifier, make_evaluator
 from .gan import Discriminator, Generator
 from .gan_training import GanConfig, GanTrainState
-from .guidance import DEFAULT_GUIDANCE_SCALE, fit_guidance
+from .guidance import DEFAULT_GUIDANCE_SCALE, MIN_ACCURACY, fit_guidance
 from .plots import plot_metrics_comparison, plot_training_loss, save_class_grid, save_titled_grid
 from .training import (EpochProgress, TrainState, evaluation_epochs, mean_losses, new_lr_plan, replan_lr,
                        train_one_epoch)
@@ -234,12 +235,25 @@ class EpochChecks:
     def _draw(self, n, settings):
         return self.run.state.sampler.draw_for_fid(n, settings, world=self.run.config.world)
 
-    def accuracy(self, settings):
+    def accuracy(self, settings, required=None):
         """{'accuracy', 'accuracy_samples'}: the share of `accuracy_samples` class-balanced draws that the
-        classifier recognises as the class asked for."""
-        n = self.run.config.accuracy_samples
+        classifier recognises as the class asked for.
+
+        `required` (a share such as 0.99; one process only): a yes/no check instead of a measurement. The
+        classes are drawn in turn and drawing stops at the first miss beyond the (1 - required) x N that the
+        full draw may have, since the full draw cannot then reach `required`; the record says how many were
+        drawn (`accuracy_samples`) and that the check `stopped`. A draw that completes gives the full figure."""
+        n, world = self.run.config.accuracy_samples, self.run.config.world
+        if required is not None and not world.active:
+            allowed_misses = math.floor((1.0 - required) * n + 1e-9)
+            correct = drawn = 0
+            for images, labels in self.run.state.sampler.draw_classes_in_turn(n, settings):
+                correct += (self.classifier.predict(images) == labels).sum().item()
+                drawn += len(labels)
+                if drawn - correct > allowed_misses:
+                    break
+            return {"accuracy": correct / drawn, "accuracy_samples": drawn, **({"stopped": True} if drawn < n else {})}
         images, labels = self._draw(n, settings)
-        world = self.run.config.world
         value = (self.classifier.predict(images) == labels).float().mean().item() if world.is_main else None
         return {"accuracy": world.broadcast(value), "accuracy_samples": n}
 
@@ -263,14 +277,16 @@ def choose_run_guidance(run, checks, accuracy):
     settings = config.eval_settings(config.seed + 2)
 
     def score(w):
-        print(f"  guidance fit: w = {w:g} (class accuracy at the previous w is under 99%) ...", flush=True)
-        return checks.accuracy(settings.replace(guidance_scale=w))
+        print(f"  guidance fit: w = {w:g} (class accuracy at the previous w is under {MIN_ACCURACY:.0%}) ...",
+              flush=True)
+        return checks.accuracy(settings.replace(guidance_scale=w), required=MIN_ACCURACY)
 
     fitted = fit_guidance(score, {"guidance_scale": settings.guidance_scale, "accuracy": accuracy,
                                   "accuracy_samples": config.accuracy_samples})
-    steps = ", ".join(f"w={r['guidance_scale']:g}: {r['accuracy']:.1%}" for r in fitted["rows"])
+    steps = ", ".join(f"w={r['guidance_scale']:g}: {r['accuracy']:.1%}"
+                      + (f" (stopped after {r['accuracy_samples']})" if r.get("stopped") else "") for r in fitted["rows"])
     print(f"Guidance recorded in the checkpoint: w = {fitted['scale']:g} ({fitted['rule']}; {steps}; "
-          f"{config.accuracy_samples} draws each, {settings.name(guided=False)})")
+          f"up to {config.accuracy_samples} draws each, {settings.name(guided=False)})")
     return {**fitted, "sampler": settings.name(guided=False), "accuracy_samples": config.accuracy_samples,
             "epoch": config.epochs}
 
