@@ -29,7 +29,7 @@ import streamlit as st
 from audiogen.export import paired
 from audiogen.inverse import INVERSES, InverseConfig
 from imagegen.common import resolve_device, resolve_path
-from imagegen.unet import cpu_has_bf16
+from imagegen.unet import resolve_precision
 
 from demo.common import errors_as_messages
 from demo.digits import MAX_IMAGES, image_tab
@@ -99,14 +99,6 @@ def parse_args(argv):
     args.device = resolve_device(args.device, p)
     args.precision = resolve_precision(args.precision, args.device)
     return args
-
-
-def resolve_precision(choice, device):
-    """fp32 or bf16 for `--precision auto|fp32|bf16`: auto is bf16 only on a CPU with bfloat16 instructions
-    (a GPU samples 16 digits in well under a second in fp32, so it keeps infer's exact arithmetic)."""
-    if choice != "auto":
-        return choice
-    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 
 def main():

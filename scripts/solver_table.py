@@ -48,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--data_dir", default=str(IMAGE_GEN / "data"), help="image_gen's --data_dir")
     p.add_argument("--cache_dir", default=str(IMAGE_GEN / "data" / "cache"), help="image_gen's --cache_dir")
     p.add_argument("--device", default="cpu", help="torch device for sampling and features")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the U-Net's arithmetic in sampling")
     p.add_argument("--out", required=True, help="the JSON file to write")
     p.add_argument("--plot", default=None, help="a PNG of FID against network evaluations per image")
     return p.parse_args(argv)
@@ -84,7 +85,7 @@ def bootstrap_fids(features, real, resamples, seed=0):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    model = ImageGenerator.load(args.checkpoint, device)
+    model = ImageGenerator.load(args.checkpoint, device, args.precision)
     w = args.guidance_scale if args.guidance_scale is not None else checkpoint_guidance(model.state,
                                                                                         DEFAULT_GUIDANCE_SCALE)
     evaluator = make_evaluator(FidSettings(args.n), model.dataset, Path(args.data_dir), Path(args.cache_dir),
@@ -127,7 +128,7 @@ def main(argv=None):
               + ("  (equal)" if acc_low <= 0 <= acc_high else ""))
     np.savez_compressed(Path(args.out).with_suffix(".features.npz"), real=real, correct=np.stack(corrects),
                         **{f"row{i}": f for i, f in enumerate(features)})  # to recompute any interval later
-    record = {"checkpoint": str(args.checkpoint), "n": evaluator.num_samples, "guidance_scale": w,
+    record = {"checkpoint": str(args.checkpoint), "n": evaluator.num_samples, "guidance_scale": w, "precision": args.precision,
               "seed": args.seed, "bootstrap": args.bootstrap, "device": str(device), **evaluator.summary(),
               "reference": rows[0]["setting"], "rows": rows}
     write_json_atomic(record, args.out)

@@ -7,7 +7,7 @@ from imagegen.data import to_model_range, to_uint8
 from imagegen.diffusion import GaussianDiffusion, SamplerSettings
 from imagegen.sampling import Sampler
 from imagegen.training import LR_FLOOR, TrainState, lr_schedule, new_lr_plan, replan_lr
-from imagegen.unet import DiffusionModel, PositionalEncoding, cpu_has_bf16
+from imagegen.unet import DiffusionModel, PositionalEncoding, cpu_has_bf16, resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +235,18 @@ def test_cpu_has_bf16_reads_the_cpu_flags(ig, tmp_path):
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         assert cpu_has_bf16(cpuinfo) is expected, flags
     assert cpu_has_bf16(tmp_path / "missing") is False  # not Linux: fp32
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16(monkeypatch, ig, has_bf16):
+    """--precision auto (every mode's default): bf16 on a CPU with bf16 instructions, fp32 on other CPUs and
+    on a GPU; a precision asked for is kept."""
+    import imagegen.unet as unet
+    monkeypatch.setattr(unet, "cpu_has_bf16", lambda: has_bf16)
+    assert resolve_precision("auto", "cpu") == ("bf16" if has_bf16 else "fp32")
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp32"
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert ig.parse_args(["--mode", "train", "--device", "cpu"]).precision == ("bf16" if has_bf16 else "fp32")
 
 
 class GaussianDataEps(torch.nn.Module):
