@@ -320,8 +320,8 @@ def test_fit_guidance_climbs_the_ladder_until_99_percent():
     assert [r["guidance_scale"] for r in fitted["rows"]] == [0.5, 1.0, 2.0] and "smallest w" in fitted["rule"]
     assert fit_guidance(score, {**first, "accuracy": 0.995})["scale"] == 0.5  # already enough: nothing drawn
     assert asked == [1.0, 2.0]
-    never = fit_guidance(lambda w: {"fid": 1.0, "kid": 0.0, "accuracy": 0.9 + w / 100}, first)
-    assert never["scale"] == 5.0 and "no w reached" in never["rule"]  # the most accurate one
+    never = fit_guidance(lambda w: {"fid": 1.0, "kid": 0.0, "accuracy": 0.9 - w / 100}, first)
+    assert never["scale"] == 5.0 and "no w reached" in never["rule"]  # the largest w, whatever its few draws said
 
 
 class _Missing:

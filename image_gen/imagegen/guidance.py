@@ -22,24 +22,26 @@ def choose_guidance(rows, min_accuracy=MIN_ACCURACY):
 def fit_guidance(score, first_row, ladder=GUIDANCE_SWEEP, min_accuracy=MIN_ACCURACY):
     """The guidance a model's own evaluation supports: the smallest w, from `first_row["guidance_scale"]`
     up the `ladder`, whose samples the data set's classifier recognises as the asked class at least
-    `min_accuracy` of the time; if none does, the w with the highest accuracy.
+    `min_accuracy` of the time; if none does, the largest w tried.
 
     `first_row` ({'guidance_scale', 'fid', 'kid', 'accuracy', ...}) is the evaluation already made at the
     run's w; `score(w)` evaluates another w (FID, KID, accuracy). Guidance trades diversity for
     recognisability, so the smallest w that is recognised enough is the least distorting one; a full
     sweep (choose_guidance) picks the best FID among the w that reach the accuracy instead, which after
-    the default training is the same w (docs/image-results.md). `score` may stop a w's draw as soon as it
-    cannot reach `min_accuracy` (training's rungs do: EpochChecks.accuracy); such a row holds the accuracy of
-    the draws made, which is then only an estimate in the no-w-reached fallback. Returns {'scale', 'rows', 'rule'}."""
+    the default training is the same w (docs/image-results.md). When no w is recognised enough, the
+    strongest guidance tried is the most recognisable (accuracy rose with w in every sweep measured here),
+    and `score` may stop a w's draw as soon as it cannot reach `min_accuracy` (training's rungs do:
+    EpochChecks.accuracy), which leaves too few draws to rank the failing w's by their accuracy.
+    Returns {'scale', 'rows', 'rule'}."""
     rows = [first_row]
     for w in [w for w in ladder if w > first_row["guidance_scale"]]:
         if rows[-1]["accuracy"] >= min_accuracy:
             break
         rows.append({"guidance_scale": w, **score(w)})
     good = [r for r in rows if r["accuracy"] >= min_accuracy]
-    chosen = good[0] if good else max(rows, key=lambda r: r["accuracy"])
+    chosen = good[0] if good else rows[-1]
     rule = (f"smallest w with >= {min_accuracy:.0%} class accuracy" if good
-            else f"no w reached {min_accuracy:.0%}: the most accurate")
+            else f"no w reached {min_accuracy:.0%}: the largest w tried")
     return {"scale": chosen["guidance_scale"], "rows": rows, "rule": rule}
 
 
