@@ -106,10 +106,11 @@ def plot_training_loss(history, path, dataset_title, model="DDPM"):
     plt.close(fig)
 
 
-def plot_metrics_comparison(history, evaluator, sampler, path):
+def plot_metrics_comparison(history, evaluator, sampler, path, guidance=None):
     """Per evaluated epoch: class accuracy (the quick check, or FID's own draws) and FID with the
     real-vs-real floor, beside the training loss; the titles name N, the sampler and the backbone. The points
-    name their w where it differs from the run's (the last epoch after the guidance fit)."""
+    name their w where it differs from the run's (the last epoch after the guidance fit). `guidance` (the
+    checkpoint's fit, with its rows) adds the w's the fit tried at the last epoch to the accuracy panel."""
     plt = pyplot()
     fig, (ax_acc, ax_fid, ax_loss) = plt.subplots(1, 3, figsize=(15, 4), dpi=120)
     checked = [h for h in history if h.get("accuracy") is not None]
@@ -118,7 +119,9 @@ def plot_metrics_comparison(history, evaluator, sampler, path):
                     color="tab:green")
         ax_acc.axhline(99, color="gray", ls=":", label="99% (the guidance fit's bar)")
         _label_guidance(ax_acc, checked, lambda h: 100 * h["accuracy"], sampler)
-        ax_acc.legend(fontsize=8)
+        if guidance and guidance.get("rows"):
+            _plot_guidance_fit(ax_acc, guidance, history[-1]["epoch"])
+        ax_acc.legend(fontsize=8, loc="center left")
         sizes = sorted({h["accuracy_samples"] for h in checked})
         ax_acc.set_title(f"Class accuracy, N={'/'.join(map(str, sizes))}, {sampler}", fontsize=9)
     else:
@@ -147,6 +150,21 @@ def plot_metrics_comparison(history, evaluator, sampler, path):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_guidance_fit(ax, guidance, epoch):
+    """The guidance fit at `epoch`: the recorded w's accuracy as a star, and the rungs it tried listed in a box
+    (they lie too close together near 99 % to label as points)."""
+    chosen = [r for r in guidance["rows"] if r["guidance_scale"] == guidance["scale"]]
+    if chosen:
+        ax.plot([epoch], [100 * chosen[0]["accuracy"]], marker="*", markersize=13, color="tab:purple", ls="none",
+                label=f"recorded w = {guidance['scale']:g} ({guidance['rule']})")
+    lines = [f"w={r['guidance_scale']:g}: {r['accuracy']:.1%}" + (f" (stopped at {r['accuracy_samples']})"
+                                                                  if r.get("stopped") else "")
+             for r in guidance["rows"]]
+    ax.text(0.98, 0.04, f"guidance fit, epoch {epoch}:\n" + "\n".join(lines), transform=ax.transAxes, ha="right",
+            va="bottom", fontsize=7, color="tab:purple", bbox={"facecolor": "white", "edgecolor": "tab:purple",
+                                                                "alpha": 0.9})
 
 
 def _label_guidance(ax, rows, value, sampler, show_value=False):

@@ -299,7 +299,7 @@ def write_training_outputs(run, checks, sampler):
     plot_training_loss(history, config.results_dir / "training_loss.png", dataset_title(run.dataset),
                        MODEL_KINDS[run.state.kind])
     plot_metrics_comparison(history, checks.fid, sampler,
-                            config.results_dir / "epoch_comparisons" / "metrics_comparison.png")
+                            config.results_dir / "epoch_comparisons" / "metrics_comparison.png", run.guidance)
     metrics = read_json(config.results_dir / "metrics.json")
     metrics["train"] = {
         **(checks.fid.summary() if checks.fid else {"fid_backbone": None, "fid_samples": 0}),
