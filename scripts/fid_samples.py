@@ -28,6 +28,7 @@ from imagegen.diffusion import SAMPLERS, SamplerSettings
 from imagegen.fid import FidSettings, make_evaluator
 from imagegen.guidance import GUIDANCE_SWEEP, report_guidance_sweep
 from imagegen.sampling import ema_sampler_from_checkpoint
+from imagegen.unet import resolve_precision
 
 
 def parse_args(argv=None):
@@ -47,6 +48,9 @@ def parse_args(argv=None):
                       help="noise seed (1: what image_gen.py scores with its default --seed 0)")
     draw.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     draw.add_argument("--compile", action="store_true", help="torch.compile the U-Net for sampling")
+    draw.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                      help="the U-Net's arithmetic, as image_gen.py's --precision (auto: bf16 on a CPU with bf16 "
+                           "instructions, else fp32), so the draws are the ones the sweep scores")
     score = sub.add_parser("score", help="Inception FID/KID (and class accuracy) of the sets in .npz files")
     score.add_argument("samples", nargs="+", help=".npz files written by draw")
     score.add_argument("--data_dir", default=str(IMAGE_GEN / "data"), help="image_gen's --data_dir")
@@ -68,7 +72,8 @@ def draw(args):
     device = default_device(args.device)
     state = load_checkpoint(args.checkpoint)
     require_kind(state, "ddpm", args.checkpoint, "draw (its sets are guidance scales)")
-    sampler = ema_sampler_from_checkpoint(state, device, compile_model=args.compile)
+    precision = resolve_precision(args.precision, device, state["kind"])
+    sampler = ema_sampler_from_checkpoint(state, device, precision, compile_model=args.compile)
     settings = SamplerSettings(args.sampler, args.sampling_steps, args.eta, 0.0, args.seed)
     if sampler.num_classes:
         sets = [(f"w{w:g}", w, False) for w in args.guidance_scales] + ([("null", 0.0, True)] if args.null else [])
@@ -92,7 +97,7 @@ def draw(args):
                      for name, w, unconditional in sets},
             "sampler": settings.name(guided=False), "seed": args.seed, "n": args.n,
             "seconds": seconds, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "compiled": args.compile}
+            "torch": torch.__version__, "compiled": args.compile, "precision": precision}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")

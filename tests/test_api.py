@@ -104,12 +104,13 @@ def test_health_and_models(client, ckpt):
 
 
 def test_generation_matches_infer(client, ig, ckpt, mnist_dir, tmp_path):
-    """Same seed and settings as image_gen's infer: the same pixels (fp32, eager)."""
+    """Same seed and settings as image_gen's infer in fp32: the same pixels (the API samples in fp32, eager, so
+    that a request draws the same pixels in any batch)."""
     result = generate(client, model="ddpm-mnist", prompt="7", n=3, seed=5, steps=4, guidance_scale=1.0)
     assert result["class"] == "7" and result["seed"] == 5 and result["sampler"] == "dpm++2m-4, w=1"
     assert len(result["data"]) == 3 and all(d["class"] == "7" for d in result["data"])
     ig.main(["--mode", "infer", "--digits", "7", "--num_samples", "3", "--seed", "5", "--sampling_steps", "4",
-             "--guidance_scale", "1.0", "--device", "cpu", "--checkpoint", str(ckpt["image"]),
+             "--guidance_scale", "1.0", "--device", "cpu", "--precision", "fp32", "--checkpoint", str(ckpt["image"]),
              "--results_dir", str(tmp_path), "--data_dir", str(mnist_dir)])
     for i, item in enumerate(result["data"]):
         infer = np.asarray(Image.open(tmp_path / "samples" / f"digit7_{i:03d}.png"))

@@ -15,8 +15,11 @@ import torch
 from conftest import ROOT, write_music_file
 
 ENTRY = ROOT / "tests" / "distributed_entry.py"
+# fp32: these compare the DDP arithmetic with one process's; bf16 autocast (--precision auto's choice on a CPU
+# with bf16 instructions) rounds the two apart by more than the float32 tolerances below.
 IMAGE = ["--epochs", "4", "--base_channels", "8", "--batch_size", "32", "--sampling_steps", "2",
-         "--num_samples", "2", "--fid_samples", "0", "--device", "cpu", "--seed", "5"]  # 6 steps per epoch
+         "--num_samples", "2", "--fid_samples", "0", "--device", "cpu", "--seed", "5",
+         "--precision", "fp32"]  # 6 steps per epoch
 AUDIO = ["--epochs", "6", "--batch_size", "4", "--hidden", "16", "--latent_dim", "32", "--warmup_steps", "2",
          "--audio_eval_clips", "0", "--griffin_lim_iters", "2", "--device", "cpu", "--seed", "5"]
 # Two processes add the two halves' gradients in another order than one process adds the whole batch's:

@@ -111,7 +111,7 @@ def test_fid_samples_draws_and_scores_what_the_sweep_scores(ig, inception_cache,
     images, labels = sets["w1.5"]
     assert images.dtype == torch.uint8 and images.shape == (10, 1, 28, 28)
     assert labels.tolist() == list(range(10)) and sets["null"][1] is None
-    sampler = ema_sampler_from_checkpoint(load_checkpoint(checkpoint), torch.device("cpu"))
+    sampler = ema_sampler_from_checkpoint(load_checkpoint(checkpoint), torch.device("cpu"), meta["precision"])
     expected, _ = sampler.draw_for_fid(10, SamplerSettings("ddim", 4, 0.0, seed=1), unconditional=True)
     assert torch.equal(sets["null"][0], expected)
 

@@ -245,6 +245,7 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16(monkeypatch, ig, has_bf1
     monkeypatch.setattr(unet, "cpu_has_bf16", lambda: has_bf16)
     assert resolve_precision("auto", "cpu") == ("bf16" if has_bf16 else "fp32")
     assert resolve_precision("auto", torch.device("cuda", 0)) == "fp32"
+    assert resolve_precision("auto", "cpu", kind="gan") == "fp32"  # the GAN was measured in fp32 only
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     assert ig.parse_args(["--mode", "train", "--device", "cpu"]).precision == ("bf16" if has_bf16 else "fp32")
 

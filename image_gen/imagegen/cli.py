@@ -273,9 +273,7 @@ def parse_args(argv=None, world=None):
             args.results_dir = SCRIPT_DIR / GAN_PATHS["results_dir"]
     check_model_flags(parser, given, args, kind or "ddpm", world)
     args.device = world.process_device(resolve_device(args.device, parser))
-    if args.precision == "auto" and kind == "gan":
-        args.precision = "fp32"  # auto's bf16 was measured on the DDPM's U-Net only
-    args.precision = resolve_precision(args.precision, args.device)
+    args.precision = resolve_precision(args.precision, args.device, kind or "ddpm")
     if args.precision == "bf16" and args.device.type == "cuda" and not torch.cuda.is_bf16_supported():
         parser.error(f"--precision bf16: {torch.cuda.get_device_name(args.device)} has no bfloat16 arithmetic "
                      f"(it needs compute capability 8.0, Ampere, or newer); use --precision fp32")

@@ -126,14 +126,15 @@ def cpu_has_bf16(cpuinfo=Path("/proc/cpuinfo")):
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
-def resolve_precision(choice, device):
-    """fp32 or bf16 for `--precision auto|fp32|bf16`. auto is bf16 on a CPU with bfloat16 instructions, where
-    the U-Net trains about 1.4x and samples about 1.6x faster than in fp32 with quality measured equal
-    (docs/image-results.md#cpu-training-throughput); fp32 everywhere else: other CPUs emulate bf16 many times
-    slower, and a GPU keeps the arithmetic its figures were measured with."""
+def resolve_precision(choice, device, kind="ddpm"):
+    """fp32 or bf16 for `--precision auto|fp32|bf16`. auto is bf16 for a DDPM's U-Net on a CPU with bfloat16
+    instructions, where it trains about 1.4x and samples about 1.6x faster than in fp32 with quality measured
+    equal (docs/image-results.md#cpu-training-throughput); fp32 everywhere else: other CPUs emulate bf16 many
+    times slower, a GPU keeps the arithmetic its figures were measured with, and a GAN (`kind` 'gan') was
+    measured in fp32 only."""
     if choice != "auto":
         return choice
-    return "bf16" if torch.device(device).type == "cpu" and cpu_has_bf16() else "fp32"
+    return "bf16" if kind == "ddpm" and torch.device(device).type == "cpu" and cpu_has_bf16() else "fp32"
 
 
 class Denoiser:
