@@ -29,7 +29,7 @@ import streamlit as st
 from audiogen.export import paired
 from audiogen.inverse import INVERSES, InverseConfig
 from imagegen.common import resolve_device, resolve_path
-from imagegen.unet import resolve_precision
+from imagegen.unet import PRECISIONS, resolve_precision
 
 from demo.common import errors_as_messages
 from demo.digits import MAX_IMAGES, image_tab
@@ -78,7 +78,7 @@ def parse_args(argv):
                    help="a learned prior of the audio VAE (--mode train_prior) that Generate samples instead of "
                         "N(0, I), with DDIM 50 steps, eta 0")
     p.add_argument("--device", default=None, help="torch device, cpu or cuda (default: cuda if available)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the U-Net's arithmetic for digits. auto: bf16 on a CPU with bfloat16 instructions "
                         "(avx512_bf16 or amx_bf16), else fp32; fp32 with --no-compile draws exactly infer's digits")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,

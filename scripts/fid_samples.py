@@ -28,7 +28,7 @@ from imagegen.diffusion import SAMPLERS, SamplerSettings
 from imagegen.fid import FidSettings, make_evaluator
 from imagegen.guidance import GUIDANCE_SWEEP, report_guidance_sweep
 from imagegen.sampling import ema_sampler_from_checkpoint
-from imagegen.unet import resolve_precision
+from imagegen.unet import PRECISIONS, resolve_precision
 
 
 def parse_args(argv=None):
@@ -48,7 +48,7 @@ def parse_args(argv=None):
                       help="noise seed (1: what image_gen.py scores with its default --seed 0)")
     draw.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     draw.add_argument("--compile", action="store_true", help="torch.compile the U-Net for sampling")
-    draw.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    draw.add_argument("--precision", choices=PRECISIONS, default="auto",
                       help="the U-Net's arithmetic, as image_gen.py's --precision (auto: bf16 on a CPU with bf16 "
                            "instructions, else fp32), so the draws are the ones the sweep scores")
     score = sub.add_parser("score", help="Inception FID/KID (and class accuracy) of the sets in .npz files")

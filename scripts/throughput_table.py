@@ -124,7 +124,6 @@ def build(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
     steps = build(args.rows)
     rates = {name: [] for name in steps}
     for round_ in range(args.rounds):

@@ -36,7 +36,7 @@ from imagegen.diffusion import SAMPLERS, SamplerSettings
 from imagegen.fid import FidSettings
 from imagegen.gan import GAN_LOSSES
 from imagegen.guidance import DEFAULT_GUIDANCE_SCALE, GUIDANCE_SWEEP
-from imagegen.unet import resolve_precision
+from imagegen.unet import PRECISIONS, resolve_precision
 
 # Relative default paths (data/, models/, results/) live next to image_gen.py in a checkout, so that the script,
 # train.sh and the `image-gen` command share one set of outputs; an installed wheel has no such
@@ -225,7 +225,7 @@ def build_parser():
                        help="converted Inception weights, the data set's classifier and cached real-image features")
 
     speed = p.add_argument_group("speed")
-    speed.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    speed.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="the U-Net's arithmetic (training and sampling): bf16 autocast or fp32. auto: bf16 on a "
                             "CPU with bfloat16 instructions (avx512_bf16, amx_bf16; about 1.4x faster training, "
                             "quality measured equal), fp32 elsewhere (other CPUs emulate bf16 many times slower)")

@@ -215,12 +215,11 @@ class Sampler:
     def draw_classes_in_turn(self, n, settings):
         """draw_for_fid's n class-balanced draws of a conditional model, one class at a time: yields (uint8
         (k, 1, 28, 28), labels (k,)) for class 0, 1, ... in one process, so that a caller can stop as soon as
-        it has seen enough. Class c draws from its own stream (class_seed) as there: the same images, up to the
-        rounding of the batched convolutions when all n fit in one batch."""
+        it has seen enough. Class c draws from its own stream (sample_classes) as there: the same images, up to
+        the rounding of the batched convolutions when all n fit in one batch."""
         for label, count in enumerate(balanced_counts(n, self.num_classes)):
             if count:
-                images = self.sample(count, settings.replace(seed=class_seed(settings.seed, label)), label=label)
-                yield to_uint8(images), torch.full((count,), label)
+                yield to_uint8(self.sample_classes([label], count, settings)), torch.full((count,), label)
 
 
 class GanSampler(Sampler):
