@@ -3,12 +3,16 @@ audio score (the true mel of a clip through the inverse, against the clip itself
 
     python scripts/audio_inverse_table.py --audio_dir ~/OtherMusic --clips 48 \
         --vocoder audio_gen/models/audio_vocoder.pt --out inverse_table.json
+    python scripts/audio_inverse_table.py --audio_dir ~/OtherMusic --checkpoint audio_gen/models/audio_model.pt \
+        --vocoder plain.pt tuned.pt --iterations 64 --out decoded_table.json   # voicing a model's reconstructions
 
 Per row, on the same clips (evenly spread windows of the folder, scored whole): wide-band PESQ, STOI and the
 multi-resolution STFT distance (spectral convergence + log-magnitude L1 at 512/1024/2048, lower is better) per
 clip, with a paired bootstrap 95 % interval of each row's difference from the first row (today's random-phase
 chain); the aisfx Frechet distance of the row's clips to as many other real clips of the folder, beside the
 real-against-real floor; and the CPU seconds (all threads) and wall seconds per clip, one clip at a time.
+With --checkpoint every row voices that autoencoder's (or VAE's) reconstruction of each clip's mel instead of
+the true mel, still scored against the clip: what the inverse makes of the mels a model gives it.
 """
 import argparse
 import time
@@ -17,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiogen.checkpoint import load_inverse
+from audiogen.checkpoint import load_checkpoint, load_inverse, model_from_checkpoint
 from audiogen.common import number, write_json_atomic
 from audiogen.data import DataConfig
 from audiogen.fad import frechet_distance, make_embedding
 from audiogen.generate import real_halves
 from audiogen.inverse import InverseConfig
 from audiogen.metrics import require_speech_metrics
+from audiogen.model import reconstruct
 from audiogen.plots import plot_spectrogram_grid
 from audiogen.transform import LogMelTransform
 from audiogen.vocoder import multi_resolution_stft_loss
@@ -35,8 +40,10 @@ def parse_args(argv=None):
     p.add_argument("--clips", type=number(int, 4, 4096), default=48, help="clips scored per row (and as many for FAD)")
     p.add_argument("--iterations", type=number(int, 0, 10_000), nargs="+", default=[64, 128],
                    help="fast Griffin-Lim iterations of the PGHI rows")
-    p.add_argument("--vocoder", default=None,
-                   help="a vocoder checkpoint: adds its row, and rows of its magnitude with PGHI's phase")
+    p.add_argument("--vocoder", nargs="+", default=[],
+                   help="vocoder checkpoints: each adds its row, and rows of its magnitude with PGHI's phase")
+    p.add_argument("--checkpoint", default=None,
+                   help="an autoencoder or VAE checkpoint: voice its reconstructions of the clips' mels, not the true mels")
     p.add_argument("--seed", type=number(int, 0), default=0, help="the random-phase row's seed")
     p.add_argument("--bootstrap", type=number(int, 100), default=2000, help="bootstrap resamples of each interval")
     p.add_argument("--cache_dir", default="audio_gen/data/cache", help="log-mel cache of --audio_dir")
@@ -77,15 +84,20 @@ def main(argv=None):
     data = DataConfig(Path(args.audio_dir), None, "none", ("mixture",), Path(args.cache_dir))
     fad_reference, clips, origin = real_halves(data, transform, args.clips)
     log_mels = transform(clips).cpu()
+    if args.checkpoint:
+        state = load_checkpoint(args.checkpoint)
+        if state["transform_config"] != transform.config:
+            raise SystemExit(f"{args.checkpoint} reads other features ({state['transform_config']}) than {transform.config}")
+        log_mels = reconstruct(model_from_checkpoint(state, torch.device("cpu")), log_mels).cpu()
     rows = [InverseConfig("griffinlim", 64)] + [InverseConfig("pghi", n) for n in args.iterations]
-    if args.vocoder:
-        rows += [InverseConfig("vocoder", vocoder=Path(args.vocoder)),
-                 *(InverseConfig("vocoder-pghi", n, vocoder=Path(args.vocoder)) for n in args.iterations)]
+    for vocoder in map(Path, args.vocoder):
+        rows += [InverseConfig("vocoder", vocoder=vocoder),
+                 *(InverseConfig("vocoder-pghi", n, vocoder=vocoder) for n in args.iterations)]
     aisfx = make_embedding("aisfx", transform)
     reference_features = aisfx(fad_reference, transform.sample_rate)
-    table = {"against": origin, "clips": len(clips), "machine": f"{torch.get_num_threads()} CPU threads",
+    table = {"against": origin, "clips": len(clips), "voicing": args.checkpoint or "the true mels", "machine": f"{torch.get_num_threads()} CPU threads",
              "floor_aisfx_fad": frechet_distance(aisfx(clips, transform.sample_rate), reference_features), "rows": {}}
-    print(f"{len(clips)} clips of {origin}; aisfx FAD against {len(fad_reference)} others "
+    print(f"{len(clips)} clips of {origin}, voicing {table['voicing']}; aisfx FAD against {len(fad_reference)} others "
           f"(real against real: {table['floor_aisfx_fad']:.1f})")
     baseline, shown = None, {"original": log_mels}
     for row in rows:
