@@ -29,7 +29,7 @@ import streamlit as st
 from audiogen.export import paired
 from audiogen.inverse import INVERSES, InverseConfig
 from imagegen.common import resolve_device, resolve_path
-from imagegen.unet import PRECISIONS, resolve_precision
+from imagegen.unet import PRECISIONS
 
 from demo.common import errors_as_messages
 from demo.digits import MAX_IMAGES, image_tab
@@ -97,7 +97,6 @@ def parse_args(argv):
         if getattr(args, name) is not None and not getattr(args, name).exists():
             p.error(f"--{name} {getattr(args, name)}: no such file or folder")
     args.device = resolve_device(args.device, p)
-    args.precision = resolve_precision(args.precision, args.device)
     return args
 
 

@@ -42,7 +42,8 @@ def load_image_checkpoint(path, stamp, device, precision="fp32", compile_model=F
     about = {"dataset": generator.dataset, "kind": generator.kind, "position": generator.position,
              "guidance": generator.default_guidance, "step": state["step"], "history": state["history"],
              "args": state.get("args", {}), "model_config": state["model_config"],
-             "compiled": compile_model and compile_error is None, "compile_error": compile_error}
+             "compiled": compile_model and compile_error is None, "compile_error": compile_error,
+             "precision": generator.precision}
     return about, generator.sampler
 
 
@@ -174,7 +175,7 @@ def image_tab(args):
         return
     about, diffusion = loaded
     describe_image_checkpoint(about, args.image_checkpoint, args.image_results)
-    if args.precision == "bf16":
+    if about["precision"] == "bf16":
         st.caption("Sampling in bf16 (this CPU has bfloat16 instructions: about 1.7x faster). The digits differ "
                    "from infer's fp32 ones by well under one grey level on average; `--precision fp32 "
                    "--no-compile` draws exactly infer's.")

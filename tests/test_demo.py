@@ -270,9 +270,20 @@ def test_a_failed_compile_falls_back_to_eager_sampling(monkeypatch, demo_checkpo
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16_instructions(monkeypatch, demo_checkpoints, ig, has_bf16):
     monkeypatch.setattr(unet, "cpu_has_bf16", lambda: has_bf16)
+    st.cache_resource.clear()  # 'auto' is resolved when the checkpoint loads, and loads are cached per argument
     args = [word for word in demo_args(demo_checkpoints) if word not in ("--precision", "fp32")]
     at = page(monkeypatch, *args)
     assert ("Sampling in bf16" in texts(at.caption)) == has_bf16
+
+
+def test_auto_precision_keeps_a_gan_in_fp32_as_infer_does(monkeypatch, demo_checkpoints):
+    """'auto' is resolved for the checkpoint's kind once it is loaded: the GAN was measured in fp32 only."""
+    monkeypatch.setattr(unet, "cpu_has_bf16", lambda: True)
+    st.cache_resource.clear()
+    args = [word for word in demo_args(demo_checkpoints, image_checkpoint=demo_checkpoints["gan"])
+            if word not in ("--precision", "fp32")]
+    at = page(monkeypatch, *args)
+    assert "GAN, class-conditional" in texts(at.markdown) and "Sampling in bf16" not in texts(at.caption)
 
 
 def test_ddpm_and_unconditional_rows(app):

@@ -12,6 +12,7 @@ from .data import class_names, class_slug, dataset_title, to_unit_range
 from .diffusion import SamplerSettings
 from .guidance import DEFAULT_GUIDANCE_SCALE
 from .sampling import class_seed, ema_sampler_from_checkpoint
+from .unet import resolve_precision
 
 RANDOM_PROMPTS = ("random", "unconditional", "none")
 
@@ -27,18 +28,21 @@ class ImageGenerator:
     path: Path
     state: dict
     sampler: object
+    precision: str = "fp32"
 
     @classmethod
     def load(cls, path, device="cpu", precision="fp32", compile_model=False, kind=None, asked_by=None):
         """The checkpoint (or exported folder) at `path` on `device`; fp32 without compiling gives infer's exact
-        pixels. `kind` ('ddpm' or 'gan'), when given, must be what the checkpoint is: otherwise a one-line usage
-        error that names `asked_by`, what wanted that kind."""
+        pixels, and 'auto' is resolved for the checkpoint's kind (unet.resolve_precision). `kind` ('ddpm' or
+        'gan'), when given, must be what the checkpoint is: otherwise a one-line usage error that names
+        `asked_by`, what wanted that kind."""
         state = checkpoint.load_checkpoint(path)
         if kind is not None:
             checkpoint.require_kind(state, kind, path, asked_by or f"--model {kind}")
+        precision = resolve_precision(precision, device, state.get("kind", "ddpm"))
         sampler = ema_sampler_from_checkpoint(state, torch.device(device), precision, compile_model)
         return cls(Path(path), {k: v for k, v in state.items() if k not in checkpoint.RESUME_ONLY and k != "ema"},
-                   sampler)
+                   sampler, precision)
 
     @property
     def kind(self):
