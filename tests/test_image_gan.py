@@ -10,7 +10,8 @@ import torch
 from imagegen.coverage import coverage_report, mean_pairwise_distance, nearest_distances
 from imagegen.data import load_images
 from imagegen.diffusion import SamplerSettings
-from imagegen.gan import Discriminator, Generator, discriminator_loss, generator_loss, r1_penalty
+from imagegen.gan import (Discriminator, Generator, discriminator_loss, generator_loss, mode_seeking_loss,
+                          r1_penalty)
 from imagegen.gan_training import GanConfig, GanTrainState
 from imagegen.sampling import GanSampler, class_seed
 from test_image_e2e import assert_png, ctrl_c_at_call, load, paths, run_script
@@ -52,6 +53,46 @@ def test_r1_penalty_of_a_linear_critic_is_its_squared_weight_norm():
     assert penalty.item() == pytest.approx(1 + 4 + 0.25 + 9, abs=1e-5)
     penalty.backward()
     torch.testing.assert_close(w.grad, 2 * w.detach())
+
+
+def test_mode_seeking_loss_by_hand_and_its_gradient_pushes_same_class_images_apart():
+    """1 / (mean|I1 - I2| / mean|z1 - z2|): images 0.5 apart for latents 2 apart give 1 / 0.25 = 4; its gradient
+    moves each image away from the other, and a collapsed pair (I1 = I2) is punished by 1 / eps."""
+    z_1, z_2 = torch.zeros(3, 4), torch.full((3, 4), 2.0)
+    images_1 = torch.zeros(3, 1, 2, 2, requires_grad=True)
+    images_2 = torch.full((3, 1, 2, 2), 0.5)
+    loss = mode_seeking_loss(images_1, images_2, z_1, z_2)
+    assert loss.item() == pytest.approx(4.0, rel=1e-4)
+    loss.backward()
+    assert (images_1.grad > 0).all()  # a descent step lowers images_1, away from images_2 above it
+    assert mode_seeking_loss(images_2, images_2, z_1, z_2).item() == pytest.approx(1e5)
+
+
+def test_the_mode_seeking_term_is_added_to_the_generators_objective():
+    """With --mode_seeking the generator draws two latents per image of the same classes; its objective is the
+    adversarial loss over both plus the weighted term, and a step with the term alone makes those pairs differ more."""
+    torch.manual_seed(0)
+    labels = torch.arange(8) % 10
+    state = GanTrainState(Generator(16, 8, 10), Discriminator(8, 10), torch.device("cpu"),
+                          GanConfig(mode_seeking=2.0, g_learning_rate=1e-2))
+    rng = state.generator.get_state()
+    g_loss, objective = state._generator_objective(8, labels)
+    state.generator.set_state(rng)
+    z_1, z_2 = state._latents(8), state._latents(8)
+    images = state.model(torch.cat([z_1, z_2]), torch.cat([labels, labels]))
+    expected_ms = mode_seeking_loss(images[:8], images[8:], z_1, z_2)
+    assert (objective - g_loss).item() == pytest.approx(2.0 * expected_ms.item(), rel=1e-4)
+
+    def spread():
+        with torch.no_grad():
+            return (state.model(z_1, labels) - state.model(z_2, labels)).abs().mean().item()
+    before = spread()
+    for _ in range(3):
+        state.g_optimizer.zero_grad()
+        mode_seeking_loss(state.model(z_1, labels), state.model(z_2, labels), z_1, z_2).backward()
+        state.g_optimizer.step()
+    assert spread() > 1.2 * before
+    assert state.describe()["gan_config"]["mode_seeking"] == 2.0
 
 
 def test_networks_shapes_and_range():

@@ -51,7 +51,7 @@ MODES_OF = {
     "conditioning": {"train"}, "cond_drop_prob": {"train"}, "epochs": {"train"}, "learning_rate": {"train"},
     "ema_decay": {"train"}, "resume": {"train"}, "model": {"train", "infer", "benchmark", "export"},
     "gan_loss": {"train"}, "r1_gamma": {"train"}, "d_learning_rate": {"train"}, "latent_dim": {"train", "benchmark"},
-    "augment": {"train"}, "augment_p": {"train"}, "ada_target": {"train"},
+    "augment": {"train"}, "augment_p": {"train"}, "ada_target": {"train"}, "mode_seeking": {"train"},
     "batch_size": {"train", "benchmark"}, "base_channels": {"train", "benchmark"},
     "classes": {"infer"}, "guidance_scale": {"train", "infer"}, "guidance_scales": {"guidance_sweep"},
     "num_samples": {"train", "infer"}, "sampler": EVALUATING,
@@ -61,7 +61,8 @@ MODES_OF = {
     "export_dir": {"export"},
 }
 FID_DEFAULTS = {"train": None, "infer": 0, "guidance_sweep": 1000, "benchmark": 0, "export": 0}
-GAN_ONLY = ("gan_loss", "r1_gamma", "d_learning_rate", "latent_dim", "augment", "augment_p", "ada_target")
+GAN_ONLY = ("gan_loss", "r1_gamma", "d_learning_rate", "latent_dim", "augment", "augment_p", "ada_target",
+            "mode_seeking")
 # What a GAN has no use for, per mode: it draws in one pass (no sampler, steps, guidance or label dropout),
 # trains in fp32 without torch.compile, and its benchmark times the default conditional GAN only.
 GAN_REFUSES = {"train": ("cond_drop_prob", "guidance_scale", "sampler", "sampling_steps", "eta", "precision",
@@ -151,6 +152,9 @@ def build_parser():
     gan.add_argument("--d_learning_rate", type=number(float, 0, low_open=True), default=4e-4,
                      help="the discriminator's constant Adam rate (two time-scale updates: faster than the generator)")
     gan.add_argument("--latent_dim", type=number(int, 1, 4096), default=128, help="size of the generator's latent z")
+    gan.add_argument("--mode_seeking", type=number(float, 0.0, 100.0), default=0.0,
+                     help="weight of the generator's mode-seeking term (MSGAN, Mao et al. 2019): two latents of one "
+                          "class must give different images; 0: none (it costs a second generator batch per step)")
     gan.add_argument("--augment", nargs="*", choices=AUGMENTATIONS, default=[],
                      help="differentiable augmentation of everything the discriminator sees, real and generated "
                           "alike (DiffAugment): translation (up to 1/8 of the side) and/or cutout (a square of half "
@@ -339,7 +343,8 @@ def main(argv=None):
         start_p = args.augment_p if args.augment_p is not None else (0.0 if args.ada_target else 1.0)
         gan = GanConfig(args.gan_loss, args.r1_gamma, args.learning_rate, args.d_learning_rate,
                         ema_decay=args.ema_decay,
-                        augment=AugmentConfig(tuple(dict.fromkeys(args.augment)), start_p, args.ada_target))
+                        augment=AugmentConfig(tuple(dict.fromkeys(args.augment)), start_p, args.ada_target),
+                        mode_seeking=args.mode_seeking)
         config = TrainConfig(
             checkpoint=args.checkpoint, device=args.device, dataset=args.dataset, model=args.model or "ddpm",
             gan=gan, latent_dim=args.latent_dim, conditioning=args.conditioning,

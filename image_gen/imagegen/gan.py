@@ -1,6 +1,7 @@
 """A class-conditional GAN for 28x28 images: a DCGAN-style generator, a projection discriminator
 (Miyato & Koyama 2018) with spectral normalisation (Miyato et al. 2018), and the losses: hinge
-(Lim & Ye 2017), non-saturating (Goodfellow et al. 2014) and the R1 penalty (Mescheder et al. 2018).
+(Lim & Ye 2017), non-saturating (Goodfellow et al. 2014), the R1 penalty (Mescheder et al. 2018) and the
+mode-seeking term (Mao et al. 2019).
 Networks and math only; the training state lives in gan_training, the drawing in sampling.GanSampler."""
 from __future__ import annotations
 
@@ -104,3 +105,12 @@ def r1_penalty(real_scores, real_images):
     `real_images` must require grad and `real_scores` be computed from them. Differentiable (double backprop)."""
     (grad,) = torch.autograd.grad(real_scores.sum(), real_images, create_graph=True)
     return grad.pow(2).flatten(1).sum(dim=1).mean()
+
+
+def mode_seeking_loss(images_1, images_2, z_1, z_2, eps=1e-5):
+    """MSGAN's mode-seeking term (Mao et al. 2019, Eq. 3), as a loss to minimise: 1 / (d_I / d_z), where
+    d_I = mean |G(z_1, y) - G(z_2, y)| over two images of the same classes and d_z = mean |z_1 - z_2|. A
+    generator that draws one image per class whatever z (mode collapse) has d_I -> 0 and a loss that grows
+    without bound, so it pays to make different latents give different images."""
+    ratio = (images_1 - images_2).abs().mean() / (z_1 - z_2).abs().mean()
+    return 1.0 / (ratio + eps)

@@ -9,7 +9,8 @@ import torch
 from .augment import Augment, AugmentConfig
 from .common import World
 from .diffusion import cpu_normal, restore_generator
-from .gan import GAN_LOSSES, Discriminator, Generator, discriminator_loss, generator_loss, r1_penalty
+from .gan import (GAN_LOSSES, Discriminator, Generator, discriminator_loss, generator_loss, mode_seeking_loss,
+                  r1_penalty)
 from .sampling import GanSampler
 
 
@@ -17,7 +18,8 @@ from .sampling import GanSampler
 class GanConfig:
     """How the GAN is optimised: the loss ('hinge' or 'nonsaturating'), the R1 weight gamma (0: none),
     the generator's and the discriminator's Adam rates, Adam's betas (beta1 = 0 as in SAGAN and BigGAN),
-    the decay of the generator's weight EMA used for sampling, and the discriminator's augmentation."""
+    the decay of the generator's weight EMA used for sampling, the discriminator's augmentation, and the
+    weight of the generator's mode-seeking term (0: none; gan.mode_seeking_loss)."""
     loss: str = "hinge"
     r1_gamma: float = 0.0
     g_learning_rate: float = 1e-4
@@ -25,6 +27,7 @@ class GanConfig:
     betas: tuple = (0.0, 0.9)
     ema_decay: float = 0.999
     augment: AugmentConfig = AugmentConfig()
+    mode_seeking: float = 0.0
 
     def __post_init__(self):
         if self.loss not in GAN_LOSSES:
@@ -92,13 +95,26 @@ class GanTrainState:
         self.augment.observe(real_scores, len(x))
 
         D.requires_grad_(False)  # the generator's step needs gradients through D, not for D
-        g_loss = generator_loss(D(self.augment(G(self._latents(len(x)), labels)), labels), config.loss)
+        g_loss, objective = self._generator_objective(len(x), labels)
         self.g_optimizer.zero_grad(set_to_none=True)
-        g_loss.backward()
+        objective.backward()
         self.g_optimizer.step()
         self.step += 1
         self._update_ema()
         return torch.stack([d_loss.detach(), g_loss.detach()])
+
+    def _generator_objective(self, n, labels):
+        """(the adversarial loss, what the generator minimises) on n fresh latents of `labels`; with the
+        mode-seeking term, a second n latents of the same labels too, the adversarial loss averaged over both."""
+        config, G, D = self.config, self.model, self.discriminator
+        if not config.mode_seeking:
+            g_loss = generator_loss(D(self.augment(G(self._latents(n), labels)), labels), config.loss)
+            return g_loss, g_loss
+        z_1, z_2 = self._latents(n), self._latents(n)
+        pairs = None if labels is None else torch.cat([labels, labels])
+        images = G(torch.cat([z_1, z_2]), pairs)
+        g_loss = generator_loss(D(self.augment(images), pairs), config.loss)
+        return g_loss, g_loss + config.mode_seeking * mode_seeking_loss(images[:n], images[n:], z_1, z_2)
 
     @torch.no_grad()
     def _update_ema(self):

@@ -174,21 +174,10 @@ def resumed_run(config, saved, state, dataset, images, steps_per_epoch):
     return run
 
 
-def evaluate_epoch(run, checks, epoch):
-    """The sample grid from fixed noise (a conditional model: one row per class, guided), class accuracy of
-    `accuracy_samples` class-balanced draws, and at the FID epochs Inception FID/KID (with the accuracy of
-    those N draws). The last epoch of a guided run fits the checkpoint's w on class accuracy first
-    (choose_run_guidance) and measures its FID at that w. Returns the record fields it measured, with
-    `eval_parts`: the seconds of each part."""
+def draw_epoch_grid(run, epoch, settings):
+    """epoch_comparisons/samples_epoch_NNN.png and the board's image: a conditional model's grid has one row per
+    class (guided at `settings`' w), an unconditional model's is a plain grid."""
     config, sampler, world = run.config, run.state.sampler, run.config.world
-    parts, clock = {}, time.perf_counter()
-
-    def lap(name):
-        nonlocal clock
-        parts[name] = time.perf_counter() - clock
-        clock = time.perf_counter()
-
-    settings = config.eval_settings(config.seed + 1)
     path = config.results_dir / "epoch_comparisons" / f"samples_epoch_{epoch:03d}.png"
     title = f"epoch {epoch}, {sampler.name(settings, guided=run.guided)}"
     if run.conditional:
@@ -201,9 +190,25 @@ def evaluate_epoch(run, checks, epoch):
         grid = to_unit_range(sampler.sample(config.num_samples, settings))
         save_titled_grid(grid, path, title=title)
         run.board.image("samples", make_grid(grid.cpu()), epoch)
-    lap("grid")
+
+
+def evaluate_epoch(run, checks, epoch):
+    """Class accuracy of `accuracy_samples` class-balanced draws, the sample grid from fixed noise, and at the
+    FID epochs Inception FID/KID (with the accuracy of those N draws). The last epoch of a guided run first fits
+    the checkpoint's w on class accuracy (choose_run_guidance), then draws its grid and measures its FID at that
+    w, so the last grid shows what infer will draw. Returns the record fields it measured, with `eval_parts`:
+    the seconds of each part."""
+    config, sampler = run.config, run.state.sampler
+    parts, clock = {}, time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        parts[name] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    grid_settings = config.eval_settings(config.seed + 1)
+    settings = grid_settings.replace(seed=config.seed + 2)
     record = {"fid": None, "kid": None}
-    settings = settings.replace(seed=config.seed + 2)
     fid_now, fit_now = epoch in config.fid_epochs(), epoch == config.epochs and run.guided
     at_w = lambda s: {"guidance_scale": s.guidance_scale} if run.guided else {}  # noqa: E731  the w measured at
     if checks.classifier is not None and (fit_now or not fid_now):  # FID's own draws give the accuracy
@@ -213,7 +218,10 @@ def evaluate_epoch(run, checks, epoch):
         run.guidance = choose_run_guidance(run, checks, record["accuracy"] if "accuracy" in record else None)
         if run.guidance:
             settings = settings.replace(guidance_scale=run.guidance["scale"])
+            grid_settings = grid_settings.replace(guidance_scale=run.guidance["scale"])
         lap("guidance_fit")
+    draw_epoch_grid(run, epoch, grid_settings)
+    lap("grid")
     if fid_now:
         print(f"  epoch {epoch}: drawing {checks.fid.num_samples} samples for FID/KID "
               f"({sampler.name(settings, guided=run.guided)}) ...", flush=True)
@@ -419,7 +427,8 @@ def train(config):
         gan = run.state.config
         kind = (f"{'class-conditional' if run.conditional else 'unconditional'}, {gan.loss} loss, "
                 f"G/D rates {gan.g_learning_rate:g}/{gan.d_learning_rate:g}"
-                + (f", R1 {gan.r1_gamma:g}" if gan.r1_gamma else ""))
+                + (f", R1 {gan.r1_gamma:g}" if gan.r1_gamma else "")
+                + (f", mode seeking {gan.mode_seeking:g}" if gan.mode_seeking else ""))
         model = torch.nn.ModuleList([model, run.state.discriminator])
     else:
         kind = (f"class-conditional, label dropout {run.state.cond_drop_prob:g}" if run.conditional
