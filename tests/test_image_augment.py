@@ -97,3 +97,14 @@ def test_a_gan_run_records_its_augmentation_and_p(ig, mnist_dir, tmp_path):
     assert augment["probability"] == 0.0  # ADA starts at 0 unless --augment_p says otherwise
     assert saved["augment"]["p"] == saved["history"][-1]["augment_p"] >= 0.0
     assert list((tmp_path / "results" / "tensorboard").glob("events.out.tfevents.*"))  # the GAN logs too
+
+
+def test_augment_none_is_the_plain_gan_and_goes_alone():
+    from imagegen.cli import parse_args
+
+    assert parse_args(["--model", "gan", "--augment", "none"]).augment == []
+    assert parse_args(["--model", "gan"]).augment == ["translation", "cutout"]
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "gan", "--augment", "none", "cutout"])
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "gan", "--augment", "none", "--augment_p", "0.5"])

@@ -150,6 +150,9 @@ def test_gan_training_moves_the_generator_and_records_its_kind(gan_run):
     assert saved["kind"] == "gan" and saved["version"] == 4 and saved["epochs_completed"] == 2
     assert saved["model_config"] == {"latent_dim": 16, "base_channels": 8, "num_classes": 10, "image_channels": 1}
     assert saved["gan_config"]["loss"] == "hinge" and saved["step"] == 2 * (192 // 32)
+    # the measured defaults (docs/image-results.md): DiffAugment's translation and cutout at p = 1, mode seeking 0.03
+    assert saved["gan_config"]["augment"]["policy"] == ["translation", "cutout"]
+    assert saved["gan_config"]["augment"]["probability"] == 1.0 and saved["gan_config"]["mode_seeking"] == 0.03
     torch.manual_seed(0)  # training seeds the global RNG before building the generator: its initial weights
     initial = Generator(**saved["model_config"]).state_dict()
     changed = [k for k in initial if not torch.equal(initial[k], saved["model"][k])]
