@@ -203,7 +203,7 @@ def build_parser():
                                  "and the real images' features; N = 10000 gives the headline figures (a GPU helps)")
     evaluation.add_argument("--fid_every", type=number(int, 0), default=0,
                             help="train: FID/KID also every K epochs (default 0: at the last epoch only)")
-    evaluation.add_argument("--accuracy_samples", type=number(int, 0, 10_000), default=500,
+    evaluation.add_argument("--accuracy_samples", type=number(int, 0, 10_000), default=300,
                             help="train: class-balanced draws whose class accuracy (the data set's own classifier) "
                                  "is checked at epoch 1, every 5th and the last, and per w of the guidance fit; "
                                  "0: no check and no fit (the checkpoint then records no w)")

@@ -66,7 +66,7 @@ class TrainConfig:
     latent_dim: int = 128
     fid: FidSettings = FidSettings()
     fid_every: int = 0
-    accuracy_samples: int = 500
+    accuracy_samples: int = 300
     command_line: dict = field(default_factory=dict)
     world: World = field(default_factory=World)
 
