@@ -282,3 +282,24 @@ def test_dpm_solver_2m_solves_the_probability_flow_ode_of_gaussian_data(diffusio
         errors[sampler] = float((x0.double() - exact).abs().max())
     assert errors["dpm++2m"] < 0.1 * errors["ddim"]
     assert errors["dpm++2m"] < (2e-2 if steps == 20 else 3e-2)
+
+
+def test_ddim_shrinks_the_spread_of_gaussian_data_and_dpm_solver_keeps_it(diffusion):
+    """Why DDIM-50 can score a better FID than the converged ODE (docs/image-results.md, fast sampling): its
+    truncation error pulls every sample towards the mean, like a lower sampling temperature. For data
+    N(mu, s^2) the exact map keeps the spread s; DDIM's shrinks it (each sample's distance from the mean, as a
+    slope on the exact one: 0.77 at 25 steps, 0.88 at 50, 0.97 at 200, measured), DPM-Solver++(2M) at 10 steps
+    keeps it (1.02)."""
+    mu, s = 0.1, 0.2
+    model = GaussianDataEps(diffusion, mu, s)
+    x_T = torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    abar_T = diffusion.alphas_cumprod[-1].double()
+    exact = mu + s * (x_T.double() - abar_T.sqrt() * mu) / (abar_T * s ** 2 + 1 - abar_T).sqrt()
+
+    def spread(sampler, steps):
+        x0 = diffusion.sample_loop(model, x_T, SamplerSettings(sampler, steps, 0.0, 0.0, 0), randn=None).double()
+        return float(((x0 - mu) * (exact - mu)).sum() / ((exact - mu) ** 2).sum())  # slope of x0 on the exact
+
+    ddim_25, ddim_50, ddim_200 = spread("ddim", 25), spread("ddim", 50), spread("ddim", 200)
+    assert 0.70 < ddim_25 < ddim_50 < 0.92 < ddim_200 < 0.99
+    assert abs(spread("dpm++2m", 10) - 1) < 0.04
