@@ -8,7 +8,8 @@
 # image benchmark, the default 20-epoch image run's wall time (evaluations included) and its FID at N = 1,000
 # (classifier backbone unless the Inception weights are there), a DDIM-50 sampling rate, the audio benchmark
 # (training clips/s, each inverse's clips/s), one epoch each of the VAE, the learned prior and the vocoder on
-# synthetic music, and the API on cuda. DEVICE=cpu QUICK=1 runs the same steps tiny, to check the script.
+# synthetic music, the API on cuda, and, while time is left, FID at N = 10,000 for three samplers. DEVICE=cpu QUICK=1
+# runs the same steps tiny, to check the script.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-.}
@@ -97,6 +98,14 @@ section "API on $DEVICE: 16 concurrent clients of 4 digits, batched and not"
 (( QUICK )) && SECONDS_EACH=5 || SECONDS_EACH=20
 run $PY scripts/load_api.py --image_checkpoint "$WORK/ddpm.pt" --device "$DEVICE" --clients 16 --n 4 \
   --seconds "$SECONDS_EACH" --out "$WORK/load_api.json"
+
+section "samplers at N = 10,000 on the default run's checkpoint (DDIM-50 / DDIM-200 / DPM-Solver++-10), if time is left"
+if (( ! QUICK && SECONDS < 420 )); then
+  run $PY scripts/solver_table.py --checkpoint "$WORK/ddpm.pt" --n 10000 --settings ddim:50 ddim:200 dpm++2m:10 \
+    --device "$DEVICE" --cache_dir "$WORK/cache" --out "$WORK/solver10k.json"
+else
+  echo "skipped ($SECONDS s used)" >> "$REPORT"
+fi
 
 section "done"
 rm -rf "$WORK"

@@ -106,11 +106,12 @@ def plot_training_loss(history, path, dataset_title, model="DDPM"):
     plt.close(fig)
 
 
-def plot_metrics_comparison(history, evaluator, sampler, path, guidance=None):
+def plot_metrics_comparison(history, evaluator, sampler, path, guidance=None, run_w=None):
     """Per evaluated epoch: class accuracy (the quick check, or FID's own draws) and FID with the
     real-vs-real floor, beside the training loss; the titles name N, the sampler and the backbone. The points
     name their w where it differs from the run's (the last epoch after the guidance fit). `guidance` (the
-    checkpoint's fit, with its rows) adds the w's the fit tried at the last epoch to the accuracy panel."""
+    checkpoint's fit, with its rows) adds the w's the fit tried at the last epoch to the accuracy panel; `run_w`:
+    the run's own w (None: unguided), beside which the points drawn at another w are labelled."""
     plt = pyplot()
     fig, (ax_acc, ax_fid, ax_loss) = plt.subplots(1, 3, figsize=(15, 4), dpi=120)
     checked = [h for h in history if h.get("accuracy") is not None]
@@ -118,7 +119,7 @@ def plot_metrics_comparison(history, evaluator, sampler, path, guidance=None):
         ax_acc.plot([h["epoch"] for h in checked], [100 * h["accuracy"] for h in checked], marker="o",
                     color="tab:green")
         ax_acc.axhline(99, color="gray", ls=":", label="99% (the guidance fit's bar)")
-        _label_guidance(ax_acc, checked, lambda h: 100 * h["accuracy"], sampler)
+        _label_guidance(ax_acc, checked, lambda h: 100 * h["accuracy"], run_w)
         if guidance and guidance.get("rows"):
             _plot_guidance_fit(ax_acc, guidance, history[-1]["epoch"])
         ax_acc.legend(fontsize=8, loc="center left")
@@ -133,7 +134,7 @@ def plot_metrics_comparison(history, evaluator, sampler, path, guidance=None):
         ax_fid.plot([h["epoch"] for h in evaluated], [h["fid"] for h in evaluated], marker="o", color="tab:red",
                     label="generated")
         ax_fid.axhline(evaluator.floor["fid"], color="gray", ls="--", label="real vs real (floor)")
-        _label_guidance(ax_fid, evaluated, lambda h: h["fid"], sampler, show_value=True)
+        _label_guidance(ax_fid, evaluated, lambda h: h["fid"], run_w, show_value=True)
         if min([h["fid"] for h in evaluated] + [evaluator.floor["fid"]]) > 0:
             ax_fid.set_yscale("log")  # the scores fall by orders of magnitude
         ax_fid.legend(fontsize=8)
@@ -167,14 +168,13 @@ def _plot_guidance_fit(ax, guidance, epoch):
                                                                 "alpha": 0.9})
 
 
-def _label_guidance(ax, rows, value, sampler, show_value=False):
-    """Writes 'w=2' beside the points measured at another w than the run's `sampler` names (and, with
-    `show_value`, each point's value)."""
-    run_w = sampler.split("w=")[-1] if "w=" in sampler else None
+def _label_guidance(ax, rows, value, run_w, show_value=False):
+    """Writes 'w=2' beside the points measured at another w than `run_w` (and, with `show_value`, each point's
+    value)."""
     for h in rows:
         w = h.get("guidance_scale")
         text = [f"{value(h):.1f}"] if show_value else []
-        if w is not None and run_w is not None and f"{w:g}" != run_w:
+        if w is not None and run_w is not None and w != run_w:
             text.append(f"w={w:g}")
         if text:
             ax.annotate(", ".join(text), (h["epoch"], value(h)), textcoords="offset points", xytext=(4, 6),

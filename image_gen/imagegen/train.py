@@ -299,15 +299,16 @@ def choose_run_guidance(run, checks, accuracy):
             "epoch": config.epochs}
 
 
-def write_training_outputs(run, checks, sampler):
-    """training_loss.png, epoch_comparisons/metrics_comparison.png and metrics.json["train"] (rank 0)."""
+def write_training_outputs(run, checks, sampler, run_w):
+    """training_loss.png, epoch_comparisons/metrics_comparison.png and metrics.json["train"] (rank 0); `run_w`:
+    the w the evaluation draws at (None for an unguided model), so the plot can mark points drawn at another."""
     config, history = run.config, run.history
     if not config.world.is_main:
         return
     plot_training_loss(history, config.results_dir / "training_loss.png", dataset_title(run.dataset),
                        MODEL_KINDS[run.state.kind])
     plot_metrics_comparison(history, checks.fid, sampler,
-                            config.results_dir / "epoch_comparisons" / "metrics_comparison.png", run.guidance)
+                            config.results_dir / "epoch_comparisons" / "metrics_comparison.png", run.guidance, run_w)
     metrics = read_json(config.results_dir / "metrics.json")
     metrics["train"] = {
         **(checks.fid.summary() if checks.fid else {"fid_backbone": None, "fid_samples": 0}),
@@ -326,7 +327,12 @@ def train_epochs(run, checks, stop):
     the last), log, checkpoint and plot after each. Raises SystemExit after saving when stopped early."""
     config, state = run.config, run.state
     eval_epochs = set(evaluation_epochs(config.epochs)) | config.fid_epochs()
-    sampler = state.sampler.name(config.eval_settings(config.seed + 1), guided=run.guided)
+    settings = config.eval_settings(config.seed + 1)
+    sampler = state.sampler.name(settings, guided=run.guided)
+    run_w = settings.guidance_scale if run.guided else None
+
+    def sampler_at(w):  # the evaluation's sampler, named at the w an epoch's record was drawn at
+        return sampler if w is None else state.sampler.name(settings.replace(guidance_scale=w), guided=run.guided)
     for epoch in range(run.epochs_completed + 1, config.epochs + 1):
         if run.progress is None:
             run.progress = EpochProgress(torch.randperm(len(run.images), generator=state.generator).to(config.device))
@@ -353,21 +359,21 @@ def train_epochs(run, checks, stop):
                 f"  {record['train_seconds']:6.1f}s")
         if epoch in eval_epochs:
             record.update(evaluate_epoch(run, checks, epoch))
-            line += describe_evaluation(record, checks, sampler)
+            line += describe_evaluation(record, checks, sampler_at(record.get("guidance_scale", run_w)))
         print(line, flush=True)
         run.history.append(record)
         run.board.record(record, epoch)
         run.epochs_completed = epoch
         run.save()
-        write_training_outputs(run, checks, sampler)
+        write_training_outputs(run, checks, sampler, run_w)
         if stop.poll(boundary=True) and epoch < config.epochs:
             config.world.barrier()
             raise SystemExit(f"Stopped after epoch {epoch}: saved to {config.checkpoint}; continue with --resume.")
 
 
 def describe_evaluation(record, checks, sampler):
-    """The epoch line's evaluation part: accuracy (N), FID/KID (backbone, N), the sampler and the seconds."""
-    sampler = sampler if "guidance_scale" not in record else sampler.split(", w=")[0] + f", w={record['guidance_scale']:g}"
+    """The epoch line's evaluation part: accuracy (N), FID/KID (backbone, N), the sampler (named at the w the
+    record was drawn at) and the seconds."""
     text = ""
     if record.get("accuracy") is not None:
         text += f"  acc {record['accuracy']:.1%} (N={record['accuracy_samples']})"
