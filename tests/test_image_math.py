@@ -263,6 +263,12 @@ class GaussianDataEps(torch.nn.Module):
         variance = abar * self.s ** 2 + (1 - abar)
         return ((1 - abar).sqrt() * (x.double() - abar.sqrt() * self.mu) / variance).float()
 
+    def exact_sample(self, x_T):
+        """Where the probability-flow ODE takes x_T: it keeps z = (x_t - alpha_t mu) / sqrt(alpha_t^2 s^2 +
+        sigma_t^2) fixed, so x_0 = mu + s z."""
+        abar_T = self.abar[-1]
+        return self.mu + self.s * (x_T.double() - abar_T.sqrt() * self.mu) / (abar_T * self.s ** 2 + 1 - abar_T).sqrt()
+
 
 @pytest.mark.parametrize("steps", [10, 20])
 def test_dpm_solver_2m_solves_the_probability_flow_ode_of_gaussian_data(diffusion, steps):
@@ -273,8 +279,7 @@ def test_dpm_solver_2m_solves_the_probability_flow_ode_of_gaussian_data(diffusio
     mu, s = 0.1, 0.2  # every exact sample inside [-1, 1], where the samplers clip their x0 estimates
     model = GaussianDataEps(diffusion, mu, s)
     x_T = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    abar_T = diffusion.alphas_cumprod[-1].double()
-    exact = mu + s * (x_T.double() - abar_T.sqrt() * mu) / (abar_T * s ** 2 + 1 - abar_T).sqrt()
+    exact = model.exact_sample(x_T)
     errors = {}
     for sampler in ("ddim", "dpm++2m"):
         settings = SamplerSettings(sampler, steps, 0.0, 0.0, 0)
@@ -293,8 +298,7 @@ def test_ddim_shrinks_the_spread_of_gaussian_data_and_dpm_solver_keeps_it(diffus
     mu, s = 0.1, 0.2
     model = GaussianDataEps(diffusion, mu, s)
     x_T = torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(1))
-    abar_T = diffusion.alphas_cumprod[-1].double()
-    exact = mu + s * (x_T.double() - abar_T.sqrt() * mu) / (abar_T * s ** 2 + 1 - abar_T).sqrt()
+    exact = model.exact_sample(x_T)
 
     def spread(sampler, steps):
         x0 = diffusion.sample_loop(model, x_T, SamplerSettings(sampler, steps, 0.0, 0.0, 0), randn=None).double()

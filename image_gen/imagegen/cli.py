@@ -184,8 +184,8 @@ def build_parser():
                           help="the sampler of training's evaluation, infer and the sweep: DPM-Solver++(2M) (second "
                                "order, deterministic) or DDIM, each with --sampling_steps, or ancestral DDPM over all "
                                f"1000 timesteps (160 guided digits take about 9 minutes on a CPU). Default: "
-                               f"{SamplerSettings().name(guided=False)}: 5x fewer network evaluations than DDIM-50, equal class "
-                               f"accuracy, FID equal to DDIM-200's (docs/image-results.md)")
+                               f"{SamplerSettings().name(guided=False)}: 5x fewer network evaluations than DDIM-50, "
+                               f"equal class accuracy, FID equal to DDIM-200's (docs/image-results.md)")
     sampling.add_argument("--sampling_steps", type=number(int, 1, 1000), default=SamplerSettings.steps,
                           help="network evaluations per image of DPM-Solver++ or DDIM (twice as many passes when "
                                "guided, in one batch)")
