@@ -13,6 +13,9 @@ chain); the aisfx Frechet distance of the row's clips to as many other real clip
 real-against-real floor; and the CPU seconds (all threads) and wall seconds per clip, one clip at a time.
 With --checkpoint every row voices that autoencoder's (or VAE's) reconstruction of each clip's mel instead of
 the true mel, still scored against the clip: what the inverse makes of the mels a model gives it.
+With --bounds two kinds of row that no inverse can reach split the loss between magnitude and phase: the clip's
+true STFT magnitude with PGHI + fast Griffin-Lim (a perfect magnitude, its phase retrieved) and the NNLS magnitude
+of the mel with the clip's true phase (the mel's magnitude, a perfect phase).
 """
 import argparse
 import time
@@ -26,7 +29,7 @@ from audiogen.common import number, write_json_atomic
 from audiogen.data import DataConfig
 from audiogen.fad import frechet_distance, make_embedding
 from audiogen.generate import real_halves
-from audiogen.inverse import InverseConfig
+from audiogen.inverse import InverseConfig, MelInverse
 from audiogen.metrics import require_speech_metrics
 from audiogen.model import reconstruct
 from audiogen.plots import plot_spectrogram_grid
@@ -44,6 +47,9 @@ def parse_args(argv=None):
                    help="vocoder checkpoints: each adds its row, and rows of its magnitude with PGHI's phase")
     p.add_argument("--checkpoint", default=None,
                    help="an autoencoder or VAE checkpoint: voice its reconstructions of the clips' mels, not the true mels")
+    p.add_argument("--bounds", action="store_true",
+                   help="also the rows of a perfect magnitude (the clip's own, PGHI's phase) and of a perfect phase "
+                        "(the clip's own, the NNLS magnitude)")
     p.add_argument("--seed", type=number(int, 0), default=0, help="the random-phase row's seed")
     p.add_argument("--bootstrap", type=number(int, 100), default=2000, help="bootstrap resamples of each interval")
     p.add_argument("--cache_dir", default="audio_gen/data/cache", help="log-mel cache of --audio_dir")
@@ -77,6 +83,31 @@ def paired_interval(difference, resamples, seed=0):
     return float(difference.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def bound_rows(clips, log_mels, transform, iterations):
+    """(name, voice) pairs of the rows that split what an inverse loses between magnitude and phase; voice(i) is
+    clip i's (1, samples) waveform. A perfect magnitude: the clip's STFT magnitude, its phase retrieved by PGHI and
+    fast Griffin-Lim as the 'pghi' inverse does. A perfect phase: the NNLS magnitude of the mel being voiced, with
+    the clip's own STFT phase."""
+    t = transform
+    window = torch.hann_window(t.n_fft)
+
+    def spectrum(i):
+        return torch.stft(clips[i:i + 1], t.n_fft, t.hop_length, window=window, return_complex=True)
+
+    def retrieved(n):
+        inverse = MelInverse(InverseConfig("pghi", n), t)
+        return f"true magnitude + PGHI + FGLA-{n}", lambda i: inverse.retrieve_phase(spectrum(i).abs())
+
+    nnls = MelInverse(InverseConfig("pghi"), t)
+
+    def true_phase(i):
+        magnitude = nnls.magnitude(log_mels[i:i + 1]).cpu()
+        return torch.istft(torch.polar(magnitude, spectrum(i).angle()), t.n_fft, t.hop_length, window=window,
+                           length=t.clip_samples)
+
+    return [retrieved(n) for n in iterations] + [("NNLS magnitude + true phase", true_phase)]
+
+
 def main(argv=None):
     args = parse_args(argv)
     require_speech_metrics()
@@ -99,12 +130,17 @@ def main(argv=None):
              "floor_aisfx_fad": frechet_distance(aisfx(clips, transform.sample_rate), reference_features), "rows": {}}
     print(f"{len(clips)} clips of {origin}, voicing {table['voicing']}; aisfx FAD against {len(fad_reference)} others "
           f"(real against real: {table['floor_aisfx_fad']:.1f})")
-    baseline, shown = None, {"original": log_mels}
+    voices = []
     for row in rows:
         inverse = load_inverse(row, transform)
-        inverse(log_mels[:1], args.seed)  # warm-up, not timed
+        voices.append((inverse.name, lambda i, inverse=inverse: inverse(log_mels[i:i + 1], args.seed + i)))
+    if args.bounds:
+        voices += bound_rows(clips, log_mels, transform, args.iterations)
+    baseline, shown = None, {"original": log_mels}
+    for name, voice in voices:
+        voice(0)  # warm-up, not timed
         start, wall = time.process_time(), time.perf_counter()
-        audio = torch.cat([inverse(log_mels[i:i + 1], args.seed + i) for i in range(len(log_mels))])
+        audio = torch.cat([voice(i) for i in range(len(log_mels))])
         cpu_seconds = (time.process_time() - start) / len(clips)
         wall_seconds = (time.perf_counter() - wall) / len(clips)
         scores = clip_scores(clips, audio, transform.sample_rate)
@@ -116,9 +152,9 @@ def main(argv=None):
         else:
             entry["difference_to_first_row"] = {k: paired_interval(scores[k] - baseline[k], args.bootstrap)
                                                 for k in scores}
-        table["rows"][inverse.name] = entry
-        shown[inverse.name] = transform(audio).cpu()
-        line = (f"{inverse.name:40s} PESQ {entry['pesq']:.3f}  STOI {entry['stoi']:.3f}  MR-STFT {entry['mr_stft']:.3f}"
+        table["rows"][name] = entry
+        shown[name] = transform(audio).cpu()
+        line = (f"{name:40s} PESQ {entry['pesq']:.3f}  STOI {entry['stoi']:.3f}  MR-STFT {entry['mr_stft']:.3f}"
                 f"  aisfx FAD {entry['aisfx_fad']:.1f}  {cpu_seconds * 1000:.0f} ms CPU ({wall_seconds * 1000:.0f} ms wall)/clip")
         for key, (mean, low, high) in entry.get("difference_to_first_row", {}).items():
             line += f"\n    {key} {mean:+.3f} [{low:+.3f}, {high:+.3f}]"

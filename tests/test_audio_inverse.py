@@ -258,13 +258,18 @@ def test_the_inverse_table_scores_every_row_on_the_same_clips(tmp_path, audio_ch
     the clips than their true mels do."""
     for i in range(2):
         write_music_file(tmp_path / "music" / f"song{i}.wav", seconds=12, seed=10 + i)
-    table = inverse_table(tmp_path, tmp_path / "table.json", "--grid", tmp_path / "grid.png")
+    table = inverse_table(tmp_path, tmp_path / "table.json", "--grid", tmp_path / "grid.png", "--bounds")
     assert table["clips"] == 3 and list(table["rows"]) == ["least squares + random-phase FGLA-64",
-                                                          "NNLS + PGHI + FGLA-16"]
+                                                          "NNLS + PGHI + FGLA-16", "true magnitude + PGHI + FGLA-16",
+                                                          "NNLS magnitude + true phase"]
     pghi = table["rows"]["NNLS + PGHI + FGLA-16"]
     for mean, low, high in pghi["difference_to_first_row"].values():
         assert low <= mean <= high
     assert pghi["mr_stft"] < table["rows"]["least squares + random-phase FGLA-64"]["mr_stft"]
+    # The bounds: the clip's own magnitude leaves only the phase to retrieve, and its own phase only the
+    # magnitude to guess, so each is closer to the clip than the inverse that has to find both.
+    assert table["rows"]["true magnitude + PGHI + FGLA-16"]["mr_stft"] < pghi["mr_stft"] - 0.05
+    assert table["rows"]["NNLS magnitude + true phase"]["stoi"] > pghi["stoi"] + 0.02
     assert all(row["cpu_seconds_per_clip"] > 0 and math.isfinite(row["aisfx_fad"]) for row in table["rows"].values())
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table["voicing"] == "the true mels"

@@ -247,8 +247,12 @@ class MelInverse:
 
     def pghi(self, log_mels):
         """The magnitude (NNLS or the vocoder's), PGHI's starting phase, fast Griffin-Lim: (n, clip_samples) on the CPU."""
+        return self.retrieve_phase(self.magnitude(log_mels))
+
+    def retrieve_phase(self, magnitude):
+        """(n, n_freq, frames) linear magnitudes -> (n, clip_samples) waveforms on the CPU: PGHI's phase, then
+        fast Griffin-Lim."""
         t = self.transform
-        magnitude = self.magnitude(log_mels)
         phase = torch.stack([torch.from_numpy(pghi_phase(m.double().cpu().numpy(), t.n_fft, t.hop_length))
                              for m in magnitude]).to(magnitude)
         return fast_griffin_lim(magnitude, phase, t.n_fft, t.hop_length, self.config.iterations, t.clip_samples).cpu()
