@@ -328,11 +328,11 @@ def train_epochs(run, checks, stop):
     config, state = run.config, run.state
     eval_epochs = set(evaluation_epochs(config.epochs)) | config.fid_epochs()
     settings = config.eval_settings(config.seed + 1)
-    sampler = state.sampler.name(settings, guided=run.guided)
     run_w = settings.guidance_scale if run.guided else None
 
     def sampler_at(w):  # the evaluation's sampler, named at the w an epoch's record was drawn at
-        return sampler if w is None else state.sampler.name(settings.replace(guidance_scale=w), guided=run.guided)
+        return state.sampler.name(settings if w is None else settings.replace(guidance_scale=w), guided=run.guided)
+    sampler = sampler_at(run_w)
     for epoch in range(run.epochs_completed + 1, config.epochs + 1):
         if run.progress is None:
             run.progress = EpochProgress(torch.randperm(len(run.images), generator=state.generator).to(config.device))
