@@ -39,7 +39,8 @@ def image_gan(path, device="cpu"):
 def audio_autoencoder(path, device="cpu", inverse="pghi", vocoder=None, prior=None):
     """The mel autoencoder or VAE at `path` (checkpoint or exported folder): an audiogen.pretrained.MusicAutoencoder
     with .reconstruct(clip) and, for a VAE, .generate(count, seed). `inverse`: how its mels become audio ('pghi',
-    'griffinlim', 'vocoder', 'vocoder-pghi'); `vocoder` and `prior` default to those an exported folder pairs with."""
+    'griffinlim', 'vocoder', 'vocoder-pghi', 'vocoder-refined': the last needs a vocoder with a phase refiner);
+    `vocoder` and `prior` default to those an exported folder pairs with."""
     from audiogen.inverse import InverseConfig
     from audiogen.pretrained import MusicAutoencoder
     return MusicAutoencoder.load(path, device, InverseConfig(inverse, vocoder=Path(vocoder) if vocoder else None),

@@ -112,8 +112,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = resolve_device(args.device, parser)
     if args.vocoder is not None and not args.audio_inverse.startswith("vocoder"):
-        parser.error("--vocoder goes with --audio_inverse vocoder or vocoder-pghi (which without it use the "
-                     "vocoder an exported --audio_checkpoint folder pairs with)")
+        parser.error("--vocoder goes with --audio_inverse vocoder, vocoder-pghi or vocoder-refined (which without it "
+                     "use the vocoder an exported --audio_checkpoint folder pairs with)")
     if args.audio_inverse.startswith("vocoder") and args.vocoder is None \
             and paired(args.audio_checkpoint or DEFAULTS["audio_checkpoint"], "vocoder") is None:
         parser.error(f"--audio_inverse {args.audio_inverse} needs --vocoder (or an exported --audio_checkpoint folder "

@@ -87,8 +87,8 @@ def parse_args(argv):
                         "to eager sampling, saying so, where compiling fails")
     args = p.parse_args(argv)
     if args.vocoder is not None and not args.audio_inverse.startswith("vocoder"):
-        p.error("--vocoder goes with --audio_inverse vocoder or vocoder-pghi (which without it use the vocoder an "
-                "exported --audio_checkpoint folder pairs with)")
+        p.error("--vocoder goes with --audio_inverse vocoder, vocoder-pghi or vocoder-refined (which without it use "
+                "the vocoder an exported --audio_checkpoint folder pairs with)")
     if args.audio_inverse.startswith("vocoder") and args.vocoder is None \
             and paired(args.audio_checkpoint, "vocoder") is None:
         p.error(f"--audio_inverse {args.audio_inverse} needs --vocoder (or an exported --audio_checkpoint folder with "

@@ -90,7 +90,8 @@ def main(argv=None):
     states = [(Path(path), load_checkpoint(path)) for path in args.checkpoints]
     transform = LogMelTransform.from_config(states[0][1]["transform_config"], "cpu")
     if args.inverse.startswith("vocoder") != (args.vocoder is not None):
-        raise SystemExit("error: --vocoder goes with --inverse vocoder or vocoder-pghi, and they with it")
+        raise SystemExit("error: --vocoder goes with --inverse vocoder, vocoder-pghi or vocoder-refined, and they "
+                         "with it")
     inverse = load_inverse(InverseConfig(args.inverse, args.griffin_lim_iters,
                                          vocoder=Path(args.vocoder) if args.vocoder else None), transform)
     data = DataConfig(Path(args.audio_dir), None, "none", ("mixture",), Path(args.cache_dir))

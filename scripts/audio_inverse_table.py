@@ -8,9 +8,10 @@ audio score (the true mel of a clip through the inverse, against the clip itself
 
 Per row, on the same clips (evenly spread windows of the folder, scored whole): wide-band PESQ, STOI and the
 multi-resolution STFT distance (spectral convergence + log-magnitude L1 at 512/1024/2048, lower is better) per
-clip, with a paired bootstrap 95 % interval of each row's difference from the first row (today's random-phase
-chain); the aisfx Frechet distance of the row's clips to as many other real clips of the folder, beside the
-real-against-real floor; and the CPU seconds (all threads) and wall seconds per clip, one clip at a time.
+clip, with a paired bootstrap 95 % interval of each row's difference from the first row (the random-phase chain)
+and from the second (the deterministic inverse, NNLS + PGHI + fast Griffin-Lim); the aisfx Frechet distance of
+the row's clips to as many other real clips of the folder, beside the real-against-real floor; and the CPU
+seconds (all threads) and wall seconds per clip, one clip at a time.
 With --checkpoint every row voices that autoencoder's (or VAE's) reconstruction of each clip's mel instead of
 the true mel, still scored against the clip: what the inverse makes of the mels a model gives it.
 With --bounds two kinds of row that no inverse can reach split the loss between magnitude and phase: the clip's
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiogen.checkpoint import load_checkpoint, load_inverse, model_from_checkpoint
+from audiogen.checkpoint import load_checkpoint, load_inverse, load_vocoder_checkpoint, model_from_checkpoint
 from audiogen.common import number, write_json_atomic
 from audiogen.data import DataConfig
 from audiogen.fad import frechet_distance, make_embedding
@@ -44,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--iterations", type=number(int, 0, 10_000), nargs="+", default=[64, 128],
                    help="fast Griffin-Lim iterations of the PGHI rows")
     p.add_argument("--vocoder", nargs="+", default=[],
-                   help="vocoder checkpoints: each adds its row, and rows of its magnitude with PGHI's phase")
+                   help="vocoder checkpoints: each adds its row, rows of its magnitude with PGHI's phase, and the "
+                        "row of its phase refiner where it has one")
     p.add_argument("--checkpoint", default=None,
                    help="an autoencoder or VAE checkpoint: voice its reconstructions of the clips' mels, not the true mels")
     p.add_argument("--bounds", action="store_true",
@@ -124,6 +126,8 @@ def main(argv=None):
     for vocoder in map(Path, args.vocoder):
         rows += [InverseConfig("vocoder", vocoder=vocoder),
                  *(InverseConfig("vocoder-pghi", n, vocoder=vocoder) for n in args.iterations)]
+        if load_vocoder_checkpoint(vocoder).get("refiner"):
+            rows.append(InverseConfig("vocoder-refined", vocoder=vocoder))
     aisfx = make_embedding("aisfx", transform)
     reference_features = aisfx(fad_reference, transform.sample_rate)
     table = {"against": origin, "clips": len(clips), "voicing": args.checkpoint or "the true mels", "machine": f"{torch.get_num_threads()} CPU threads",
@@ -136,7 +140,7 @@ def main(argv=None):
         voices.append((inverse.name, lambda i, inverse=inverse: inverse(log_mels[i:i + 1], args.seed + i)))
     if args.bounds:
         voices += bound_rows(clips, log_mels, transform, args.iterations)
-    baseline, shown = None, {"original": log_mels}
+    baselines, shown = {}, {"original": log_mels}  # the first two rows' scores: the others' differences are paired
     for name, voice in voices:
         voice(0)  # warm-up, not timed
         start, wall = time.process_time(), time.perf_counter()
@@ -147,17 +151,18 @@ def main(argv=None):
         entry = {"cpu_seconds_per_clip": cpu_seconds, "wall_seconds_per_clip": wall_seconds,
                  **{k: float(np.nanmean(v)) for k, v in scores.items()},
                  "aisfx_fad": frechet_distance(aisfx(audio, transform.sample_rate), reference_features)}
-        if baseline is None:
-            baseline = scores
-        else:
-            entry["difference_to_first_row"] = {k: paired_interval(scores[k] - baseline[k], args.bootstrap)
-                                                for k in scores}
+        for key, baseline in baselines.items():
+            entry[key] = {k: paired_interval(scores[k] - baseline[k], args.bootstrap) for k in scores}
+        if len(baselines) < 2:
+            baselines[("difference_to_first_row", "difference_to_second_row")[len(baselines)]] = scores
         table["rows"][name] = entry
         shown[name] = transform(audio).cpu()
         line = (f"{name:40s} PESQ {entry['pesq']:.3f}  STOI {entry['stoi']:.3f}  MR-STFT {entry['mr_stft']:.3f}"
                 f"  aisfx FAD {entry['aisfx_fad']:.1f}  {cpu_seconds * 1000:.0f} ms CPU ({wall_seconds * 1000:.0f} ms wall)/clip")
-        for key, (mean, low, high) in entry.get("difference_to_first_row", {}).items():
-            line += f"\n    {key} {mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+        for against, differences in (("first", entry.get("difference_to_first_row", {})),
+                                     ("second", entry.get("difference_to_second_row", {}))):
+            line += "".join(f"\n    {key} {mean:+.3f} [{low:+.3f}, {high:+.3f}] against the {against} row"
+                            for key, (mean, low, high) in differences.items())
         print(line, flush=True)
     write_json_atomic(table, Path(args.out))
     if args.grid:

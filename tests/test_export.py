@@ -99,8 +99,8 @@ def test_torch_hub_returns_ready_models(exported, demo_checkpoints, ag, tmp_path
 
 
 def test_a_vae_exported_with_its_prior_and_vocoder_generates_what_its_files_do(ag, demo_checkpoints, tmp_path):
-    """The folder pairs the prior and the vocoder: generate from it alone writes the WAV that the three files
-    with --prior and --vocoder write."""
+    """The folder pairs the prior and the vocoder with its phase refiner: generate from it alone writes the WAV
+    that the three files with --prior and --vocoder write."""
     cache = ["--cache_dir", str(tmp_path / "cache"), "--device", "cpu"]
     prior, vocoder, vae = tmp_path / "prior.pt", tmp_path / "vocoder.pt", demo_checkpoints["vae"]
     ag.main(["--mode", "train_prior", "--checkpoint", str(vae), "--prior", str(prior), "--epochs", "1",
@@ -110,12 +110,15 @@ def test_a_vae_exported_with_its_prior_and_vocoder_generates_what_its_files_do(a
              "--epochs", "1", "--vocoder_dim", "16", "--vocoder_blocks", "1", "--segment_frames", "16",
              "--batch_size", "4", "--audio_eval_clips", "0", "--results_dir", str(tmp_path / "vocoder_results"),
              *cache])
+    ag.main(["--mode", "train_refiner", "--audio_dir", str(demo_checkpoints["music"]), "--vocoder", str(vocoder),
+             "--epochs", "1", "--refiner_channels", "4", "--refiner_iters", "2", "--batch_size", "4",
+             "--audio_eval_clips", "0", "--results_dir", str(tmp_path / "refiner_results"), *cache])
     folder = tmp_path / "vae_export"
     ag.main(["--mode", "export", "--checkpoint", str(vae), "--prior", str(prior), "--vocoder", str(vocoder),
              "--export_dir", str(folder)])
     assert json.loads((folder / "config.json").read_text())["pairs"] == {"prior": "prior", "vocoder": "vocoder"}
     assert (folder / "prior" / "model.safetensors").is_file() and (folder / "vocoder" / "config.json").is_file()
-    common = ["--mode", "generate", "--inverse", "vocoder-pghi", "--griffin_lim_iters", "4", "--num_samples", "1",
+    common = ["--mode", "generate", "--inverse", "vocoder-refined", "--num_samples", "1",
               "--prior_steps", "5", "--seed", "2", "--fad_embedding", "mel-frames", *cache]
     ag.main([*common, "--checkpoint", str(vae), "--prior", str(prior), "--vocoder", str(vocoder),
              "--results_dir", str(tmp_path / "files")])
@@ -123,9 +126,9 @@ def test_a_vae_exported_with_its_prior_and_vocoder_generates_what_its_files_do(a
     wav = (tmp_path / "folder" / "generated_000.wav").read_bytes()
     assert wav == (tmp_path / "files" / "generated_000.wav").read_bytes()
     from api.models import AudioModel
-    served = AudioModel.load(folder, "cpu", inverse=InverseConfig("vocoder-pghi"))
+    served = AudioModel.load(folder, "cpu", inverse=InverseConfig("vocoder-refined"))
     assert served.health()["prior"].startswith("learned prior vae_export/prior (epoch 1")
-    assert served.health()["inverse"] == "vocoder vae_export/vocoder magnitude + PGHI + FGLA-64"
+    assert served.health()["inverse"] == "vocoder vae_export/vocoder magnitude + PGHI + FGLA-2 + phase refiner"
     with pytest.raises(SystemExit) as err:  # a prior of another VAE is refused before anything is written
         ag.main(["--mode", "export", "--checkpoint", str(demo_checkpoints["audio"]), "--prior", str(prior),
                  "--export_dir", str(tmp_path / "wrong")])

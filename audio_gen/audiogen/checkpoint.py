@@ -2,6 +2,7 @@
 (optimizer, schedule, RNG, history). Its keys and format version stay stable: older files still load."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from . import common
 from .inverse import MelInverse
 from .model import AudioAutoencoder
+from .phase_refiner import PhaseRefiner
 from .prior import LatentPrior
 from .vocoder import Vocoder
 
@@ -118,6 +120,8 @@ def load_vocoder_checkpoint(path, transform_config=None):
     """The vocoder checkpoint in `path`; with `transform_config`, also checked to voice those features (a vocoder
     made for other mels would voice noise): a mismatch is a one-line usage error."""
     state = common.load_checkpoint(path, VOCODER_FORMAT, (VOCODER_VERSION,))
+    if "refiner_model" in state:  # an exported folder keeps the phase refiner's weights apart (export.write)
+        state["refiner"] = {**state["refiner"], "model": state.pop("refiner_model")}
     if transform_config is not None and state["transform_config"] != transform_config:
         theirs, ours = state["transform_config"], transform_config
         differ = ", ".join(f"{k} {theirs.get(k)} (needed: {ours.get(k)})" for k in ours if theirs.get(k) != ours.get(k))
@@ -133,10 +137,30 @@ def vocoder_from_checkpoint(state, device):
     return vocoder.to(device).eval()
 
 
+def refiner_from_checkpoint(state, path, device):
+    """The phase refiner kept in a loaded vocoder checkpoint (train_refiner writes it there), in eval mode on
+    `device`. A vocoder without one, or whose weights changed since the refiner was trained (train_vocoder
+    --resume), is a one-line usage error."""
+    record = state.get("refiner")
+    if record is None:
+        common.usage_error(f"{path} has no phase refiner: train one for it with --mode train_refiner --vocoder {path}")
+    if record["vocoder_fingerprint"] != weights_fingerprint(state["model"]):
+        common.usage_error(f"{path}'s phase refiner was trained for other vocoder weights: train it again with "
+                           f"--mode train_refiner")
+    refiner = PhaseRefiner(**record["refiner_config"])
+    refiner.load_state_dict(record["model"])
+    return refiner.to(device).eval()
+
+
 def load_inverse(config, transform):
     """The MelInverse that InverseConfig `config` describes for `transform`'s features, with its vocoder loaded
-    (and checked to be made for those features) when it names one."""
-    vocoder = None
+    (and checked to be made for those features) when it names one, and for 'vocoder-refined' the vocoder's
+    phase refiner, after the fast Griffin-Lim iterations it was trained on (whatever `config` says)."""
+    vocoder = refiner = None
     if config.needs_vocoder:
-        vocoder = vocoder_from_checkpoint(load_vocoder_checkpoint(config.vocoder, transform.config), transform.device)
-    return MelInverse(config, transform, vocoder)
+        state = load_vocoder_checkpoint(config.vocoder, transform.config)
+        vocoder = vocoder_from_checkpoint(state, transform.device)
+        if config.kind == "vocoder-refined":
+            refiner = refiner_from_checkpoint(state, config.vocoder, transform.device)
+            config = dataclasses.replace(config, iterations=refiner.config["iterations"])
+    return MelInverse(config, transform, vocoder, refiner)

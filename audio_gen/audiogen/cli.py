@@ -10,14 +10,16 @@
     python audio_gen/audio_gen.py --mode train_prior                        # a learned prior for that VAE
     python audio_gen/audio_gen.py --mode generate --prior models/audio_prior.pt
     python audio_gen/audio_gen.py --mode train_vocoder --audio_dir ~/Music  # a vocoder for that music
-    python audio_gen/audio_gen.py --mode infer --audio_dir ~/OtherMusic --inverse vocoder
+    python audio_gen/audio_gen.py --mode train_refiner --audio_dir ~/Music  # a phase refiner for that vocoder
+    python audio_gen/audio_gen.py --mode infer --audio_dir ~/OtherMusic --inverse vocoder-refined
 
 Every clip is 5 s of mono 16 kHz audio (80,000 samples), a 128-bin log-mel spectrogram of 256 frames.
 The autoencoder squeezes it into a latent of `latent_dim` channels x 256/`time_downsample` frames
 (128 x 128 at the defaults: 2x fewer numbers, chosen from measurements in docs/audio-results.md) and back;
-NNLS, PGHI and fast Griffin-Lim turn the mel into audio again, or a vocoder trained with --mode train_vocoder. `--model vae` makes it a VAE with a smaller latent, whose
-N(0, I) prior `--mode generate` samples new music from; `--mode train_prior` fits a small diffusion model to
-its latents, a learned prior that `--mode generate --prior FILE` samples instead.
+NNLS, PGHI and fast Griffin-Lim turn the mel into audio again, or a vocoder trained with --mode train_vocoder
+(and --mode train_refiner, a correction of its retrieved phase). `--model vae` makes it a VAE with a smaller
+latent, whose N(0, I) prior `--mode generate` samples new music from; `--mode train_prior` fits a small
+diffusion model to its latents, a learned prior that `--mode generate --prior FILE` samples instead.
 Training draws random 5-s crops from whole recordings; scores use fixed, evenly spaced windows.
 Relative default paths (data/, models/, results/) live next to audio_gen.py.
 
@@ -45,6 +47,7 @@ from audiogen.model import MODEL_KINDS, ModelConfig
 from audiogen.prior import PRIOR_SAMPLERS, PriorConfig, SamplerConfig
 from audiogen.train import TrainConfig, train
 from audiogen.train_prior import PriorTrainConfig, train_prior
+from audiogen.train_refiner import RefinerTrainConfig, train_refiner
 from audiogen.train_vocoder import VocoderShape, VocoderTrainConfig, train_vocoder
 from audiogen.trainer import KlWeight
 
@@ -60,30 +63,37 @@ LATENT_DEFAULTS = {"ae": {"latent_dim": 128, "time_downsample": 2}, "vae": {"lat
 DEFAULT_CHECKPOINTS = {"ae": "models/audio_autoencoder.pt", "vae": "models/audio_vae.pt"}
 DEFAULT_PRIOR = "models/audio_prior.pt"
 DEFAULT_VOCODER = "models/audio_vocoder.pt"
+REFINER_EPOCHS = 20  # epochs of 512 steps over the pool of 4,096 segments: its losses level off by 15
 # Optimisation defaults of the autoencoders (train, benchmark) and of the learned prior (train_prior).
 TRAINING_DEFAULTS = {"train": {"epochs": 60, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 100},
                      "train_prior": {"epochs": 280, "batch_size": 64, "learning_rate": 5e-4, "warmup_steps": 200},
-                     "train_vocoder": {"epochs": 36, "batch_size": 16, "learning_rate": 5e-4, "warmup_steps": 500}}
+                     "train_vocoder": {"epochs": 36, "batch_size": 16, "learning_rate": 5e-4, "warmup_steps": 500},
+                     "train_refiner": {"epochs": REFINER_EPOCHS, "batch_size": 8, "learning_rate": 1e-3,
+                                       "warmup_steps": 0}}
 # The modes that read each option; an option left out applies to every mode. benchmark prepares its
 # data in a temporary cache and never downloads; infer and generate take the model from the checkpoint.
 MODES_OF = {
     **{name: {"train", "benchmark"} for name in SHAPE},
     "model": {"train", "benchmark", "export"},
-    **{name: {"train", "benchmark", "train_prior", "train_vocoder"} for name in ("batch_size", "learning_rate")},
-    **{name: {"train", "train_vocoder"} for name in ("eval_every",)},
+    **{name: {"train", "benchmark", "train_prior", "train_vocoder", "train_refiner"}
+       for name in ("batch_size", "learning_rate")},
+    **{name: {"train", "train_vocoder", "train_refiner"} for name in ("eval_every",)},
     **{name: {"train"} for name in ("kl_weight", "kl_warmup_steps")},
-    **{name: {"train", "train_prior", "train_vocoder"} for name in ("epochs", "warmup_steps", "resume")},
+    **{name: {"train", "train_prior", "train_vocoder", "train_refiner"}
+       for name in ("epochs", "warmup_steps", "resume")},
     **{name: {"train", "infer", "generate", "train_prior", "export"} for name in ("checkpoint",)},
-    **{name: {"train", "infer", "generate", "train_prior", "train_vocoder"} for name in ("results_dir", "cache_dir")},
+    **{name: {"train", "infer", "generate", "train_prior", "train_vocoder", "train_refiner"}
+       for name in ("results_dir", "cache_dir")},
     **{name: {"train_vocoder"} for name in ("vocoder_dim", "vocoder_blocks", "segment_frames", "vocoder_decoder")},
+    **{name: {"train_refiner"} for name in ("refiner_channels", "refiner_iters")},
     "prior": {"generate", "train_prior", "export"},
     "export_dir": {"export"},
-    "audio_dir": {"train", "infer", "generate", "benchmark", "train_vocoder"},
+    "audio_dir": {"train", "infer", "generate", "benchmark", "train_vocoder", "train_refiner"},
     **{name: {"train", "infer", "generate", "benchmark"} for name in ("griffin_lim_iters", "inverse")},
     **{name: {"train_prior"} for name in ("prior_hidden", "prior_blocks", "prior_clip_context")},
     **{name: {"generate"} for name in ("prior_sampler", "prior_steps", "prior_eta")},
-    **{name: {"train", "infer", "benchmark", "train_vocoder"} for name in ("musdb_root", "download", "sources",
-                                                                          "audio_eval_clips")},
+    **{name: {"train", "infer", "benchmark", "train_vocoder", "train_refiner"}
+       for name in ("musdb_root", "download", "sources", "audio_eval_clips")},
     "num_examples": {"infer"},
     **{name: {"generate"} for name in ("num_samples", "fad_embedding", "fad_weights")},
 }
@@ -93,12 +103,13 @@ def build_parser():
     p = ArgumentParser(
         description="Residual Conv1d autoencoder over log-mel spectrograms of music (any folder, or MUSDB18 stems).",
         formatter_class=HelpFormatter)
-    p.add_argument("--mode", choices=["train", "infer", "generate", "train_prior", "train_vocoder", "benchmark",
-                                      "export"],
+    p.add_argument("--mode", choices=["train", "infer", "generate", "train_prior", "train_vocoder", "train_refiner",
+                                      "benchmark", "export"],
                    default="train",
                    help="train a model, reconstruct held-out clips from a checkpoint, generate new clips from a VAE "
                         "checkpoint, train a learned prior over a VAE's latents, train a vocoder on the music, "
-                        "measure speed, or export a checkpoint's inference weights (--export_dir)")
+                        "train a correction of its retrieved phase, measure speed, or export a checkpoint's "
+                        "inference weights (--export_dir)")
     data = p.add_argument_group("data")
     data.add_argument("--audio_dir", default=None,
                       help="any folder of music (wav, flac, ogg, opus, mp3, m4a/aac; searched recursively), "
@@ -132,8 +143,9 @@ def build_parser():
                                        "what benchmark times)")
     train_group.add_argument("--epochs", type=number(int, 1), default=None,
                              help="training epochs (total, also with --resume); an epoch draws as many random "
-                                  "crops as the training files hold 5-s windows (train_vocoder: 0.92-s segments) "
-                                  "(default: 60; train_prior 280; train_vocoder 36, about 2 h on a 2-core CPU)")
+                                  "crops as the training files hold 5-s windows (train_vocoder: 0.92-s segments; "
+                                  "train_refiner: 512 batches of its pool) (default: 60; train_prior 280; "
+                                  "train_vocoder 36, about 2 h on a 2-core CPU; train_refiner 20, about 25 min)")
     train_group.add_argument("--batch_size", type=number(int, 1), default=None,
                              help="clips per training batch; under torchrun the global batch, shared equally by the "
                                   "processes (default: 16; train_prior 64; train_vocoder 16)")
@@ -150,8 +162,8 @@ def build_parser():
     train_group.add_argument("--kl_warmup_steps", type=number(int, 0), default=1000,
                              help="--model vae: steps over which the KL weight rises linearly from 0")
     train_group.add_argument("--resume", action="store_true",
-                             help="continue training from --checkpoint (train_prior: from --prior; train_vocoder: "
-                                  "from --vocoder)")
+                             help="continue training from --checkpoint (train_prior: from --prior; train_vocoder "
+                                  "and train_refiner: from --vocoder)")
     train_group.add_argument("--eval_every", type=number(int, 1), default=5,
                              help="score PESQ/STOI and redraw training_curves.png every N epochs (and after the "
                                   "first and last); mel metrics are logged every epoch")
@@ -173,13 +185,14 @@ def build_parser():
                      help="how log-mels become audio: 'pghi' (NNLS magnitude, Phase Gradient Heap Integration, fast "
                           "Griffin-Lim; deterministic), 'griffinlim' (least squares and fast Griffin-Lim from a random "
                           "phase, the chain before PGHI), 'vocoder' (the network that --vocoder names), 'vocoder-pghi' (its "
-                          "magnitude with PGHI's phase); the "
-                          "oracle rows use the same inverse")
+                          "magnitude with PGHI's phase), 'vocoder-refined' (then the phase corrected by the refiner "
+                          "--mode train_refiner put in the vocoder's file); the oracle rows use the same inverse")
     out.add_argument("--griffin_lim_iters", type=number(int, 0, 10_000), default=64,
-                     help="fast Griffin-Lim iterations (momentum 0.99) after PGHI or from the random phase")
+                     help="fast Griffin-Lim iterations (momentum 0.99) after PGHI or from the random phase "
+                          "(vocoder-refined: the refiner's own, --refiner_iters)")
     out.add_argument("--audio_eval_clips", type=number(int, 0, 1000), default=8,
                      help="clips per split scored with PESQ/STOI as audio, beside the oracle (0 skips); "
-                          "train_vocoder: unseen clips it scores (at most 16)")
+                          "train_vocoder and train_refiner: unseen clips they score (at most 16)")
     gen = p.add_argument_group("generate (a VAE checkpoint)")
     gen.add_argument("--num_samples", type=number(int, 1, 1024), default=16,
                      help="clips to generate (generated_000.wav, ...); with --audio_dir also how many real clips "
@@ -193,8 +206,9 @@ def build_parser():
     voc = p.add_argument_group("vocoder (train_vocoder writes it; --inverse vocoder voices mels with it)")
     voc.add_argument("--vocoder", default=None,
                      help=f"vocoder checkpoint (default {DEFAULT_VOCODER}, or the one an exported --checkpoint folder "
-                          f"pairs with): train_vocoder writes it; infer, generate and benchmark read it with --inverse "
-                          f"vocoder or vocoder-pghi; export puts it beside the autoencoder")
+                          f"pairs with): train_vocoder writes it, train_refiner adds its phase refiner to it; infer, "
+                          f"generate and benchmark read it with --inverse vocoder, vocoder-pghi or vocoder-refined; "
+                          f"export puts it beside the autoencoder")
     voc.add_argument("--vocoder_dim", type=number(int, 16, 2048), default=256,
                      help="train_vocoder: channels of the ConvNeXt blocks (their expansion is 3x)")
     voc.add_argument("--vocoder_blocks", type=number(int, 1, 64), default=8, help="train_vocoder: ConvNeXt blocks")
@@ -204,6 +218,12 @@ def build_parser():
                           "decoder gives it; a run resumes with the same one")
     voc.add_argument("--segment_frames", type=number(int, 8, 1024), default=48,
                      help="train_vocoder: mel frames per training segment ((frames - 1) * 313 samples: 0.92 s at 48)")
+    voc.add_argument("--refiner_channels", type=number(int, 4, 256), default=16,
+                     help="train_refiner: channels of the phase refiner's 2-D convolutions (its time per clip grows "
+                          "with their square)")
+    voc.add_argument("--refiner_iters", type=number(int, 0, 1000), default=64,
+                     help="train_refiner: fast Griffin-Lim iterations after PGHI whose phase the refiner learns to "
+                          "correct; --inverse vocoder-refined runs as many")
     prior = p.add_argument_group("learned prior (train_prior writes it, generate samples it)")
     prior.add_argument("--prior", default=None,
                        help=f"learned-prior checkpoint: train_prior writes it (default {DEFAULT_PRIOR}); generate "
@@ -268,7 +288,8 @@ def parse_args(argv=None, world=None):
     resolve_prior_and_vocoder(parser, args)
     if args.mode == "export" and args.export_dir is None:
         parser.error("--mode export writes to --export_dir: name the folder")
-    trained = {"train": args.checkpoint, "train_prior": args.prior, "train_vocoder": args.vocoder}.get(args.mode)
+    trained = {"train": args.checkpoint, "train_prior": args.prior, "train_vocoder": args.vocoder,
+               "train_refiner": args.vocoder}.get(args.mode)
     if trained is not None and trained.is_dir():
         parser.error(f"training writes and --resume reads a checkpoint file (.pt): {trained} is a folder (an "
                      f"exported one holds the inference weights only)")
@@ -290,8 +311,10 @@ def resolve_prior_and_vocoder(parser, args):
             parser.error(f"--prior {args.prior}: no such file or folder (train one with --mode train_prior)")
     elif args.mode == "generate":
         args.prior = paired(args.checkpoint, "prior")
-    if args.mode == "train_vocoder":
+    if args.mode in ("train_vocoder", "train_refiner"):
         args.vocoder = resolve_path(args.vocoder or DEFAULT_VOCODER, DEFAULT_VOCODER, SCRIPT_DIR)
+        if args.mode == "train_refiner" and not args.vocoder.exists():
+            parser.error(f"--vocoder {args.vocoder}: no such file (train the vocoder first with --mode train_vocoder)")
     elif args.inverse.startswith("vocoder"):
         default = paired(args.checkpoint, "vocoder") or resolve_path(DEFAULT_VOCODER, DEFAULT_VOCODER, SCRIPT_DIR)
         args.vocoder = Path(args.vocoder) if args.vocoder else default
@@ -344,6 +367,11 @@ def configs(args, world=None):
                                   args.resume, args.eval_every, args.results_dir, args.device, as_recorded(args),
                                   args.segment_frames, min(args.audio_eval_clips, 16),
                                   Path(args.vocoder_decoder) if args.vocoder_decoder else None)
+    if args.mode == "train_refiner":
+        return RefinerTrainConfig(data, args.vocoder, args.epochs, args.batch_size, args.learning_rate,
+                                  args.warmup_steps, args.seed, args.resume, args.eval_every, args.results_dir,
+                                  args.device, as_recorded(args), args.refiner_channels, args.refiner_iters,
+                                  audio_eval_clips=min(args.audio_eval_clips, 16))
     if args.mode == "infer":
         return InferConfig(data, args.checkpoint, args.results_dir, args.device, args.num_examples, args.seed,
                            inverse_config(args), args.audio_eval_clips)
@@ -361,7 +389,7 @@ def main(argv=None):
     if args.mode == "benchmark":
         return benchmark(config)
     job = {"train": train, "infer": infer, "generate": generate, "train_prior": train_prior,
-           "train_vocoder": train_vocoder}[args.mode]
+           "train_vocoder": train_vocoder, "train_refiner": train_refiner}[args.mode]
     log = logged_to(args.results_dir / f"{args.mode}.log") if world.is_main else contextlib.nullcontext()
     with world.session(args.device), world.quiet(), log:
         return job(config)

@@ -19,6 +19,8 @@ EXPORTED = {
     PRIOR_FORMAT: (("ema",), ("model", "optimizer", "schedule", "ema_updates", "partial_epoch", "rng")),
     VOCODER_FORMAT: (("model",), ("optimizer", "schedule", "partial_epoch", "rng")),
 }
+# What a vocoder's phase refiner keeps in an export: its weights go to model.safetensors as "refiner_model".
+REFINER_KEPT = ("refiner_config", "vocoder_fingerprint", "epoch")
 NAMES = {CHECKPOINT_FORMAT: "autoencoder", PRIOR_FORMAT: "learned prior", VOCODER_FORMAT: "vocoder"}
 
 
@@ -53,11 +55,10 @@ def export(checkpoint, export_dir, prior=None, vocoder=None):
                            *EXPORTED[PRIOR_FORMAT])
             pairs["prior"] = "prior"
         if vocoder:
-            export_weights(load_vocoder_checkpoint(vocoder, state["transform_config"]), Path(export_dir) / "vocoder",
-                           *EXPORTED[VOCODER_FORMAT])
+            write(load_vocoder_checkpoint(vocoder, state["transform_config"]), Path(export_dir) / "vocoder")
             pairs["vocoder"] = "vocoder"
         state = {**state, "pairs": pairs}
-    folder = export_weights(state, export_dir, *EXPORTED[state["format"]])
+    folder = write(state, export_dir)
     size = (folder / EXPORT_WEIGHTS).stat().st_size / 1e6
     beside = "".join(f", with its {NAMES[f]} in {name}/" for name, f in (("prior", PRIOR_FORMAT),
                                                                           ("vocoder", VOCODER_FORMAT))
@@ -65,6 +66,18 @@ def export(checkpoint, export_dir, prior=None, vocoder=None):
     print(f"Exported the {NAMES[state['format']]} of {checkpoint} (epoch {state['epoch']}) to {folder}: "
           f"{EXPORT_WEIGHTS} ({size:.1f} MB) and {EXPORT_CONFIG}{beside}")
     return folder
+
+
+def write(state, folder):
+    """export_weights with the format's state dicts; a vocoder's phase refiner (a nested entry, which
+    safetensors cannot hold) has its weights stored as a state dict of their own, "refiner_model", and its
+    training state dropped. checkpoint.load_vocoder_checkpoint puts them back in place."""
+    weights, drop = EXPORTED[state["format"]]
+    record = state.get("refiner")
+    if record:
+        state = {**state, "refiner": {k: record[k] for k in REFINER_KEPT}, "refiner_model": record["model"]}
+        weights = (*weights, "refiner_model")
+    return export_weights(state, folder, weights, drop)
 
 
 def paired(checkpoint, name):

@@ -1,13 +1,14 @@
 """Log-mel spectrograms back to audio: the mel-to-linear step and the phase.
 
-Three inverses share one call, (n, n_mels, frames) log-mels -> (n, clip_samples) waveforms:
+Five inverses share one call, (n, n_mels, frames) log-mels -> (n, clip_samples) waveforms:
 
 - 'pghi' (the default): the linear magnitude by non-negative least squares on the mel filterbank, a
   starting phase by Phase Gradient Heap Integration, then fast Griffin-Lim from that phase. Deterministic.
 - 'griffinlim': the chain before it, kept for comparison: torchaudio's minimum-norm least squares with the
   negatives cut to 0, then fast Griffin-Lim from a random phase that a seed draws.
 - 'vocoder': a network trained on music (vocoder.py) that corrects the NNLS magnitude and predicts phase;
-  'vocoder-pghi' takes only its magnitude and finds the phase as 'pghi' does.
+  'vocoder-pghi' takes only its magnitude and finds the phase as 'pghi' does; 'vocoder-refined' then corrects
+  that phase with the phase refiner trained for the vocoder (phase_refiner.py, --mode train_refiner).
 
 PGHI at this project's low redundancy (n_fft / hop = 1024 / 313 = 3.27) is discussed in docs/audio-model.md.
 """
@@ -22,7 +23,7 @@ import torch
 
 from .common import checkpoint_name
 
-INVERSES = ("pghi", "griffinlim", "vocoder", "vocoder-pghi")
+INVERSES = ("pghi", "griffinlim", "vocoder", "vocoder-pghi", "vocoder-refined")
 # The Hann window's equivalent Gaussian: lambda = HANN_LAMBDA * n_fft^2 samples^2 (Prusa et al. 2017, Sec. V;
 # ltfat's pghi uses the same constant), where the Gaussian window is exp(-pi t^2 / lambda).
 HANN_LAMBDA = 0.25645
@@ -32,8 +33,9 @@ HANN_LAMBDA = 0.25645
 class InverseConfig:
     """How log-mels become audio. `kind`: one of INVERSES; `iterations`: fast Griffin-Lim's (after PGHI, or
     from a random phase); `nnls_iterations`: FISTA steps of the mel-to-linear solve; `vocoder`: the vocoder
-    checkpoint of the kinds 'vocoder' (its magnitude and phase) and 'vocoder-pghi' (its magnitude, the phase by
-    PGHI and fast Griffin-Lim)."""
+    checkpoint of the kinds 'vocoder' (its magnitude and phase), 'vocoder-pghi' (its magnitude, the phase by
+    PGHI and fast Griffin-Lim) and 'vocoder-refined' (then its phase refiner, after as many iterations as the
+    refiner was trained on: checkpoint.load_inverse sets them)."""
     kind: str = "pghi"
     iterations: int = 64
     nnls_iterations: int = 3
@@ -51,7 +53,10 @@ class InverseConfig:
         if self.kind == "pghi":
             return f"NNLS + PGHI + FGLA-{self.iterations}"
         vocoder = f"vocoder {checkpoint_name(self.vocoder)}" if self.vocoder else "vocoder"
-        return f"{vocoder} magnitude + PGHI + FGLA-{self.iterations}" if self.kind == "vocoder-pghi" else vocoder
+        if self.kind == "vocoder":
+            return vocoder
+        retrieved = f"{vocoder} magnitude + PGHI + FGLA-{self.iterations}"
+        return retrieved + " + phase refiner" if self.kind == "vocoder-refined" else retrieved
 
     @property
     def needs_vocoder(self):
@@ -204,12 +209,14 @@ class MelInverse:
     clip's audio never depends on the batch it came in.
     """
 
-    def __init__(self, config, transform, vocoder=None):
+    def __init__(self, config, transform, vocoder=None, refiner=None):
         import torchaudio.transforms as T
 
         if config.needs_vocoder and vocoder is None:
             raise ValueError(f"the '{config.kind}' inverse needs a trained vocoder")
-        self.config, self.transform, self.vocoder = config, transform, vocoder
+        if config.kind == "vocoder-refined" and refiner is None:
+            raise ValueError("the 'vocoder-refined' inverse needs the vocoder's phase refiner")
+        self.config, self.transform, self.vocoder, self.refiner = config, transform, vocoder, refiner
         self.filterbank = transform.mel.mel_scale.fb.detach()  # (n_freq, n_mels), on the transform's device
         self.operators = nnls_operators(self.filterbank)
         if config.kind == "griffinlim":
@@ -226,8 +233,8 @@ class MelInverse:
 
     def magnitude(self, log_mels):
         """(n, n_mels, frames) log-mels -> (n, n_freq, frames) linear magnitudes, on the transform's device: by
-        NNLS, or the vocoder's ('vocoder-pghi')."""
-        if self.config.kind == "vocoder-pghi":
+        NNLS, or the vocoder's ('vocoder-pghi', 'vocoder-refined')."""
+        if self.config.kind in ("vocoder-pghi", "vocoder-refined"):
             return self.vocoder.spectrum(log_mels.to(self.transform.device))[0].exp()
         mel = log_mels.to(self.transform.device).float().exp()
         return nnls_magnitude(mel, self.filterbank, self.config.nnls_iterations, self.operators)
@@ -238,7 +245,7 @@ class MelInverse:
             return self.random_phase_griffin_lim(log_mels, seed)
         if not len(log_mels):
             return torch.zeros(0, self.transform.clip_samples)
-        one_clip = self.voice if self.config.kind == "vocoder" else self.pghi
+        one_clip = {"vocoder": self.voice, "vocoder-refined": self.refine}.get(self.config.kind, self.pghi)
         return torch.cat([one_clip(log_mels[i:i + 1]) for i in range(len(log_mels))])
 
     def voice(self, log_mels):
@@ -249,13 +256,28 @@ class MelInverse:
         """The magnitude (NNLS or the vocoder's), PGHI's starting phase, fast Griffin-Lim: (n, clip_samples) on the CPU."""
         return self.retrieve_phase(self.magnitude(log_mels))
 
-    def retrieve_phase(self, magnitude):
-        """(n, n_freq, frames) linear magnitudes -> (n, clip_samples) waveforms on the CPU: PGHI's phase, then
-        fast Griffin-Lim."""
+    def retrieve_phase(self, magnitude, length=None):
+        """(n, n_freq, frames) linear magnitudes -> (n, length or clip_samples) waveforms on the CPU: PGHI's
+        phase, then fast Griffin-Lim."""
         t = self.transform
         phase = torch.stack([torch.from_numpy(pghi_phase(m.double().cpu().numpy(), t.n_fft, t.hop_length))
                              for m in magnitude]).to(magnitude)
-        return fast_griffin_lim(magnitude, phase, t.n_fft, t.hop_length, self.config.iterations, t.clip_samples).cpu()
+        return fast_griffin_lim(magnitude, phase, t.n_fft, t.hop_length, self.config.iterations,
+                                length or t.clip_samples).cpu()
+
+    def retrieved_phase(self, magnitude, length=None):
+        """(n, n_freq, frames) magnitudes -> (n, n_freq, frames) phases on their device: the phase of the STFT of
+        retrieve_phase's waveforms (n, length or clip_samples), what the phase refiner corrects."""
+        t = self.transform
+        waves = self.retrieve_phase(magnitude, length).to(magnitude.device)
+        window = torch.hann_window(t.n_fft, device=magnitude.device)
+        return torch.stft(waves, t.n_fft, t.hop_length, window=window, return_complex=True).angle()
+
+    def refine(self, log_mels):
+        """The vocoder's magnitude, the retrieved phase corrected by the refiner: (n, clip_samples) on the CPU."""
+        magnitude = self.magnitude(log_mels)
+        phase = self.retrieved_phase(magnitude)
+        return self.refiner.synthesize(magnitude, phase, self.transform.clip_samples).cpu()
 
     def random_phase_griffin_lim(self, log_mels, seed):
         """The chain before PGHI: least squares, negatives cut, fast Griffin-Lim from the phase `seed` draws.

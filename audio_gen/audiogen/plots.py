@@ -1,6 +1,7 @@
 """Figures a run writes: training curves against training time, and log-mel spectrograms side by side."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,7 @@ def plot_spectrogram_grid(log_mels, titles, path, suptitle, columns=4):
     for i, (ax, image, title) in enumerate(zip(axes.flat, log_mels.cpu().numpy(), titles)):
         shown = ax.imshow(image, origin="lower", aspect="auto", extent=(0, 5, 0, image.shape[0]), cmap="magma",
                           vmin=low, vmax=high)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(textwrap.fill(title, 34), fontsize=9)  # long inverse names would run into the next panel
         if i % columns == 0:
             ax.set_ylabel("mel bin")
         if i + columns >= len(log_mels):
@@ -143,23 +144,57 @@ def plot_vocoder_curves(history, path, origin):
         left.plot(minutes, [h["valid"].get(key, np.nan) for h in history], color=color, label=f"unseen crops: {key}",
                   **dots)
     left.set(title=f"Vocoder losses\n({origin})", xlabel="training time (min)", yscale="log")
+    plot_clip_scores(right, minutes, history, (("", "o-", "s-", "vocoder"),
+                                               ("magnitude_pghi_", "^:", "v:", "its magnitude + PGHI"),
+                                               ("reference_", "--", "--", "NNLS + PGHI + FGLA")))
+    right.set_title("Unseen 5-s clips, through their true mel")
+    save_curves(plt, fig, left, path)
+
+
+def plot_refiner_curves(history, path, origin):
+    """The phase refiner's losses on unseen segments against the unrefined phase's, and PESQ/STOI of unseen 5-s
+    clips with and without it, against minutes of training."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), dpi=110)
+    minutes = np.cumsum([h["train_seconds"] for h in history]) / 60
+    dots = {"marker": "o", "markersize": 3} if len(history) <= 60 else {}
+    # Relative to a reference, since the refiner moves its losses by a few per cent.
+    first = history[0]["train_loss"]
+    left.plot(minutes, [h["train_loss"] / first for h in history], color="black",
+              label="training pool: total / its first epoch", **dots)
+    for key, name, color in (("stft", "multi-resolution STFT", "tab:green"), ("mel", "log-mel L1", "tab:blue")):
+        left.plot(minutes, [h["valid"][key] / h["valid_unrefined"][key] for h in history], color=color,
+                  label=f"unseen: {name} / unrefined phase's", **dots)
+    left.axhline(1, color="gray", linestyle="--", label="unrefined phase")
+    left.set(title=f"Phase refiner losses, relative\n({origin})", xlabel="training time (min)", ylabel="ratio")
+    plot_clip_scores(right, minutes, history, (("", "o-", "s-", "refined phase"),
+                                               ("reference_", "--", "--", "PGHI + FGLA phase")))
+    right.set_title("Unseen 5-s clips, the vocoder's magnitude of their true mel")
+    save_curves(plt, fig, left, path)
+
+
+def plot_clip_scores(axis, minutes, history, curves):
+    """PESQ on `axis` and STOI on its twin, at the epochs of `history` that scored clips ("audio"); `curves`:
+    (key prefix, PESQ line style, STOI line style, label) for each pair of keys f"{prefix}pesq", f"{prefix}stoi"."""
+    axis.set(xlabel="training time (min)", ylabel="PESQ (wide-band)")
     scored = [(m, h["audio"]) for m, h in zip(minutes, history) if h.get("audio")]
-    if scored:
-        m, audio = zip(*scored)
-        values = lambda key: [np.nan if a.get(key) is None else a[key] for a in audio]  # noqa: E731  (undefined PESQ)
-        right.plot(m, values("pesq"), "o-", color="tab:blue", label="PESQ, vocoder")
-        right.plot(m, values("magnitude_pghi_pesq"), "^:", color="tab:blue", label="PESQ, its magnitude + PGHI")
-        right.plot(m, values("reference_pesq"), "--", color="tab:blue", label="PESQ, NNLS + PGHI + FGLA")
-        twin = right.twinx()
-        twin.plot(m, values("stoi"), "s-", color="tab:orange", label="STOI, vocoder")
-        twin.plot(m, values("magnitude_pghi_stoi"), "v:", color="tab:orange", label="STOI, its magnitude + PGHI")
-        twin.plot(m, values("reference_stoi"), "--", color="tab:orange", label="STOI, NNLS + PGHI + FGLA")
-        twin.set_ylabel("STOI")
-        right.legend(loc="lower left", fontsize=8)
-        twin.legend(loc="lower right", fontsize=8)
-    right.set(title="Unseen 5-s clips, through their true mel", xlabel="training time (min)", ylabel="PESQ (wide-band)")
-    left.grid(True, alpha=0.3)
-    left.legend(fontsize=8)
+    if not scored:
+        return
+    m, audio = zip(*scored)
+    values = lambda key: [np.nan if a.get(key) is None else a[key] for a in audio]  # noqa: E731  (undefined PESQ)
+    twin = axis.twinx()
+    for prefix, pesq_style, stoi_style, label in curves:
+        axis.plot(m, values(f"{prefix}pesq"), pesq_style, color="tab:blue", label=f"PESQ, {label}")
+        twin.plot(m, values(f"{prefix}stoi"), stoi_style, color="tab:orange", label=f"STOI, {label}")
+    twin.set_ylabel("STOI")
+    axis.legend(loc="lower left", fontsize=8)
+    twin.legend(loc="lower right", fontsize=8)
+
+
+def save_curves(plt, fig, losses, path):
+    """Grid and legend on the `losses` axis, then `fig` written to `path` and closed."""
+    losses.grid(True, alpha=0.3)
+    losses.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -63,13 +63,16 @@ class VocoderTrainConfig:
 
 class VocoderTrainer:
     """Training state: the vocoder, AdamW (betas 0.8 / 0.9, as Vocos), the schedule, gradient clipping and the
-    step count. `train_step` has AudioTrainer's signature, so trainer.run_epoch drives it."""
+    step count. `train_step` has AudioTrainer's signature, so trainer.run_epoch drives it; it reports the total
+    loss and the part named `REPORTED` (train_refiner.RefinerTrainer changes `losses` and that)."""
 
-    def __init__(self, vocoder, transform, device, schedule, grad_clip=1.0, decoder=None):
+    REPORTED = "phase"
+
+    def __init__(self, vocoder, transform, device, schedule, grad_clip=1.0, decoder=None, betas=(0.8, 0.9)):
         self.model = vocoder.to(device)
         self.decoder = decoder  # an autoencoder whose reconstructions make half of each batch's input, or None
         self.transform, self.device, self.schedule, self.grad_clip = transform, device, schedule, grad_clip
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=schedule(0), betas=(0.8, 0.9), weight_decay=0.01)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=schedule(0), betas=betas, weight_decay=0.01)
         self.world = World()
         self.step = 0
 
@@ -85,7 +88,8 @@ class VocoderTrainer:
         return parts, sum(LOSS_WEIGHTS[name] * value for name, value in parts.items())
 
     def train_step(self, waves):
-        """One AdamW step on (batch, samples) waveforms; on device, (2,): the total loss and the phase loss."""
+        """One AdamW step on a batch ((batch, samples) waveforms); on device, (2,): the total loss and the
+        REPORTED one."""
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule(self.step)
@@ -95,14 +99,14 @@ class VocoderTrainer:
         nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return torch.stack([loss.detach(), parts["phase"].detach()])
+        return torch.stack([loss.detach(), parts[self.REPORTED].detach()])
 
     def share(self, rows):
         return rows  # one process: the whole batch
 
     @torch.no_grad()
     def validation_losses(self, waves, batch_size=16):
-        """{name: mean loss} over fixed (n, samples) unseen segments."""
+        """{name: mean loss} over fixed unseen segments ((n, samples) waveforms, or what `losses` takes)."""
         self.model.eval()
         sums = {}
         for i in range(0, len(waves), batch_size):
@@ -239,6 +243,9 @@ def train_vocoder(config):
     if position.epoch >= config.epochs:
         print(f"Nothing to do: {config.checkpoint} already has {position.epoch} epochs (--epochs {config.epochs}).")
         return position.history
+    if state and state.get("refiner"):
+        print(f"note: {config.checkpoint}'s phase refiner was trained for the weights this run changes: it is "
+              f"dropped; train it again with --mode train_refiner")
     valid_waves = held_out.spread(64, segment)
     check = AudioCheck(held_out.spread(config.audio_eval_clips, transform.clip_samples), transform) \
         if config.audio_eval_clips else None
