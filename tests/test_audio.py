@@ -645,9 +645,9 @@ def test_logs_and_early_examples(trained):
 
 
 def test_flags_of_other_modes_are_rejected(ag, capsys):
-    for argv, message in ((["--mode", "infer", "--epochs", "3"], "--epochs applies to --mode train or train_prior or train_vocoder, not infer"),
+    for argv, message in ((["--mode", "infer", "--epochs", "3"], "--epochs applies to --mode train or train_prior or train_refiner or train_vocoder, not infer"),
                           (["--mode", "infer", "--hidden", "16"], "--hidden applies to --mode benchmark or train"),
-                          (["--mode", "benchmark", "--resume"], "--resume applies to --mode train or train_prior or train_vocoder, not benchmark"),
+                          (["--mode", "benchmark", "--resume"], "--resume applies to --mode train or train_prior or train_refiner or train_vocoder, not benchmark"),
                           (["--mode", "train", "--num_examples", "3"], "--num_examples applies to --mode infer")):
         with pytest.raises(SystemExit) as exc:
             ag.parse_args(argv)
