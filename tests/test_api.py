@@ -324,18 +324,32 @@ def test_api_key(ckpt):
 
 
 def test_full_queue_answers_503_with_retry_after(ckpt):
+    """One request drawing and one waiting fill a queue of 1: a third gets 503 at once, the two get their images.
+    The steps are driven through /health, not left to how six threads happen to be scheduled."""
     s = Server("--image_checkpoint", str(ckpt["image"]), "--max_queue", "1", "--no-batching")
+
+    def queue_reaches(state):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            queue = httpx.get(f"{s.url}/health").json()["image_queue"]
+            if all(queue[key] == value for key, value in state.items()):
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"the image queue never reached {state}: {queue}")
+
     try:
         body = dict(prompt="2", n=4, sampler="ddpm", seed=0)
-        with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            responses = list(pool.map(lambda _: httpx.post(f"{s.url}/v1/images/generations", json=body, timeout=300),
-                                      range(6)))
-        statuses = sorted(r.status_code for r in responses)
-        assert statuses.count(200) >= 2 and set(statuses) == {200, 503}, statuses
-        for busy in (r for r in responses if r.status_code == 503):
-            assert int(busy.headers["retry-after"]) >= 1 and "busy" in error_of(busy, 503)["message"]
-        images = [r.json()["data"] for r in responses if r.status_code == 200]
-        assert all(d == images[0] for d in images)  # one request at a time: the same seed, the same pixels
+        post = lambda: httpx.post(f"{s.url}/v1/images/generations", json=body, timeout=300)  # noqa: E731
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            drawing = pool.submit(post)
+            queue_reaches({"busy": True, "queued_requests": 0})
+            waiting = pool.submit(post)
+            queue_reaches({"busy": True, "queued_requests": 1})
+            refused = post()
+            served = [drawing.result(), waiting.result()]
+        assert int(refused.headers["retry-after"]) >= 1 and "busy" in error_of(refused, 503)["message"]
+        assert [r.status_code for r in served] == [200, 200]
+        assert served[0].json()["data"] == served[1].json()["data"]  # one at a time: the same seed, the same pixels
     finally:
         s.stop()
 
