@@ -49,7 +49,7 @@ from audiogen.train import TrainConfig, train
 from audiogen.train_prior import PriorTrainConfig, train_prior
 from audiogen.train_refiner import RefinerTrainConfig, train_refiner
 from audiogen.train_vocoder import VocoderShape, VocoderTrainConfig, train_vocoder
-from audiogen.trainer import KlWeight
+from audiogen.trainer import KlWeight, Optimisation
 
 # Relative default paths (data/, models/, results/) live next to audio_gen.py in a checkout, so that the script,
 # train.sh and the `audio-gen` command share one set of outputs; an installed wheel has no such
@@ -340,15 +340,19 @@ def inverse_config(args):
                          vocoder=args.vocoder if args.inverse.startswith("vocoder") else None)
 
 
+def optimisation(args):
+    """The training commands' Optimisation."""
+    return Optimisation(args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed, args.resume)
+
+
 def configs(args, world=None):
     """The config object of the chosen mode, built from the checked options."""
     data = DataConfig(args.audio_dir, args.musdb_root, args.download, tuple(args.sources), args.cache_dir)
     shape = ModelConfig(**{name: getattr(args, name) for name in SHAPE}, variational=args.model == "vae")
     if args.mode == "train":
-        return TrainConfig(data, shape, args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
-                           args.resume, args.eval_every, args.checkpoint, args.results_dir, args.device,
-                           inverse_config(args), args.audio_eval_clips, as_recorded(args), world or World(),
-                           KlWeight(args.kl_weight, args.kl_warmup_steps))
+        return TrainConfig(data, shape, optimisation(args), args.eval_every, args.checkpoint, args.results_dir,
+                           args.device, inverse_config(args), args.audio_eval_clips, as_recorded(args),
+                           world or World(), KlWeight(args.kl_weight, args.kl_warmup_steps))
     if args.mode == "generate":
         return GenerateConfig(args.checkpoint, args.results_dir, args.device, args.num_samples, args.seed,
                               inverse_config(args), args.cache_dir, data if args.audio_dir else None,
@@ -358,18 +362,15 @@ def configs(args, world=None):
     if args.mode == "train_prior":
         return PriorTrainConfig(args.checkpoint, args.prior, PriorConfig(0, args.prior_hidden, args.prior_blocks,
                                                                            bool(args.prior_clip_context)),
-                                args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
-                                args.resume, args.results_dir, args.cache_dir, args.device, as_recorded(args))
+                                optimisation(args), args.results_dir, args.cache_dir, args.device, as_recorded(args))
     if args.mode == "train_vocoder":
         return VocoderTrainConfig(data, args.vocoder, VocoderShape(args.vocoder_dim, 3 * args.vocoder_dim,
                                                                    args.vocoder_blocks),
-                                  args.epochs, args.batch_size, args.learning_rate, args.warmup_steps, args.seed,
-                                  args.resume, args.eval_every, args.results_dir, args.device, as_recorded(args),
+                                  optimisation(args), args.eval_every, args.results_dir, args.device, as_recorded(args),
                                   args.segment_frames, min(args.audio_eval_clips, 16),
                                   Path(args.vocoder_decoder) if args.vocoder_decoder else None)
     if args.mode == "train_refiner":
-        return RefinerTrainConfig(data, args.vocoder, args.epochs, args.batch_size, args.learning_rate,
-                                  args.warmup_steps, args.seed, args.resume, args.eval_every, args.results_dir,
+        return RefinerTrainConfig(data, args.vocoder, optimisation(args), args.eval_every, args.results_dir,
                                   args.device, as_recorded(args), args.refiner_channels, args.refiner_iters,
                                   audio_eval_clips=min(args.audio_eval_clips, 16))
     if args.mode == "infer":

@@ -17,7 +17,7 @@ from .inverse import InverseConfig
 from .metrics import AudioEvaluator, evaluate, require_speech_metrics, score_split, spread_positions, versus_baseline
 from .model import AudioAutoencoder, ModelConfig, reconstruct
 from .plots import plot_spectrograms, plot_training_curves
-from .trainer import AudioTrainer, CosineSchedule, KlWeight, epoch_crops, run_epoch, steps_per_epoch
+from .trainer import AudioTrainer, KlWeight, Optimisation, epoch_crops, milestone, run_epoch, steps_per_epoch
 from .transform import LogMelTransform, compute_normalization
 
 
@@ -25,16 +25,11 @@ from .transform import LogMelTransform, compute_normalization
 class TrainConfig:
     """What the train command reads. `model` shapes a new model (a resumed one keeps its own, and its KL
     weight); `command_line` is the options as given, stored in the checkpoint as "args". `world`: the
-    processes that torchrun started (World); `batch_size` is the global batch, which they share equally.
+    processes that torchrun started (World); `optim.batch_size` is the global batch, which they share equally.
     `kl_weight`: the VAE's KlWeight (ignored by the plain autoencoder)."""
     data: DataConfig
     model: ModelConfig
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int
-    seed: int
-    resume: bool
+    optim: Optimisation
     eval_every: int
     checkpoint: Path
     results_dir: Path
@@ -74,13 +69,13 @@ def rank_seed(seed, rank, step):
 
 
 def start_run(config):
-    """A new run, or the one in the checkpoint when resuming (its schedule stretched to `config.epochs`).
+    """A new run, or the one in the checkpoint when resuming (its schedule stretched to `config.optim.epochs`).
 
     Several processes build the same model; rank 0 prepares the data (and its cache) first. Dropout draws
     from each process's global RNG: rank 0's is the one-process state, the others' are seeded with
     rank_seed, and a checkpoint keeps them all, so a resume with as many processes is exact."""
     world = config.world
-    state = load_checkpoint(config.checkpoint) if config.resume else None
+    state = load_checkpoint(config.checkpoint) if config.optim.resume else None
     kind = "vae" if config.model.variational else "ae"
     if state and state["kind"] != kind:
         usage_error(f"--model {kind} cannot resume {config.checkpoint}, a checkpoint of kind '{state['kind']}': "
@@ -91,30 +86,29 @@ def start_run(config):
         splits = build_splits(config.data, transform)
     if len(splits["train"]) == 0:
         raise SystemExit(f"error: no usable training recordings (5 s or longer, not silent) in {splits['train'].origin}")
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.optim.seed)
     model = model_from_checkpoint(state, config.device) if state else new_model(config.model, splits["train"])
-    steps = steps_per_epoch(splits["train"], config.batch_size)
-    total = config.epochs * steps
+    steps = steps_per_epoch(splits["train"], config.optim.batch_size)
     if state is None and config.checkpoint.exists():
         print(f"note: starting a new run; {config.checkpoint} will be overwritten (use --resume to continue it)")
-    trainer = AudioTrainer(model, config.device, CosineSchedule(config.learning_rate, total, config.warmup_steps),
+    trainer = AudioTrainer(model, config.device, config.optim.schedule(steps),
                            kl_weight=KlWeight(config.kl_weight.weight, config.kl_weight.warmup_steps), world=world)
     run = Run(transform, splits, trainer, steps, history=[])
     if state:
         trainer.load_state_dict(state)
-        trainer.schedule.extend(total, trainer.step)  # a longer run keeps decaying from here
+        trainer.schedule.extend(config.optim.epochs * steps, trainer.step)  # a longer run keeps decaying from here
         set_rng_state(state["rng"])
         if world.active and not world.is_main:
             if len(state.get("rank_rng") or []) == world.size:
                 set_rng_state(state["rank_rng"][world.rank])
             else:
-                torch.manual_seed(rank_seed(config.seed, world.rank, trainer.step))
+                torch.manual_seed(rank_seed(config.optim.seed, world.rank, trainer.step))
         run.history, run.epoch, run.progress = state["history"], state["epoch"], state["partial_epoch"]
         where = f"epoch {run.epoch + 1}, step {run.progress['steps_done']}" if run.progress else f"the end of epoch {run.epoch}"
         print(f"Resuming {config.checkpoint} at {where}")
     else:
         if world.active and not world.is_main:
-            torch.manual_seed(rank_seed(config.seed, world.rank, 0))
+            torch.manual_seed(rank_seed(config.optim.seed, world.rank, 0))
     return run
 
 
@@ -179,30 +173,30 @@ def epoch_line(record, epochs):
 
 
 def train_epochs(run, config, evaluators, stop, valid_name, board):
-    """Epochs until `config.epochs` or a stop request: train, score, log (also to the TensorBoard `board`),
+    """Epochs until `config.optim.epochs` or a stop request: train, score, log (also to the TensorBoard `board`),
     checkpoint, plot at milestones."""
     train_set = run.splits["train"]
     if config.device.type == "cuda":
         train_set.keep_on(config.device)
-    while run.epoch < config.epochs:
+    while run.epoch < config.optim.epochs:
         number = run.epoch + 1
         run.progress = run.progress or {"epoch": number, "steps_done": 0, "loss_sum": 0.0, "seconds": 0.0,
-                                        "batch_size": config.batch_size}
-        plan = epoch_crops(train_set, run.steps, config.batch_size, config.seed, number)
+                                        "batch_size": config.optim.batch_size}
+        plan = epoch_crops(train_set, run.steps, config.optim.batch_size, config.optim.seed, number)
         if run.progress["steps_done"] < run.steps and not run_epoch(run.trainer, train_set, plan, run.progress,
-                                                                     number, config.epochs, stop):
+                                                                     number, config.optim.epochs, stop):
             return
-        milestone = number in (1, config.epochs) or number % config.eval_every == 0
+        scored = milestone(number, config.optim.epochs, config.eval_every)
         main = config.world.is_main  # rank 0 alone scores, prints and writes; the others wait for it
-        record = (epoch_record(number, run.progress, run.trainer, run.splits, evaluators, milestone, board=board)
+        record = (epoch_record(number, run.progress, run.trainer, run.splits, evaluators, scored, board=board)
                   if main else {"epoch": number})
         run.epoch, run.progress = number, None
         run.history.append(record)
         board.record(record, number)
         if main:
-            print(epoch_line(record, config.epochs), flush=True)
+            print(epoch_line(record, config.optim.epochs), flush=True)
         save_run(run, config)
-        if milestone and main:
+        if scored and main:
             plot_training_curves(run.history, config.results_dir / "training_curves.png", valid_name)
         if stop.poll(boundary=True):
             return
@@ -212,17 +206,16 @@ def train(config):
     """Train as `config` (a TrainConfig) says; the history of epoch records."""
     torch.set_flush_denormal(True)  # denormal floats appear mid-training and make CPU steps much slower
     run = start_run(config)
-    if run.epoch >= config.epochs:
-        print(f"Nothing to do: the checkpoint already has {run.epoch} epochs (--epochs {config.epochs}).")
+    if config.optim.done(run.epoch, config.checkpoint):
         return run.history
     config.results_dir.mkdir(parents=True, exist_ok=True)
     splits, model = run.splits, run.trainer.model
     valid_name = "validation files" if len(splits["valid"]) else "none: no validation files"
     world = config.world
     inverse = load_inverse(config.inverse, run.transform) if world.is_main else None
-    evaluators = make_evaluators(splits, inverse, config.audio_eval_clips, config.seed) if world.is_main else {}
-    processes = (f" in {world.size} processes ({config.batch_size // world.size} clips each per step of "
-                 f"{config.batch_size})" if world.active else "")
+    evaluators = make_evaluators(splits, inverse, config.audio_eval_clips, config.optim.seed) if world.is_main else {}
+    processes = (f" in {world.size} processes ({config.optim.batch_size // world.size} clips each per step of "
+                 f"{config.optim.batch_size})" if world.active else "")
     kind = (f"VAE (KL weight {run.trainer.kl_weight.weight:g}, warm-up {run.trainer.kl_weight.warmup_steps} steps)"
             if model.variational else "autoencoder")
     print(f"Training the {kind} on {len(splits['train'].recordings)} recordings ({len(splits['train'])} clip windows), "
@@ -267,6 +260,6 @@ def write_final_outputs(run, config, inverse):
     metrics["train"] = {"data": {s: {"origin": d.origin, "recordings": len(d.recordings), "clips": len(d), **d.stats}
                                  for s, d in splits.items()},
                         "compression": model.compression, "epochs": run.history}
-    metrics["final_test"] = evaluate(model, inverse, splits, config.audio_eval_clips, config.seed,
+    metrics["final_test"] = evaluate(model, inverse, splits, config.audio_eval_clips, config.optim.seed,
                                      by_source=config.data.audio_dir is None)
     write_json_atomic(metrics, config.results_dir / "metrics.json")

@@ -19,24 +19,19 @@ from .metrics import spread_positions
 from .model import reparameterize
 from .plots import plot_prior_curves
 from .prior import LatentDiffusion, LatentPrior, PriorConfig
-from .trainer import CosineSchedule, Position, fit, steps_per_epoch
+from .trainer import Optimisation, Position, fit, steps_per_epoch
 from .transform import LogMelTransform
 
 
 @dataclass(frozen=True)
 class PriorTrainConfig:
     """What the train_prior command reads: the VAE (`vae_checkpoint`), the prior's file (`checkpoint`) and
-    shape (`prior`: its latent_dim is taken from the VAE), and the optimisation. `ema_decay`: of the averaged
-    weights that sampling uses."""
+    shape (`prior`: its latent_dim is taken from the VAE), and the optimisation (`optim`). `ema_decay`: of the
+    averaged weights that sampling uses."""
     vae_checkpoint: Path
     checkpoint: Path
     prior: PriorConfig
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int
-    seed: int
-    resume: bool
+    optim: Optimisation
     results_dir: Path
     cache_dir: Path
     device: torch.device
@@ -131,20 +126,20 @@ def start(config):
     if splits is None or not len(splits["train"]):
         raise SystemExit(f"error: the music {config.vae_checkpoint} trained on ({vae_state['data']}) is not on this "
                          f"machine: the prior learns from the latents of that music")
-    state = load_prior_checkpoint(config.checkpoint, vae_state, config.vae_checkpoint) if config.resume else None
-    torch.manual_seed(config.seed)
+    state = load_prior_checkpoint(config.checkpoint, vae_state, config.vae_checkpoint) if config.optim.resume else None
+    torch.manual_seed(config.optim.seed)
     latent_dim = vae.config["latent_dim"]
     prior = LatentPrior(**(state["prior_config"] if state else {**vars(config.prior), "latent_dim": latent_dim}))
     if state is None:
         if config.checkpoint.exists():
             print(f"note: starting a new prior; {config.checkpoint} will be overwritten (use --resume to continue it)")
-        prior.set_statistics(latents_of(vae, splits["train"], config.seed, 2048).cpu())
-    steps = steps_per_epoch(splits["train"], config.batch_size)
-    schedule = CosineSchedule(config.learning_rate, config.epochs * steps, config.warmup_steps)
+        prior.set_statistics(latents_of(vae, splits["train"], config.optim.seed, 2048).cpu())
+    steps = steps_per_epoch(splits["train"], config.optim.batch_size)
+    schedule = config.optim.schedule(steps)
     trainer = PriorTrainer(prior, vae, config.device, schedule, config.ema_decay)
     if state:
         trainer.load_state_dict(state)
-        trainer.schedule.extend(config.epochs * steps, trainer.step)
+        trainer.schedule.extend(config.optim.epochs * steps, trainer.step)
         set_rng_state(state["rng"])
     return vae_state, splits, trainer, state
 
@@ -168,12 +163,11 @@ def train_prior(config):
     torch.set_flush_denormal(True)
     vae_state, splits, trainer, state = start(config)
     position = Position(state["epoch"], state["partial_epoch"], state["history"]) if state else Position()
-    if position.epoch >= config.epochs:
-        print(f"Nothing to do: {config.checkpoint} already has {position.epoch} epochs (--epochs {config.epochs}).")
+    if config.optim.done(position.epoch, config.checkpoint):
         return position.history
     train_set, held_out = splits["train"], splits["valid"] if len(splits["valid"]) else splits["train"]
-    valid_z0 = trainer.model.standardize(latents_of(trainer.vae, held_out, config.seed + 1, 512))
-    steps = steps_per_epoch(train_set, config.batch_size)
+    valid_z0 = trainer.model.standardize(latents_of(trainer.vae, held_out, config.optim.seed + 1, 512))
+    steps = steps_per_epoch(train_set, config.optim.batch_size)
     params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
     print(f"Training a learned prior ({params:.2f}M parameters, {trainer.model.config['timesteps']} diffusion steps) "
           f"over the {tuple(valid_z0.shape[1:])} latents of {config.vae_checkpoint.name} on {len(train_set)} "
@@ -188,7 +182,7 @@ def train_prior(config):
 
     def announce(record):
         board.record(record, record["epoch"])
-        print(f"epoch {record['epoch']:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen loss (EMA) "
+        print(f"epoch {record['epoch']:3d}/{config.optim.epochs}  loss {record['train_loss']:.4f}  unseen loss (EMA) "
               f"{record['valid_loss_ema']:.4f}  {record['train_seconds']:.1f} s", flush=True)
         if record["epoch"] % 5 == 0:  # a curve to watch; the last one is drawn below
             plot_prior_curves(position.history, curves, train_set.origin)
@@ -198,9 +192,9 @@ def train_prior(config):
                           config.checkpoint)
 
     try:
-        fit(trainer, train_set, position, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-            checkpoint=config.checkpoint, evaluate=lambda epoch: {"valid_loss_ema": trainer.validation_loss(
-                valid_z0, config.seed)}, announce=announce, save=save)
+        fit(trainer, train_set, position, config.optim, checkpoint=config.checkpoint,
+            evaluate=lambda epoch: {"valid_loss_ema": trainer.validation_loss(valid_z0, config.optim.seed)},
+            announce=announce, save=save)
     finally:
         board.close()
         if position.history:

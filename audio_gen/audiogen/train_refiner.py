@@ -20,7 +20,7 @@ from .metrics import paired_speech_scores
 from .phase_refiner import PhaseRefiner, refiner_losses
 from .plots import plot_refiner_curves
 from .train_vocoder import VocoderTrainer
-from .trainer import CosineSchedule, Position, fit, steps_per_epoch
+from .trainer import Optimisation, Position, fit, milestone, steps_per_epoch
 from .transform import LogMelTransform
 from .waves import wave_splits
 
@@ -28,17 +28,12 @@ from .waves import wave_splits
 @dataclass(frozen=True)
 class RefinerTrainConfig:
     """What the train_refiner command reads: the music (`data`), the vocoder checkpoint to refine (read and
-    written back with the refiner), the optimisation, the refiner's width (`channels`) and the fast Griffin-Lim
-    `iterations` after PGHI whose phase it corrects, and the pool: `pool_segments` random segments of
+    written back with the refiner), the optimisation (`optim`), the refiner's width (`channels`) and the fast
+    Griffin-Lim `iterations` after PGHI whose phase it corrects, and the pool: `pool_segments` random segments of
     `segment_frames` frames of the training music (at most as many as it holds), retrieved once."""
     data: object
     vocoder: Path
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int
-    seed: int
-    resume: bool
+    optim: Optimisation
     eval_every: int
     results_dir: Path
     device: torch.device
@@ -143,7 +138,7 @@ def resumed_record(config, vocoder_state):
     """The vocoder checkpoint's "refiner" entry when --resume continues it (else None), checked to belong to the
     vocoder's weights."""
     record = vocoder_state.get("refiner")
-    if not config.resume:
+    if not config.optim.resume:
         if record:
             print(f"note: training a new phase refiner; the one in {config.vocoder} will be replaced (use --resume "
                   f"to continue it)")
@@ -158,16 +153,16 @@ def resumed_record(config, vocoder_state):
 
 def start(config, record, vocoder_config, transform, steps):
     """A RefinerTrainer of `steps` per epoch and its Position: new, or from the resumed `record`."""
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.optim.seed)
     refiner = (PhaseRefiner(**record["refiner_config"]) if record else
                PhaseRefiner(vocoder_config["n_fft"], vocoder_config["hop_length"], config.channels,
                             iterations=config.iterations))
     trainer = RefinerTrainer(refiner, transform, config.device,
-                             CosineSchedule(config.learning_rate, config.epochs * steps, config.warmup_steps))
+                             config.optim.schedule(steps))
     if not record:
         return trainer, Position()
     trainer.load_state_dict(record)
-    trainer.schedule.extend(config.epochs * steps, trainer.step)
+    trainer.schedule.extend(config.optim.epochs * steps, trainer.step)
     set_rng_state(record["rng"])
     return trainer, Position(record["epoch"], record["partial_epoch"], record["history"])
 
@@ -179,8 +174,7 @@ def train_refiner(config):
     transform = LogMelTransform.from_config(vocoder_state["transform_config"], config.device)
     vocoder = vocoder_from_checkpoint(vocoder_state, config.device).requires_grad_(False)
     record = resumed_record(config, vocoder_state)
-    if record and record["epoch"] >= config.epochs:
-        print(f"Nothing to do: {config.vocoder}'s refiner already has {record['epoch']} epochs (--epochs {config.epochs}).")
+    if record and config.optim.done(record["epoch"], f"{config.vocoder}'s refiner"):
         return record["history"]
     # A resumed run keeps its pool: it sets the epoch's length and its draws.
     segment_frames = record["segment_frames"] if record else config.segment_frames
@@ -192,12 +186,12 @@ def train_refiner(config):
         raise SystemExit(f"error: no training audio in {train_set.origin}")
     pool_segments = record["pool_segments"] if record else min(config.pool_segments, len(train_set))
     trainer, position = start(config, record, vocoder_state["vocoder_config"], transform,
-                              max(1, pool_segments // config.batch_size))
+                              max(1, pool_segments // config.optim.batch_size))
     iterations = trainer.model.config["iterations"]
     inverse = MelInverse(InverseConfig("vocoder-pghi", iterations), transform, vocoder)
     with torch.no_grad():
         pool = RetrievedPool(retrieve(inverse, train_set.crops(
-            train_set.crop_starts(pool_segments, torch.Generator().manual_seed(config.seed)))), train_set.origin)
+            train_set.crop_starts(pool_segments, torch.Generator().manual_seed(config.optim.seed)))), train_set.origin)
         valid = retrieve(inverse, held_out.spread(64, segment))
         unrefined = {name: float(value) for name, value in refiner_losses(
             PhaseRefiner(**trainer.model.config), valid.magnitude, valid.phase, valid.wave, transform).items()}
@@ -207,21 +201,22 @@ def train_refiner(config):
     print(f"Training a phase refiner ({params} parameters) for {config.vocoder} after PGHI + FGLA-{iterations}, on "
           f"a pool of {len(pool)} segments of {segment_frames} frames of {train_set.origin}; unseen: "
           f"{held_out.origin} (unrefined: MR-STFT {unrefined['stft']:.4f}, mel L1 {unrefined['mel']:.4f}); "
-          f"{steps_per_epoch(pool, config.batch_size)} steps/epoch of {config.batch_size}, device {config.device}")
-    if config.resume:
+          f"{steps_per_epoch(pool, config.optim.batch_size)} steps/epoch of {config.optim.batch_size}, device "
+          f"{config.device}")
+    if config.optim.resume:
         print(f"Resuming {config.vocoder}'s refiner at {position.where()}")
     board = Board(config.results_dir / "tensorboard" / "refiner")
 
     def evaluate(epoch):
         record = {"valid": trainer.validation_losses(valid), "valid_unrefined": unrefined}
-        if check is not None and (epoch % config.eval_every == 0 or epoch in (1, config.epochs)):
+        if check is not None and milestone(epoch, config.optim.epochs, config.eval_every):
             record["audio"] = check(trainer.model)
             board.audio("refiner/unseen_clip", check.voiced[0], epoch, transform.sample_rate)
         return record
 
     def announce(record):
         board.record(record, record["epoch"])
-        line = (f"epoch {record['epoch']:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen: MR-STFT "
+        line = (f"epoch {record['epoch']:3d}/{config.optim.epochs}  loss {record['train_loss']:.4f}  unseen: MR-STFT "
                 f"{record['valid']['stft']:.4f} ({unrefined['stft']:.4f} unrefined)  {record['train_seconds']:.0f} s")
         if "audio" in record:
             a = record["audio"]
@@ -237,8 +232,8 @@ def train_refiner(config):
                           config.vocoder)
 
     with contextlib.closing(board):
-        fit(trainer, pool, position, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-            checkpoint=config.vocoder, evaluate=evaluate, announce=announce, save=save)
+        fit(trainer, pool, position, config.optim, checkpoint=config.vocoder, evaluate=evaluate, announce=announce,
+            save=save)
     print(f"Saved the phase refiner into {config.vocoder}; use it with --inverse vocoder-refined --vocoder "
           f"{config.vocoder}")
     return position.history

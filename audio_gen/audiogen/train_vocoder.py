@@ -19,7 +19,7 @@ from .inverse import InverseConfig, MelInverse
 from .metrics import paired_speech_scores
 from .model import reconstruct
 from .plots import plot_vocoder_curves
-from .trainer import CosineSchedule, Position, fit, steps_per_epoch
+from .trainer import Optimisation, Position, fit, milestone, steps_per_epoch
 from .transform import LogMelTransform, compute_normalization
 from .vocoder import Vocoder, vocoder_losses
 from .waves import wave_splits
@@ -39,19 +39,14 @@ class VocoderShape:
 
 @dataclass(frozen=True)
 class VocoderTrainConfig:
-    """What the train_vocoder command reads: the music (`data`), the vocoder's file and shape, the optimisation,
-    the segment length in frames (`segment_frames`: (frames - 1) * hop samples per training crop), and `decoder`:
-    an autoencoder or VAE checkpoint whose reconstructions make half of each batch's input mels (None: the true
-    mels only)."""
+    """What the train_vocoder command reads: the music (`data`), the vocoder's file and shape, the optimisation
+    (`optim`), the segment length in frames (`segment_frames`: (frames - 1) * hop samples per training crop), and
+    `decoder`: an autoencoder or VAE checkpoint whose reconstructions make half of each batch's input mels (None:
+    the true mels only)."""
     data: object
     checkpoint: Path
     shape: VocoderShape
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int
-    seed: int
-    resume: bool
+    optim: Optimisation
     eval_every: int
     results_dir: Path
     device: torch.device
@@ -196,7 +191,7 @@ def vocoder_checkpoint(trainer, transform, config, segment_frames, epoch, progre
 
 def start(config, transform, splits, state, decoder=None):
     """A VocoderTrainer: new, or from the resumed checkpoint's `state`; `decoder`: see VocoderTrainer."""
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.optim.seed)
     if state:
         vocoder = Vocoder(**state["vocoder_config"])
     else:
@@ -206,13 +201,13 @@ def start(config, transform, splits, state, decoder=None):
             print(f"note: starting a new vocoder; {config.checkpoint} will be overwritten (use --resume to continue it)")
         sample = splits["train"].spread(256, transform.clip_samples)
         vocoder.set_statistics(*compute_normalization(transform(sample).cpu().transpose(0, 1).flatten(1)))
-    steps = steps_per_epoch(splits["train"], config.batch_size)
+    steps = steps_per_epoch(splits["train"], config.optim.batch_size)
     trainer = VocoderTrainer(vocoder, transform, config.device,
-                             CosineSchedule(config.learning_rate, config.epochs * steps, config.warmup_steps),
+                             config.optim.schedule(steps),
                              decoder=decoder)
     if state:
         trainer.load_state_dict(state)
-        trainer.schedule.extend(config.epochs * steps, trainer.step)
+        trainer.schedule.extend(config.optim.epochs * steps, trainer.step)
         set_rng_state(state["rng"])
     return trainer
 
@@ -220,7 +215,7 @@ def start(config, transform, splits, state, decoder=None):
 def train_vocoder(config):
     """Train as `config` (a VocoderTrainConfig) says; the history of epoch records."""
     torch.set_flush_denormal(True)
-    state = load_vocoder_checkpoint(config.checkpoint) if config.resume else None
+    state = load_vocoder_checkpoint(config.checkpoint) if config.optim.resume else None
     transform = (LogMelTransform.from_config(state["transform_config"], config.device) if state
                  else LogMelTransform(device=config.device))
     # A resumed run keeps its segments: they set the epoch's length and its crops.
@@ -240,8 +235,7 @@ def train_vocoder(config):
         check_same_decoder(state, decoder_record, config.checkpoint)
     trainer = start(config, transform, splits, state, decoder)
     position = Position(state["epoch"], state["partial_epoch"], state["history"]) if state else Position()
-    if position.epoch >= config.epochs:
-        print(f"Nothing to do: {config.checkpoint} already has {position.epoch} epochs (--epochs {config.epochs}).")
+    if config.optim.done(position.epoch, config.checkpoint):
         return position.history
     if state and state.get("refiner"):
         print(f"note: {config.checkpoint}'s phase refiner was trained for the weights this run changes: it is "
@@ -249,11 +243,11 @@ def train_vocoder(config):
     valid_waves = held_out.spread(64, segment)
     check = AudioCheck(held_out.spread(config.audio_eval_clips, transform.clip_samples), transform) \
         if config.audio_eval_clips else None
-    steps = steps_per_epoch(train_set, config.batch_size)
+    steps = steps_per_epoch(train_set, config.optim.batch_size)
     params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
     print(f"Training a vocoder ({params:.2f}M parameters) on {len(train_set)} segments of {segment_frames} "
           f"frames ({segment / transform.sample_rate:.2f} s) of {train_set.origin}; unseen: {held_out.origin}; "
-          f"{steps} steps/epoch of {config.batch_size}, device {config.device}")
+          f"{steps} steps/epoch of {config.optim.batch_size}, device {config.device}")
     if state:
         print(f"Resuming {config.checkpoint} at {position.where()}")
     curves = config.results_dir / "vocoder_training.png"
@@ -261,14 +255,14 @@ def train_vocoder(config):
 
     def evaluate(epoch):
         record = {"valid": trainer.validation_losses(valid_waves)}
-        if check is not None and (epoch % config.eval_every == 0 or epoch in (1, config.epochs)):
+        if check is not None and milestone(epoch, config.optim.epochs, config.eval_every):
             record["audio"] = check(trainer.model)
             board.audio("vocoder/unseen_clip", check.voiced[0], epoch, transform.sample_rate)
         return record
 
     def announce(record):
         board.record(record, record["epoch"])
-        line = (f"epoch {record['epoch']:3d}/{config.epochs}  loss {record['train_loss']:.4f}  unseen: mel L1 "
+        line = (f"epoch {record['epoch']:3d}/{config.optim.epochs}  loss {record['train_loss']:.4f}  unseen: mel L1 "
                 f"{record['valid']['mel']:.4f}, phase {record['valid']['phase']:.3f}  {record['train_seconds']:.0f} s")
         if "audio" in record:
             line += f"\n    unseen clips: {score_line(record['audio'])}"
@@ -280,7 +274,7 @@ def train_vocoder(config):
                                              position.progress, position.history, decoder_record), config.checkpoint)
 
     with contextlib.closing(board):
-        fit(trainer, train_set, position, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-            checkpoint=config.checkpoint, evaluate=evaluate, announce=announce, save=save)
+        fit(trainer, train_set, position, config.optim, checkpoint=config.checkpoint, evaluate=evaluate,
+            announce=announce, save=save)
     print(f"Saved the vocoder to {config.checkpoint}; use it with --inverse vocoder --vocoder {config.checkpoint}")
     return position.history

@@ -46,6 +46,31 @@ class CosineSchedule:
         vars(self).update(state)
 
 
+@dataclass(frozen=True)
+class Optimisation:
+    """How every training command optimises, one value from the command line: `epochs` in all (a resumed run
+    stretches its schedule to them), the global `batch_size`, AdamW's peak `learning_rate` after `warmup_steps`
+    of linear warm-up, the `seed` of the first weights and of every epoch's draws, and whether to `resume` the
+    checkpoint."""
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    seed: int = 0
+    resume: bool = False
+
+    def schedule(self, steps_per_epoch):
+        """The CosineSchedule of a run of `steps_per_epoch` steps per epoch."""
+        return CosineSchedule(self.learning_rate, self.epochs * steps_per_epoch, self.warmup_steps)
+
+    def done(self, epochs_done, owner):
+        """Whether `owner` (e.g. a checkpoint's path) already has the epochs asked for; says so when it has."""
+        if epochs_done < self.epochs:
+            return False
+        print(f"Nothing to do: {owner} already has {epochs_done} epochs (--epochs {self.epochs}).")
+        return True
+
+
 def reconstruction_loss(reconstruction, target):
     """MSE + L1 between (batch, n_mels, frames) normalised log-mels."""
     return F.mse_loss(reconstruction, target) + F.l1_loss(reconstruction, target)
@@ -131,6 +156,10 @@ class AudioTrainer:
         self.step = state["step"]
 
 
+def milestone(epoch, epochs, every):
+    """Whether epoch `epoch` (from 1) of `epochs` gets the costly scores: the first, the last and every `every`-th."""
+    return epoch in (1, epochs) or epoch % every == 0
+
 def steps_per_epoch(train_set, batch_size):
     """An epoch draws as many crops as the training recordings hold scoring windows."""
     return max(1, len(train_set) // batch_size)
@@ -192,14 +221,15 @@ class Position:
         return f"the end of epoch {self.epoch}"
 
 
-def fit(trainer, train_set, position, *, epochs, batch_size, seed, checkpoint, evaluate, announce, save):
-    """Epochs of random crops in one process, from `position` (updated in place) to `epochs`: the loop that the
-    learned prior's and the vocoder's training share.
+def fit(trainer, train_set, position, optimisation, *, checkpoint, evaluate, announce, save):
+    """Epochs of random crops in one process, from `position` (updated in place) to `optimisation.epochs`: the
+    loop that the learned prior's, the vocoder's and the phase refiner's training share.
 
     After each epoch `evaluate(epoch)` adds its scores to the epoch's record, the record joins the history,
     `announce(record)` reports it and `save()` writes the checkpoint. The first Ctrl-C saves after the current
     step and ends saying how to resume; a second one, or a NaN loss, ends at once with the last good checkpoint.
     """
+    epochs, batch_size, seed = optimisation.epochs, optimisation.batch_size, optimisation.seed
     steps = steps_per_epoch(train_set, batch_size)
     with StopRequest() as stop:
         try:
