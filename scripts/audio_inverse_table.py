@@ -150,7 +150,9 @@ def main(argv=None):
         scores = clip_scores(clips, audio, transform.sample_rate)
         entry = {"cpu_seconds_per_clip": cpu_seconds, "wall_seconds_per_clip": wall_seconds,
                  **{k: float(np.nanmean(v)) for k, v in scores.items()},
-                 "aisfx_fad": frechet_distance(aisfx(audio, transform.sample_rate), reference_features)}
+                 "aisfx_fad": frechet_distance(aisfx(audio, transform.sample_rate), reference_features),
+                 # kept so that rows of separate runs on the same clips can be paired later (null: unscorable)
+                 "per_clip": {k: [None if np.isnan(x) else float(x) for x in v] for k, v in scores.items()}}
         for key, baseline in baselines.items():
             entry[key] = {k: paired_interval(scores[k] - baseline[k], args.bootstrap) for k in scores}
         if len(baselines) < 2:

@@ -267,6 +267,14 @@ def test_the_inverse_table_scores_every_row_on_the_same_clips(tmp_path, audio_ch
     pghi = table["rows"]["NNLS + PGHI + FGLA-16"]
     for mean, low, high in pghi["difference_to_first_row"].values():
         assert low <= mean <= high
+    # Per-clip scores, so that separate runs can be paired: their mean is the row's, their paired difference the
+    # interval's centre.
+    first = table["rows"]["least squares + random-phase FGLA-64"]
+    assert len(pghi["per_clip"]["pesq"]) == table["clips"]  # PESQ may be null where it cannot score a clip
+    for key in ("stoi", "mr_stft"):
+        assert np.mean(pghi["per_clip"][key]) == pytest.approx(pghi[key])
+        paired = np.subtract(pghi["per_clip"][key], first["per_clip"][key]).mean()
+        assert paired == pytest.approx(pghi["difference_to_first_row"][key][0])
     assert pghi["mr_stft"] < table["rows"]["least squares + random-phase FGLA-64"]["mr_stft"]
     # The bounds: the clip's own magnitude leaves only the phase to retrieve, and its own phase only the
     # magnitude to guess, so each is closer to the clip than the inverse that has to find both.
