@@ -160,6 +160,7 @@ def milestone(epoch, epochs, every):
     """Whether epoch `epoch` (from 1) of `epochs` gets the costly scores: the first, the last and every `every`-th."""
     return epoch in (1, epochs) or epoch % every == 0
 
+
 def steps_per_epoch(train_set, batch_size):
     """An epoch draws as many crops as the training recordings hold scoring windows."""
     return max(1, len(train_set) // batch_size)
