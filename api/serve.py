@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from audiogen.export import paired
+from audiogen.export import vocoder_choice_error
 from audiogen.inverse import INVERSES, InverseConfig
 from imagegen.common import ArgumentParser, HelpFormatter, number, resolve_device
 
@@ -111,13 +111,10 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     device = resolve_device(args.device, parser)
-    if args.vocoder is not None and not args.audio_inverse.startswith("vocoder"):
-        parser.error("--vocoder goes with --audio_inverse vocoder, vocoder-pghi or vocoder-refined (which without it "
-                     "use the vocoder an exported --audio_checkpoint folder pairs with)")
-    if args.audio_inverse.startswith("vocoder") and args.vocoder is None \
-            and paired(args.audio_checkpoint or DEFAULTS["audio_checkpoint"], "vocoder") is None:
-        parser.error(f"--audio_inverse {args.audio_inverse} needs --vocoder (or an exported --audio_checkpoint folder "
-                     f"with its vocoder)")
+    problem = vocoder_choice_error(args.audio_inverse, args.vocoder,
+                                   args.audio_checkpoint or DEFAULTS["audio_checkpoint"])
+    if problem:
+        parser.error(problem)
     for name in ("vocoder", "audio_prior"):
         if getattr(args, name) is not None and not getattr(args, name).exists():
             parser.error(f"--{name} {getattr(args, name)}: no such file or folder")

@@ -26,7 +26,7 @@ from pathlib import Path
 import audiogen.cli as ag  # the command lines: their defaults and folders
 import imagegen.cli as ig
 import streamlit as st
-from audiogen.export import paired
+from audiogen.export import vocoder_choice_error
 from audiogen.inverse import INVERSES, InverseConfig
 from imagegen.common import resolve_device, resolve_path
 from imagegen.unet import PRECISIONS
@@ -86,13 +86,9 @@ def parse_args(argv):
                         "time, less with torch's compile cache), so every click samples ~1.6x faster; falls back "
                         "to eager sampling, saying so, where compiling fails")
     args = p.parse_args(argv)
-    if args.vocoder is not None and not args.audio_inverse.startswith("vocoder"):
-        p.error("--vocoder goes with --audio_inverse vocoder, vocoder-pghi or vocoder-refined (which without it use "
-                "the vocoder an exported --audio_checkpoint folder pairs with)")
-    if args.audio_inverse.startswith("vocoder") and args.vocoder is None \
-            and paired(args.audio_checkpoint, "vocoder") is None:
-        p.error(f"--audio_inverse {args.audio_inverse} needs --vocoder (or an exported --audio_checkpoint folder with "
-                f"its vocoder)")
+    problem = vocoder_choice_error(args.audio_inverse, args.vocoder, args.audio_checkpoint)
+    if problem:
+        p.error(problem)
     for name in ("vocoder", "audio_prior"):
         if getattr(args, name) is not None and not getattr(args, name).exists():
             p.error(f"--{name} {getattr(args, name)}: no such file or folder")

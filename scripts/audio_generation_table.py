@@ -31,7 +31,7 @@ from audiogen.data import DataConfig, training_splits
 from audiogen.fad import EMBEDDINGS, make_embedding
 from audiogen.generate import (decoded_clips, draw_clips, format_table, frechet_table, real_halves,
                                scored_rows)
-from audiogen.inverse import INVERSES, InverseConfig
+from audiogen.inverse import INVERSES, VOCODER_INVERSES, VOCODER_INVERSES_TEXT, InverseConfig
 from audiogen.metrics import spread_positions
 from audiogen.prior import SamplerConfig
 from audiogen.train_prior import latents_of
@@ -89,9 +89,8 @@ def main(argv=None):
     args = parse_args(argv)
     states = [(Path(path), load_checkpoint(path)) for path in args.checkpoints]
     transform = LogMelTransform.from_config(states[0][1]["transform_config"], "cpu")
-    if args.inverse.startswith("vocoder") != (args.vocoder is not None):
-        raise SystemExit("error: --vocoder goes with --inverse vocoder, vocoder-pghi or vocoder-refined, and they "
-                         "with it")
+    if (args.inverse in VOCODER_INVERSES) != (args.vocoder is not None):
+        raise SystemExit(f"error: --vocoder goes with --inverse {VOCODER_INVERSES_TEXT}, and they with it")
     inverse = load_inverse(InverseConfig(args.inverse, args.griffin_lim_iters,
                                          vocoder=Path(args.vocoder) if args.vocoder else None), transform)
     data = DataConfig(Path(args.audio_dir), None, "none", ("mixture",), Path(args.cache_dir))

@@ -137,6 +137,12 @@ def vocoder_from_checkpoint(state, device):
     return vocoder.to(device).eval()
 
 
+def refiner_is_current(state):
+    """Whether the phase refiner in a loaded vocoder checkpoint was trained for the vocoder weights it now holds
+    (train_vocoder --resume changes them)."""
+    return state["refiner"]["vocoder_fingerprint"] == weights_fingerprint(state["model"])
+
+
 def refiner_from_checkpoint(state, path, device):
     """The phase refiner kept in a loaded vocoder checkpoint (train_refiner writes it there), in eval mode on
     `device`. A vocoder without one, or whose weights changed since the refiner was trained (train_vocoder
@@ -144,7 +150,7 @@ def refiner_from_checkpoint(state, path, device):
     record = state.get("refiner")
     if record is None:
         common.usage_error(f"{path} has no phase refiner: train one for it with --mode train_refiner --vocoder {path}")
-    if record["vocoder_fingerprint"] != weights_fingerprint(state["model"]):
+    if not refiner_is_current(state):
         common.usage_error(f"{path}'s phase refiner was trained for other vocoder weights: train it again with "
                            f"--mode train_refiner")
     refiner = PhaseRefiner(**record["refiner_config"])

@@ -42,7 +42,7 @@ from audiogen.export import export, paired
 from audiogen.fad import EMBEDDINGS
 from audiogen.generate import GenerateConfig, generate
 from audiogen.infer import InferConfig, infer
-from audiogen.inverse import INVERSES, InverseConfig
+from audiogen.inverse import INVERSES, VOCODER_INVERSES_TEXT, InverseConfig
 from audiogen.model import MODEL_KINDS, ModelConfig
 from audiogen.prior import PRIOR_SAMPLERS, PriorConfig, SamplerConfig
 from audiogen.train import TrainConfig, train
@@ -99,6 +99,12 @@ MODES_OF = {
 }
 
 
+def training_defaults(name):
+    """Option `name`'s defaults per mode for its help, from TRAINING_DEFAULTS: '16; train_prior 64; ...'."""
+    first, *others = TRAINING_DEFAULTS.items()
+    return "; ".join([f"{first[1][name]:g}"] + [f"{mode} {values[name]:g}" for mode, values in others])
+
+
 def build_parser():
     p = ArgumentParser(
         description="Residual Conv1d autoencoder over log-mel spectrograms of music (any folder, or MUSDB18 stems).",
@@ -139,8 +145,8 @@ def build_parser():
                             "compression = n_mels * time_downsample / latent_dim")
     model.add_argument("--hidden", type=number(int, 8, 2048), default=128, help="channels inside encoder/decoder")
     model.add_argument("--dropout", type=number(float, 0.0, 0.9), default=0.0, help="dropout on the latent")
-    train_group = p.add_argument_group("training (train and train_prior; --batch_size and --learning_rate also set "
-                                       "what benchmark times)")
+    train_group = p.add_argument_group("training (train, train_prior, train_vocoder, train_refiner; --batch_size and "
+                                       "--learning_rate also set what benchmark times)")
     train_group.add_argument("--epochs", type=number(int, 1), default=None,
                              help="training epochs (total, also with --resume); an epoch draws as many random "
                                   "crops as the training files hold 5-s windows (train_vocoder: 0.92-s segments; "
@@ -148,12 +154,12 @@ def build_parser():
                                   "train_vocoder 36, about 2 h on a 2-core CPU; train_refiner 20, about 25 min)")
     train_group.add_argument("--batch_size", type=number(int, 1), default=None,
                              help="clips per training batch; under torchrun the global batch, shared equally by the "
-                                  "processes (default: 16; train_prior 64; train_vocoder 16)")
+                                  f"processes (default: {training_defaults('batch_size')})")
     train_group.add_argument("--learning_rate", type=number(float, 1e-8, 1.0), default=None,
-                             help="peak AdamW learning rate (default: 1e-3; train_prior and train_vocoder 5e-4)")
+                             help=f"peak AdamW learning rate (default: {training_defaults('learning_rate')})")
     train_group.add_argument("--warmup_steps", type=number(int, 0), default=None,
-                             help="linear warm-up steps before the cosine decay (default: 100; train_prior 200; "
-                                  "train_vocoder 500)")
+                             help=f"linear warm-up steps before the cosine decay (default: "
+                                  f"{training_defaults('warmup_steps')})")
     train_group.add_argument("--seed", type=number(int, 0), default=0,
                              help="random seed (also of the random starting phase of --inverse griffinlim, in every mode)")
     train_group.add_argument("--kl_weight", type=number(float, 0.0, 100.0), default=0.1,
@@ -207,7 +213,7 @@ def build_parser():
     voc.add_argument("--vocoder", default=None,
                      help=f"vocoder checkpoint (default {DEFAULT_VOCODER}, or the one an exported --checkpoint folder "
                           f"pairs with): train_vocoder writes it, train_refiner adds its phase refiner to it; infer, "
-                          f"generate and benchmark read it with --inverse vocoder, vocoder-pghi or vocoder-refined; "
+                          f"generate and benchmark read it with --inverse {VOCODER_INVERSES_TEXT}; "
                           f"export puts it beside the autoencoder")
     voc.add_argument("--vocoder_dim", type=number(int, 16, 2048), default=256,
                      help="train_vocoder: channels of the ConvNeXt blocks (their expansion is 3x)")

@@ -12,6 +12,7 @@ import torch
 from .checkpoint import (CHECKPOINT_FORMAT, PRIOR_FORMAT, VOCODER_FORMAT, load_checkpoint, load_prior_checkpoint,
                          load_vocoder_checkpoint)
 from .common import EXPORT_CONFIG, EXPORT_WEIGHTS, export_weights, usage_error
+from .inverse import VOCODER_INVERSES, VOCODER_INVERSES_TEXT
 
 # Per format: (the state dicts inference needs, the fields that only resume training).
 EXPORTED = {
@@ -78,6 +79,18 @@ def write(state, folder):
         state = {**state, "refiner": {k: record[k] for k in REFINER_KEPT}, "refiner_model": record["model"]}
         weights = (*weights, "refiner_model")
     return export_weights(state, folder, weights, drop)
+
+
+def vocoder_choice_error(inverse, vocoder, checkpoint):
+    """What the API and the demo say of their --audio_inverse and --vocoder when they disagree, else None: a
+    vocoder no chosen inverse reads, or a vocoder inverse with neither --vocoder nor a vocoder paired with the
+    exported `checkpoint` folder."""
+    if vocoder is not None and inverse not in VOCODER_INVERSES:
+        return (f"--vocoder goes with --audio_inverse {VOCODER_INVERSES_TEXT} (which without it use the vocoder an "
+                f"exported --audio_checkpoint folder pairs with)")
+    if inverse in VOCODER_INVERSES and vocoder is None and paired(checkpoint, "vocoder") is None:
+        return f"--audio_inverse {inverse} needs --vocoder (or an exported --audio_checkpoint folder with its vocoder)"
+    return None
 
 
 def paired(checkpoint, name):

@@ -24,6 +24,8 @@ import torch
 from .common import checkpoint_name
 
 INVERSES = ("pghi", "griffinlim", "vocoder", "vocoder-pghi", "vocoder-refined")
+VOCODER_INVERSES = tuple(kind for kind in INVERSES if kind.startswith("vocoder"))  # those that read --vocoder
+VOCODER_INVERSES_TEXT = ", ".join(VOCODER_INVERSES[:-1]) + " or " + VOCODER_INVERSES[-1]  # for messages
 # The Hann window's equivalent Gaussian: lambda = HANN_LAMBDA * n_fft^2 samples^2 (Prusa et al. 2017, Sec. V;
 # ltfat's pghi uses the same constant), where the Gaussian window is exp(-pi t^2 / lambda).
 HANN_LAMBDA = 0.25645
@@ -60,7 +62,7 @@ class InverseConfig:
 
     @property
     def needs_vocoder(self):
-        return self.kind.startswith("vocoder")
+        return self.kind in VOCODER_INVERSES
 
 
 # --- mel -> linear magnitude ---------------------------------------------------------------------

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (data_record, load_vocoder_checkpoint, rng_state, set_rng_state, vocoder_from_checkpoint,
-                         weights_fingerprint)
+from .checkpoint import (data_record, load_vocoder_checkpoint, refiner_is_current, rng_state, set_rng_state,
+                         vocoder_from_checkpoint, weights_fingerprint)
 from .common import Board, atomic_torch_save, progress_bar, usage_error
 from .inverse import InverseConfig, MelInverse
 from .metrics import paired_speech_scores
@@ -124,14 +124,14 @@ class RefinerCheck:
                 "reference_pesq": scores["oracle_pesq"], "reference_stoi": scores["oracle_stoi"]}
 
 
-def refiner_record(trainer, config, position, vocoder_state, pool_segments, segment_frames):
+def refiner_record(trainer, config, position, vocoder_fingerprint, pool_segments, segment_frames):
     """The checkpoint's "refiner" entry: what rebuilds the refiner, what resumes its training, and the vocoder
-    weights it belongs to."""
+    weights it belongs to (their weights_fingerprint)."""
     return {"refiner_config": dict(trainer.model.config), **trainer.state_dict(), "epoch": position.epoch,
             "partial_epoch": position.progress, "rng": rng_state(), "history": position.history,
             "pool_segments": pool_segments, "segment_frames": segment_frames,
             "data": data_record(config.data), "args": dict(config.command_line),
-            "vocoder_fingerprint": weights_fingerprint(vocoder_state["model"])}
+            "vocoder_fingerprint": vocoder_fingerprint}
 
 
 def resumed_record(config, vocoder_state):
@@ -145,7 +145,7 @@ def resumed_record(config, vocoder_state):
         return None
     if record is None:
         usage_error(f"--resume: {config.vocoder} has no phase refiner to resume; leave out --resume to train one")
-    if record["vocoder_fingerprint"] != weights_fingerprint(vocoder_state["model"]):
+    if not refiner_is_current(vocoder_state):
         usage_error(f"--resume: {config.vocoder}'s phase refiner was trained for other vocoder weights; leave out "
                     f"--resume to train a new one")
     return record
@@ -226,10 +226,11 @@ def train_refiner(config):
         print(line, flush=True)
         plot_refiner_curves(position.history, config.results_dir / "refiner_training.png", train_set.origin)
 
+    fingerprint = weights_fingerprint(vocoder_state["model"])  # the vocoder is frozen: hashed once a run
+
     def save():
         atomic_torch_save({**vocoder_state, "refiner": refiner_record(
-            trainer, config, position, vocoder_state, pool_segments, segment_frames)},
-                          config.vocoder)
+            trainer, config, position, fingerprint, pool_segments, segment_frames)}, config.vocoder)
 
     with contextlib.closing(board):
         fit(trainer, pool, position, config.optim, checkpoint=config.vocoder, evaluate=evaluate, announce=announce,
