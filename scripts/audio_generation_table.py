@@ -31,7 +31,7 @@ from audiogen.data import DataConfig, training_splits
 from audiogen.fad import EMBEDDINGS, make_embedding
 from audiogen.generate import (decoded_clips, draw_clips, format_table, frechet_table, real_halves,
                                scored_rows)
-from audiogen.inverse import INVERSES, VOCODER_INVERSES, VOCODER_INVERSES_TEXT, InverseConfig
+from audiogen.inverse import INVERSES, RETRIEVALS, VOCODER_INVERSES, VOCODER_INVERSES_TEXT, InverseConfig
 from audiogen.metrics import spread_positions
 from audiogen.prior import SamplerConfig
 from audiogen.train_prior import latents_of
@@ -58,7 +58,8 @@ def parse_args(argv=None):
                    help="the latents' seed (and the starting phase of --inverse griffinlim)")
     p.add_argument("--inverse", choices=INVERSES, default="pghi", help="how every row's log-mels become audio")
     p.add_argument("--griffin_lim_iters", type=number(int, 0, 10_000), default=64,
-                   help="fast Griffin-Lim iterations (after PGHI, or from the random phase)")
+                   help="iterations of the phase retrieval after PGHI, or of fast Griffin-Lim from the random phase")
+    p.add_argument("--phase_retrieval", choices=RETRIEVALS, default="raar", help="the phase retrieval after PGHI")
     p.add_argument("--vocoder", default=None, help="vocoder checkpoint for --inverse vocoder")
     p.add_argument("--fad_embedding", nargs="+", choices=EMBEDDINGS, default=["aisfx", "mel-frames"],
                    help="embeddings to score in")
@@ -91,7 +92,7 @@ def main(argv=None):
     transform = LogMelTransform.from_config(states[0][1]["transform_config"], "cpu")
     if (args.inverse in VOCODER_INVERSES) != (args.vocoder is not None):
         raise SystemExit(f"error: --vocoder goes with --inverse {VOCODER_INVERSES_TEXT}, and they with it")
-    inverse = load_inverse(InverseConfig(args.inverse, args.griffin_lim_iters,
+    inverse = load_inverse(InverseConfig(args.inverse, args.griffin_lim_iters, args.phase_retrieval,
                                          vocoder=Path(args.vocoder) if args.vocoder else None), transform)
     data = DataConfig(Path(args.audio_dir), None, "none", ("mixture",), Path(args.cache_dir))
     reference, floor, origin = real_halves(data, transform, args.num_samples, states[0][1]["data"]["audio_dir"])

@@ -9,7 +9,8 @@ audio score (the true mel of a clip through the inverse, against the clip itself
 Per row, on the same clips (evenly spread windows of the folder, scored whole): wide-band PESQ, STOI and the
 multi-resolution STFT distance (spectral convergence + log-magnitude L1 at 512/1024/2048, lower is better) per
 clip, with a paired bootstrap 95 % interval of each row's difference from the first row (the random-phase chain)
-and from the second (the deterministic inverse, NNLS + PGHI + fast Griffin-Lim); the aisfx Frechet distance of
+and from the second (the deterministic inverse with the first of --retrievals: by default NNLS + PGHI + fast
+Griffin-Lim, the default inverse before RAAR); the aisfx Frechet distance of
 the row's clips to as many other real clips of the folder, beside the real-against-real floor; and the CPU
 seconds (all threads) and wall seconds per clip, one clip at a time.
 With --checkpoint every row voices that autoencoder's (or VAE's) reconstruction of each clip's mel instead of
@@ -30,7 +31,7 @@ from audiogen.common import number, write_json_atomic
 from audiogen.data import DataConfig
 from audiogen.fad import frechet_distance, make_embedding
 from audiogen.generate import real_halves
-from audiogen.inverse import InverseConfig, MelInverse
+from audiogen.inverse import RETRIEVALS, InverseConfig, MelInverse
 from audiogen.metrics import require_speech_metrics
 from audiogen.model import reconstruct
 from audiogen.plots import plot_spectrogram_grid
@@ -43,7 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--audio_dir", required=True, help="real music to score on (scored whole: use music no model heard)")
     p.add_argument("--clips", type=number(int, 4, 4096), default=48, help="clips scored per row (and as many for FAD)")
     p.add_argument("--iterations", type=number(int, 0, 10_000), nargs="+", default=[64, 128],
-                   help="fast Griffin-Lim iterations of the PGHI rows")
+                   help="iterations of the phase retrieval in the PGHI rows")
+    p.add_argument("--retrievals", choices=RETRIEVALS, nargs="+", default=["fgla", "raar"],
+                   help="the phase retrievals after PGHI, a row each per --iterations; the first is the baseline of "
+                        "the paired differences to the 'second row'")
     p.add_argument("--vocoder", nargs="+", default=[],
                    help="vocoder checkpoints: each adds its row, rows of its magnitude with PGHI's phase, and the "
                         "row of its phase refiner where it has one")
@@ -85,20 +89,20 @@ def paired_interval(difference, resamples, seed=0):
     return float(difference.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def bound_rows(clips, log_mels, transform, iterations):
+def bound_rows(clips, log_mels, transform, retrievals):
     """(name, voice) pairs of the rows that split what an inverse loses between magnitude and phase; voice(i) is
     clip i's (1, samples) waveform. A perfect magnitude: the clip's STFT magnitude, its phase retrieved by PGHI and
-    fast Griffin-Lim as the 'pghi' inverse does. A perfect phase: the NNLS magnitude of the mel being voiced, with
-    the clip's own STFT phase."""
+    the iterations after it (`retrievals`: (algorithm, iterations) pairs) as the 'pghi' inverse does. A perfect
+    phase: the NNLS magnitude of the mel being voiced, with the clip's own STFT phase."""
     t = transform
     window = torch.hann_window(t.n_fft)
 
     def spectrum(i):
         return torch.stft(clips[i:i + 1], t.n_fft, t.hop_length, window=window, return_complex=True)
 
-    def retrieved(n):
-        inverse = MelInverse(InverseConfig("pghi", n), t)
-        return f"true magnitude + PGHI + FGLA-{n}", lambda i: inverse.retrieve_phase(spectrum(i).abs())
+    def retrieved(algorithm, n):
+        inverse = MelInverse(InverseConfig("pghi", n, algorithm), t)
+        return inverse.name.replace("NNLS", "true magnitude"), lambda i: inverse.retrieve_phase(spectrum(i).abs())
 
     nnls = MelInverse(InverseConfig("pghi"), t)
 
@@ -107,7 +111,7 @@ def bound_rows(clips, log_mels, transform, iterations):
         return torch.istft(torch.polar(magnitude, spectrum(i).angle()), t.n_fft, t.hop_length, window=window,
                            length=t.clip_samples)
 
-    return [retrieved(n) for n in iterations] + [("NNLS magnitude + true phase", true_phase)]
+    return [retrieved(*pair) for pair in retrievals] + [("NNLS magnitude + true phase", true_phase)]
 
 
 def main(argv=None):
@@ -122,10 +126,11 @@ def main(argv=None):
         if state["transform_config"] != transform.config:
             raise SystemExit(f"{args.checkpoint} reads other features ({state['transform_config']}) than {transform.config}")
         log_mels = reconstruct(model_from_checkpoint(state, torch.device("cpu")), log_mels).cpu()
-    rows = [InverseConfig("griffinlim", 64)] + [InverseConfig("pghi", n) for n in args.iterations]
+    retrievals = [(algorithm, n) for algorithm in args.retrievals for n in args.iterations]
+    rows = [InverseConfig("griffinlim", 64)] + [InverseConfig("pghi", n, algorithm) for algorithm, n in retrievals]
     for vocoder in map(Path, args.vocoder):
         rows += [InverseConfig("vocoder", vocoder=vocoder),
-                 *(InverseConfig("vocoder-pghi", n, vocoder=vocoder) for n in args.iterations)]
+                 *(InverseConfig("vocoder-pghi", n, algorithm, vocoder=vocoder) for algorithm, n in retrievals)]
         if load_vocoder_checkpoint(vocoder).get("refiner"):
             rows.append(InverseConfig("vocoder-refined", vocoder=vocoder))
     aisfx = make_embedding("aisfx", transform)
@@ -139,7 +144,7 @@ def main(argv=None):
         inverse = load_inverse(row, transform)
         voices.append((inverse.name, lambda i, inverse=inverse: inverse(log_mels[i:i + 1], args.seed + i)))
     if args.bounds:
-        voices += bound_rows(clips, log_mels, transform, args.iterations)
+        voices += bound_rows(clips, log_mels, transform, retrievals)
     baselines, shown = {}, {"original": log_mels}  # the first two rows' scores: the others' differences are paired
     for name, voice in voices:
         voice(0)  # warm-up, not timed

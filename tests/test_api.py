@@ -417,7 +417,7 @@ def test_the_api_serves_a_learned_prior_and_a_vocoder(ckpt, ag, tmp_path):
     try:
         with httpx.Client(base_url=s.url, timeout=300) as c:
             health = c.get("/health").json()["models"][0]
-            assert health["inverse"] == "vocoder vocoder.pt magnitude + PGHI + FGLA-64"
+            assert health["inverse"] == "vocoder vocoder.pt magnitude + PGHI + RAAR-64"
             assert health["prior"] == "learned prior prior.pt (epoch 1, ddim-50)"
             result = c.post("/v1/audio/generations", json={"n": 1, "seed": 3}).json()
             assert result["prior"] == health["prior"]

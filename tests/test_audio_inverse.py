@@ -1,4 +1,4 @@
-"""Log-mel back to audio: NNLS, PGHI and fast Griffin-Lim on signals whose answer is known, the deterministic
+"""Log-mel back to audio: NNLS, PGHI, RAAR and fast Griffin-Lim on signals whose answer is known, the deterministic
 inverse as the pipeline uses it, the vocoder (its network, losses, training command and use) and its phase
 refiner."""
 import math
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from audiogen.checkpoint import load_vocoder_checkpoint, vocoder_from_checkpoint
-from audiogen.inverse import InverseConfig, MelInverse, fast_griffin_lim, nnls_magnitude, pghi_phase
+from audiogen.checkpoint import load_inverse, load_vocoder_checkpoint, vocoder_from_checkpoint
+from audiogen.inverse import RETRIEVE, InverseConfig, MelInverse, fast_griffin_lim, nnls_magnitude, pghi_phase, raar
 from audiogen.phase_refiner import PhaseRefiner, refiner_losses
 from audiogen.train_vocoder import VocoderTrainer
 from audiogen.transform import LogMelTransform
@@ -75,6 +75,30 @@ def test_pghi_phase_is_nearly_consistent_without_any_iteration(signal):
     assert consistency(refined, spectrum) < consistency(direct, spectrum)
 
 
+@pytest.mark.parametrize("retrieval", sorted(RETRIEVE))
+def test_a_consistent_spectrogram_is_a_fixed_point_of_every_retrieval(retrieval):
+    """From the signal's own STFT (a spectrogram that is consistent and has the given magnitude) the iterations
+    have nothing to correct: they return the signal, to float rounding."""
+    wave = 0.3 * chirp()
+    spectrum = stft(wave)
+    audio = RETRIEVE[retrieval](spectrum.abs()[None], spectrum.angle()[None], N_FFT, HOP, 8, CLIP)[0]
+    assert float((audio - wave).abs().max()) < 1e-9
+
+
+@pytest.mark.parametrize("signal", [chirp, lambda: two_sines() + 0.5 * chirp()])
+def test_raar_finds_a_more_consistent_spectrogram_than_fast_griffin_lim_where_partials_move(signal):
+    """From PGHI's phase of the true magnitude, at the same cost (64 STFT pairs), RAAR ends at a spectrogram
+    whose re-analysed magnitude is closer to the given one than fast Griffin-Lim's (measured 0.009 against 0.045 on
+    the chirp, 0.012 against 0.020 on the mix). Not everywhere: on the steady two sines alone fast Griffin-Lim is
+    the closer (0.015 against 0.032); music is scored in docs/audio-results.md."""
+    wave = signal()
+    magnitude = stft(wave).abs()
+    phase = torch.from_numpy(pghi_phase(magnitude.numpy(), N_FFT, HOP))
+    fgla, by_raar = (retrieve(magnitude[None], phase[None], N_FFT, HOP, 64, CLIP)[0]
+                     for retrieve in (fast_griffin_lim, raar))
+    assert consistency(by_raar, magnitude) < 0.7 * consistency(fgla, magnitude)
+
+
 def test_pghi_leaves_quiet_coefficients_at_zero_and_handles_silence():
     magnitude = np.full((N_FFT // 2 + 1, 20), 1e-9)
     magnitude[100, :] = 1.0
@@ -101,7 +125,10 @@ def test_the_default_inverse_is_deterministic_and_independent_of_seed_and_batch(
     both = inverse(log_mels, seed=0)
     assert torch.equal(both, inverse(log_mels, seed=7))
     assert torch.equal(both[1:], inverse(log_mels[1:]))
-    assert InverseConfig().name == "NNLS + PGHI + FGLA-64" and InverseConfig("griffinlim", 32).name.endswith("FGLA-32")
+    assert InverseConfig().name == "NNLS + PGHI + RAAR-64" and InverseConfig("griffinlim", 32).name.endswith("FGLA-32")
+    assert InverseConfig("pghi", 16, "fgla").name == "NNLS + PGHI + FGLA-16"
+    with pytest.raises(ValueError, match="unknown phase retrieval 'gla'"):
+        InverseConfig("pghi", 16, "gla")
 
 
 def test_the_default_inverse_beats_the_random_phase_on_a_chord():
@@ -261,9 +288,9 @@ def test_the_inverse_table_scores_every_row_on_the_same_clips(tmp_path, audio_ch
     for i in range(2):
         write_music_file(tmp_path / "music" / f"song{i}.wav", seconds=12, seed=10 + i)
     table = inverse_table(tmp_path, tmp_path / "table.json", "--grid", tmp_path / "grid.png", "--bounds")
-    assert table["clips"] == 3 and list(table["rows"]) == ["least squares + random-phase FGLA-64",
-                                                          "NNLS + PGHI + FGLA-16", "true magnitude + PGHI + FGLA-16",
-                                                          "NNLS magnitude + true phase"]
+    assert table["clips"] == 3 and list(table["rows"]) == [
+        "least squares + random-phase FGLA-64", "NNLS + PGHI + FGLA-16", "NNLS + PGHI + RAAR-16",
+        "true magnitude + PGHI + FGLA-16", "true magnitude + PGHI + RAAR-16", "NNLS magnitude + true phase"]
     pghi = table["rows"]["NNLS + PGHI + FGLA-16"]
     for mean, low, high in pghi["difference_to_first_row"].values():
         assert low <= mean <= high
@@ -335,7 +362,7 @@ def test_an_untrained_refiner_keeps_the_phase_and_a_trained_one_sees_angles_on_t
 
 
 def test_the_refiner_learns_to_bring_a_retrieved_phase_closer_to_the_signal():
-    """Forty AdamW steps on two segments of a chirp, from NNLS + PGHI + FGLA-4 (a phase that has not converged),
+    """Forty AdamW steps on two segments of a chirp, from NNLS + PGHI + RAAR-4 (a phase that has not converged),
     bring the waveform a quarter closer to the chirp than the unrefined phase, which is where training starts."""
     from audiogen.train_refiner import retrieve
 
@@ -409,7 +436,12 @@ def test_train_refiner_resumes_at_the_exact_step_and_infer_voices_with_it(ag, mu
                           "--audio_eval_clips", "1", "--results_dir", tmp_path / "infer", "--cache_dir",
                           tmp_path / "cache", "--device", "cpu")
     assert infer.returncode == 0, infer.stderr
-    assert "vocoder whole.pt magnitude + PGHI + FGLA-2 + phase refiner" in infer.stdout
+    assert "vocoder whole.pt magnitude + PGHI + RAAR-2 + phase refiner" in infer.stdout
+    # A refiner saved before RAAR names no retrieval: it learned on fast Griffin-Lim's phases, which it gets.
+    del a["refiner"]["refiner_config"]["retrieval"]
+    torch.save(a, tmp_path / "older.pt")
+    older = load_inverse(InverseConfig("vocoder-refined", 64, "raar", vocoder=tmp_path / "older.pt"), LogMelTransform())
+    assert older.name == "vocoder older.pt magnitude + PGHI + FGLA-2 + phase refiner"
 
 
 def test_a_refiner_is_refused_where_it_does_not_belong(ag, music, tmp_path, tiny_vocoder, audio_checkpoint):

@@ -346,7 +346,7 @@ def test_an_uploaded_file_gives_three_players_spectrograms_and_scores(app, tmp_p
     table = app.table[0].value
     assert list(table["audio"]) == ["autoencoder", "oracle"]
     assert 0 < float(table["STOI"][0]) <= 1 and 0 < float(table["STOI"][1]) <= 1
-    assert "NNLS + PGHI + FGLA-64" in texts(app.caption) and result.mel["clips"] == 1
+    assert "NNLS + PGHI + RAAR-64" in texts(app.caption) and result.mel["clips"] == 1
     # moving the window hides the old result until the next click
     app.slider(key="start").set_value(1.0)
     assert not run(app).get("audio")

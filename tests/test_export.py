@@ -128,7 +128,7 @@ def test_a_vae_exported_with_its_prior_and_vocoder_generates_what_its_files_do(a
     from api.models import AudioModel
     served = AudioModel.load(folder, "cpu", inverse=InverseConfig("vocoder-refined"))
     assert served.health()["prior"].startswith("learned prior vae_export/prior (epoch 1")
-    assert served.health()["inverse"] == "vocoder vae_export/vocoder magnitude + PGHI + FGLA-2 + phase refiner"
+    assert served.health()["inverse"] == "vocoder vae_export/vocoder magnitude + PGHI + RAAR-2 + phase refiner"
     with pytest.raises(SystemExit) as err:  # a prior of another VAE is refused before anything is written
         ag.main(["--mode", "export", "--checkpoint", str(demo_checkpoints["audio"]), "--prior", str(prior),
                  "--export_dir", str(tmp_path / "wrong")])

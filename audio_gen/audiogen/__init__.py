@@ -9,9 +9,9 @@
     data        folders of music and their splits, the per-file log-mel cache, build_splits
     clips       MelClips: a split's log-mels as scoring windows and random training crops
     transform   LogMelTransform (waveform -> log-mel) and per-bin normalisation statistics
-    inverse     log-mel -> audio: NNLS, PGHI, fast Griffin-Lim; MelInverse, the one call every mode uses
+    inverse     log-mel -> audio: NNLS, PGHI, RAAR or fast Griffin-Lim; MelInverse, the one call every mode uses
     vocoder     the Vocos-style vocoder (ConvNeXt over mel frames, an iSTFT head) and its losses
-    phase_refiner the phase refiner: a small 2-D conv net that corrects the phase PGHI + fast Griffin-Lim
+    phase_refiner the phase refiner: a small 2-D conv net that corrects the phase PGHI + RAAR
                 retrieve from the vocoder's magnitude, and its losses
     waves       the vocoder's training audio: 16-bit waveforms per split, cached, as random segments
     model       AudioAutoencoder: residual Conv1d encoder/decoder with a PCA-initialised linear path; as a

@@ -85,15 +85,17 @@ def time_inverse(config, transform, tag):
 
 
 def inverse_table(splits, config, transform, tag):
-    """Oracle PESQ/STOI (the true mel through each inverse) and time per clip: today's random-phase chain, the
-    deterministic one at several iteration counts, and the vocoder when --inverse vocoder names one."""
+    """Oracle PESQ/STOI (the true mel through each inverse) and time per clip: the random-phase chain, the
+    deterministic one with fast Griffin-Lim and with RAAR at several iteration counts, and the vocoder when
+    --inverse vocoder names one."""
     require_speech_metrics()
     held_out = splits["test"] if len(splits["test"]) else splits["valid"] if len(splits["valid"]) else splits["train"]
     positions = spread_positions(len(held_out), config.audio_eval_clips)
     reference = held_out.waveforms(positions)
     log_mels = transform(reference).cpu()
     print(f"{tag} oracle (true mel -> audio) on {len(positions)} clips of {held_out.origin}:")
-    rows = [InverseConfig("griffinlim", 64)] + [InverseConfig("pghi", n) for n in (32, 64, 128)]
+    rows = [InverseConfig("griffinlim", 64), InverseConfig("pghi", 64, "fgla")] + [InverseConfig("pghi", n)
+                                                                                   for n in (32, 64, 128)]
     if config.inverse not in rows:  # the configured one, when the fixed rows do not hold it
         rows.append(config.inverse)
     for row in rows:

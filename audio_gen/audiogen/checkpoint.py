@@ -153,7 +153,7 @@ def refiner_from_checkpoint(state, path, device):
     if not refiner_is_current(state):
         common.usage_error(f"{path}'s phase refiner was trained for other vocoder weights: train it again with "
                            f"--mode train_refiner")
-    refiner = PhaseRefiner(**record["refiner_config"])
+    refiner = PhaseRefiner.from_config(record["refiner_config"])
     refiner.load_state_dict(record["model"])
     return refiner.to(device).eval()
 
@@ -161,12 +161,13 @@ def refiner_from_checkpoint(state, path, device):
 def load_inverse(config, transform):
     """The MelInverse that InverseConfig `config` describes for `transform`'s features, with its vocoder loaded
     (and checked to be made for those features) when it names one, and for 'vocoder-refined' the vocoder's
-    phase refiner, after the fast Griffin-Lim iterations it was trained on (whatever `config` says)."""
+    phase refiner, after the phase retrieval it was trained on (whatever `config` says)."""
     vocoder = refiner = None
     if config.needs_vocoder:
         state = load_vocoder_checkpoint(config.vocoder, transform.config)
         vocoder = vocoder_from_checkpoint(state, transform.device)
         if config.kind == "vocoder-refined":
             refiner = refiner_from_checkpoint(state, config.vocoder, transform.device)
-            config = dataclasses.replace(config, iterations=refiner.config["iterations"])
+            config = dataclasses.replace(config, iterations=refiner.config["iterations"],
+                                         retrieval=refiner.config["retrieval"])
     return MelInverse(config, transform, vocoder, refiner)

@@ -1,10 +1,10 @@
-"""Mel-spectrogram autoencoder for music, with Griffin-Lim back to audio.
+"""Mel-spectrogram autoencoder for music, with a deterministic phase retrieval back to audio.
 
     python audio_gen/audio_gen.py --mode train --audio_dir ~/Music          # any folder of music
     python audio_gen/audio_gen.py --mode infer --audio_dir ~/OtherMusic     # score music it never heard
     python audio_gen/audio_gen.py --mode train                              # MUSDB18 (7-s preview downloaded)
     python audio_gen/audio_gen.py --mode train --musdb_root /data/musdb18 --download none
-    python audio_gen/audio_gen.py --mode benchmark --audio_dir ~/Music      # preparation / training / Griffin-Lim speed
+    python audio_gen/audio_gen.py --mode benchmark --audio_dir ~/Music      # preparation / training / inverse speed
     python audio_gen/audio_gen.py --mode train --model vae --audio_dir ~/Music   # a VAE, which can generate
     python audio_gen/audio_gen.py --mode generate --checkpoint models/audio_vae.pt --audio_dir ~/OtherMusic
     python audio_gen/audio_gen.py --mode train_prior                        # a learned prior for that VAE
@@ -16,7 +16,7 @@
 Every clip is 5 s of mono 16 kHz audio (80,000 samples), a 128-bin log-mel spectrogram of 256 frames.
 The autoencoder squeezes it into a latent of `latent_dim` channels x 256/`time_downsample` frames
 (128 x 128 at the defaults: 2x fewer numbers, chosen from measurements in docs/audio-results.md) and back;
-NNLS, PGHI and fast Griffin-Lim turn the mel into audio again, or a vocoder trained with --mode train_vocoder
+NNLS, PGHI and RAAR turn the mel into audio again, or a vocoder trained with --mode train_vocoder
 (and --mode train_refiner, a correction of its retrieved phase). `--model vae` makes it a VAE with a smaller
 latent, whose N(0, I) prior `--mode generate` samples new music from; `--mode train_prior` fits a small
 diffusion model to its latents, a learned prior that `--mode generate --prior FILE` samples instead.
@@ -42,7 +42,7 @@ from audiogen.export import export, paired
 from audiogen.fad import EMBEDDINGS
 from audiogen.generate import GenerateConfig, generate
 from audiogen.infer import InferConfig, infer
-from audiogen.inverse import INVERSES, VOCODER_INVERSES_TEXT, InverseConfig
+from audiogen.inverse import INVERSES, RAAR_BETA, RETRIEVALS, VOCODER_INVERSES_TEXT, InverseConfig
 from audiogen.model import MODEL_KINDS, ModelConfig
 from audiogen.prior import PRIOR_SAMPLERS, PriorConfig, SamplerConfig
 from audiogen.train import TrainConfig, train
@@ -90,6 +90,7 @@ MODES_OF = {
     "export_dir": {"export"},
     "audio_dir": {"train", "infer", "generate", "benchmark", "train_vocoder", "train_refiner"},
     **{name: {"train", "infer", "generate", "benchmark"} for name in ("griffin_lim_iters", "inverse")},
+    "phase_retrieval": {"train", "infer", "generate", "benchmark", "train_refiner"},
     **{name: {"train_prior"} for name in ("prior_hidden", "prior_blocks", "prior_clip_context")},
     **{name: {"generate"} for name in ("prior_sampler", "prior_steps", "prior_eta")},
     **{name: {"train", "infer", "benchmark", "train_vocoder", "train_refiner"}
@@ -188,14 +189,21 @@ def build_parser():
     out.add_argument("--num_examples", type=number(int, 1, 64), default=2,
                      help="infer: held-out clips written as WAV triples and drawn in inference_comparison.png")
     out.add_argument("--inverse", choices=INVERSES, default="pghi",
-                     help="how log-mels become audio: 'pghi' (NNLS magnitude, Phase Gradient Heap Integration, fast "
-                          "Griffin-Lim; deterministic), 'griffinlim' (least squares and fast Griffin-Lim from a random "
-                          "phase, the chain before PGHI), 'vocoder' (the network that --vocoder names), 'vocoder-pghi' (its "
-                          "magnitude with PGHI's phase), 'vocoder-refined' (then the phase corrected by the refiner "
-                          "--mode train_refiner put in the vocoder's file); the oracle rows use the same inverse")
+                     help="how log-mels become audio: 'pghi' (NNLS magnitude, Phase Gradient Heap Integration, "
+                          "then --phase_retrieval; deterministic), 'griffinlim' (least squares and fast Griffin-Lim "
+                          "from a random phase, the chain before PGHI), 'vocoder' (the network that --vocoder "
+                          "names), 'vocoder-pghi' (its magnitude with PGHI's phase), 'vocoder-refined' (then the phase "
+                          "corrected by the refiner --mode train_refiner put in the vocoder's file); the oracle rows "
+                          "use the same inverse")
     out.add_argument("--griffin_lim_iters", type=number(int, 0, 10_000), default=64,
-                     help="fast Griffin-Lim iterations (momentum 0.99) after PGHI or from the random phase "
-                          "(vocoder-refined: the refiner's own, --refiner_iters)")
+                     help="iterations of the phase retrieval after PGHI (--phase_retrieval), or of fast Griffin-Lim "
+                          "from the random phase of --inverse griffinlim (vocoder-refined: the refiner's own, "
+                          "--refiner_iters)")
+    out.add_argument("--phase_retrieval", choices=RETRIEVALS, default="raar",
+                     help="the iterations after PGHI: 'raar' (relaxed averaged alternating reflections, beta "
+                          f"{RAAR_BETA}) or 'fgla' (fast Griffin-Lim, momentum 0.99, the algorithm before RAAR); "
+                          "the same cost per iteration (train_refiner: the phases its refiner learns to correct; "
+                          "vocoder-refined runs the refiner's own)")
     out.add_argument("--audio_eval_clips", type=number(int, 0, 1000), default=8,
                      help="clips per split scored with PESQ/STOI as audio, beside the oracle (0 skips); "
                           "train_vocoder and train_refiner: unseen clips they score (at most 16)")
@@ -228,8 +236,8 @@ def build_parser():
                      help="train_refiner: channels of the phase refiner's 2-D convolutions (its time per clip grows "
                           "with their square)")
     voc.add_argument("--refiner_iters", type=number(int, 0, 1000), default=64,
-                     help="train_refiner: fast Griffin-Lim iterations after PGHI whose phase the refiner learns to "
-                          "correct; --inverse vocoder-refined runs as many")
+                     help="train_refiner: iterations of --phase_retrieval after PGHI whose phase the refiner learns "
+                          "to correct; --inverse vocoder-refined runs as many")
     prior = p.add_argument_group("learned prior (train_prior writes it, generate samples it)")
     prior.add_argument("--prior", default=None,
                        help=f"learned-prior checkpoint: train_prior writes it (default {DEFAULT_PRIOR}); generate "
@@ -342,7 +350,7 @@ def as_recorded(args):
 
 def inverse_config(args):
     """How the chosen mode turns log-mels into audio."""
-    return InverseConfig(args.inverse, args.griffin_lim_iters,
+    return InverseConfig(args.inverse, args.griffin_lim_iters, args.phase_retrieval,
                          vocoder=args.vocoder if args.inverse.startswith("vocoder") else None)
 
 
@@ -378,7 +386,7 @@ def configs(args, world=None):
     if args.mode == "train_refiner":
         return RefinerTrainConfig(data, args.vocoder, optimisation(args), args.eval_every, args.results_dir,
                                   args.device, as_recorded(args), args.refiner_channels, args.refiner_iters,
-                                  audio_eval_clips=min(args.audio_eval_clips, 16))
+                                  args.phase_retrieval, audio_eval_clips=min(args.audio_eval_clips, 16))
     if args.mode == "infer":
         return InferConfig(data, args.checkpoint, args.results_dir, args.device, args.num_examples, args.seed,
                            inverse_config(args), args.audio_eval_clips)

@@ -3,7 +3,8 @@
 Five inverses share one call, (n, n_mels, frames) log-mels -> (n, clip_samples) waveforms:
 
 - 'pghi' (the default): the linear magnitude by non-negative least squares on the mel filterbank, a
-  starting phase by Phase Gradient Heap Integration, then fast Griffin-Lim from that phase. Deterministic.
+  starting phase by Phase Gradient Heap Integration, then iterative phase retrieval from that phase: relaxed
+  averaged alternating reflections (RAAR, the default) or fast Griffin-Lim. Deterministic.
 - 'griffinlim': the chain before it, kept for comparison: torchaudio's minimum-norm least squares with the
   negatives cut to 0, then fast Griffin-Lim from a random phase that a seed draws.
 - 'vocoder': a network trained on music (vocoder.py) that corrects the NNLS magnitude and predicts phase;
@@ -26,6 +27,10 @@ from .common import checkpoint_name
 INVERSES = ("pghi", "griffinlim", "vocoder", "vocoder-pghi", "vocoder-refined")
 VOCODER_INVERSES = tuple(kind for kind in INVERSES if kind.startswith("vocoder"))  # those that read --vocoder
 VOCODER_INVERSES_TEXT = ", ".join(VOCODER_INVERSES[:-1]) + " or " + VOCODER_INVERSES[-1]  # for messages
+RETRIEVALS = {"raar": "RAAR", "fgla": "FGLA"}  # the iterations after PGHI, and how names show them
+# RAAR's relaxation, chosen on the training composer's validation clips (docs/audio-results.md): 0.9-0.97 score
+# alike, 0.8 and below score worse.
+RAAR_BETA = 0.95
 # The Hann window's equivalent Gaussian: lambda = HANN_LAMBDA * n_fft^2 samples^2 (Prusa et al. 2017, Sec. V;
 # ltfat's pghi uses the same constant), where the Gaussian window is exp(-pi t^2 / lambda).
 HANN_LAMBDA = 0.25645
@@ -33,31 +38,37 @@ HANN_LAMBDA = 0.25645
 
 @dataclass(frozen=True)
 class InverseConfig:
-    """How log-mels become audio. `kind`: one of INVERSES; `iterations`: fast Griffin-Lim's (after PGHI, or
-    from a random phase); `nnls_iterations`: FISTA steps of the mel-to-linear solve; `vocoder`: the vocoder
+    """How log-mels become audio. `kind`: one of INVERSES; `iterations`: those of the phase retrieval (after
+    PGHI, or fast Griffin-Lim's from a random phase); `retrieval`: the algorithm after PGHI, one of RETRIEVALS
+    ('griffinlim' always runs fast Griffin-Lim); `nnls_iterations`: FISTA steps of the mel-to-linear solve;
+    `vocoder`: the vocoder
     checkpoint of the kinds 'vocoder' (its magnitude and phase), 'vocoder-pghi' (its magnitude, the phase by
     PGHI and fast Griffin-Lim) and 'vocoder-refined' (then its phase refiner, after as many iterations as the
-    refiner was trained on: checkpoint.load_inverse sets them)."""
+    refiner was trained on, by its algorithm: checkpoint.load_inverse sets them)."""
     kind: str = "pghi"
     iterations: int = 64
+    retrieval: str = "raar"
     nnls_iterations: int = 3
     vocoder: Path | None = None
 
     def __post_init__(self):
         if self.kind not in INVERSES:
             raise ValueError(f"unknown inverse {self.kind!r}: one of {', '.join(INVERSES)}")
+        if self.retrieval not in RETRIEVALS:
+            raise ValueError(f"unknown phase retrieval {self.retrieval!r}: one of {', '.join(RETRIEVALS)}")
 
     @property
     def name(self):
         """How tables and logs name it, e.g. 'NNLS + PGHI + FGLA-64'."""
         if self.kind == "griffinlim":
             return f"least squares + random-phase FGLA-{self.iterations}"
+        retrieval = f"PGHI + {RETRIEVALS[self.retrieval]}-{self.iterations}"
         if self.kind == "pghi":
-            return f"NNLS + PGHI + FGLA-{self.iterations}"
+            return f"NNLS + {retrieval}"
         vocoder = f"vocoder {checkpoint_name(self.vocoder)}" if self.vocoder else "vocoder"
         if self.kind == "vocoder":
             return vocoder
-        retrieved = f"{vocoder} magnitude + PGHI + FGLA-{self.iterations}"
+        retrieved = f"{vocoder} magnitude + {retrieval}"
         return retrieved + " + phase refiner" if self.kind == "vocoder-refined" else retrieved
 
     @property
@@ -201,6 +212,39 @@ def fast_griffin_lim(magnitude, phase, n_fft, hop_length, iterations, length, mo
     return torch.istft(magnitude * angles, n_fft, hop_length, window=window, length=length)
 
 
+def raar(magnitude, phase, n_fft, hop_length, iterations, length, beta=RAAR_BETA):
+    """Relaxed averaged alternating reflections (RAAR; Luke, Inverse Problems 21, 2005) from a given phase.
+
+    magnitude, phase: (n, n_freq, frames); returns (n, length) waveforms. With P_A the projection onto the
+    spectrograms of magnitude `magnitude` (keep each coefficient's angle), P_C the one onto consistent
+    spectrograms (the STFT of the inverse STFT) and R = 2P - I their reflections, every iteration is
+        X <- beta / 2 (R_C R_A + I) X + (1 - beta) P_A X  =  beta (X + P_C(2 P_A X - X)) + (1 - 2 beta) P_A X,
+    at the cost of one STFT pair, as a fast Griffin-Lim iteration. Griffin-Lim (X <- P_C P_A X) settles in the
+    nearest local optimum; the reflections keep RAAR moving out of poor ones (beta = 1 is plain averaged
+    alternating reflections, Douglas-Rachford), which Peer, Welker & Gerkmann (IWAENC 2022) found to pay on
+    speech and docs/audio-results.md measures on music at this low redundancy. The audio is the inverse STFT of
+    P_A X: the magnitude as given, the phase retrieved.
+    """
+    window = torch.hann_window(n_fft, dtype=magnitude.dtype, device=magnitude.device)
+
+    def on_magnitude(spectrum):
+        return magnitude * spectrum / (spectrum.abs() + 1e-16)
+
+    def consistent(spectrum):
+        wave = torch.istft(spectrum, n_fft, hop_length, window=window, length=length)
+        return torch.stft(wave, n_fft, hop_length, window=window, center=True, pad_mode="reflect",
+                          return_complex=True)
+
+    spectrum = torch.polar(magnitude, phase)
+    for _ in range(iterations):
+        projected = on_magnitude(spectrum)
+        spectrum = beta * (spectrum + consistent(2 * projected - spectrum)) + (1 - 2 * beta) * projected
+    return torch.istft(on_magnitude(spectrum), n_fft, hop_length, window=window, length=length)
+
+
+RETRIEVE = {"raar": raar, "fgla": fast_griffin_lim}
+
+
 # --- the inverses ---------------------------------------------------------------------------------
 
 class MelInverse:
@@ -260,12 +304,12 @@ class MelInverse:
 
     def retrieve_phase(self, magnitude, length=None):
         """(n, n_freq, frames) linear magnitudes -> (n, length or clip_samples) waveforms on the CPU: PGHI's
-        phase, then fast Griffin-Lim."""
+        phase, then the config's iterative retrieval (RAAR or fast Griffin-Lim)."""
         t = self.transform
         phase = torch.stack([torch.from_numpy(pghi_phase(m.double().cpu().numpy(), t.n_fft, t.hop_length))
                              for m in magnitude]).to(magnitude)
-        return fast_griffin_lim(magnitude, phase, t.n_fft, t.hop_length, self.config.iterations,
-                                length or t.clip_samples).cpu()
+        retrieve = RETRIEVE[self.config.retrieval]
+        return retrieve(magnitude, phase, t.n_fft, t.hop_length, self.config.iterations, length or t.clip_samples).cpu()
 
     def retrieved_phase(self, magnitude, length=None):
         """(n, n_freq, frames) magnitudes -> (n, n_freq, frames) phases on their device: the phase of the STFT of

@@ -1,4 +1,5 @@
-"""A learned correction of the phase that PGHI + fast Griffin-Lim retrieve (inverse.MelInverse, 'vocoder-refined').
+"""A learned correction of the phase that PGHI and the iterations after it retrieve (inverse.MelInverse,
+'vocoder-refined').
 
 Phase retrieval is where the inverse loses most: with the clip's own phase, the mel's NNLS magnitude scores
 4.3 PESQ; with the retrieved one, 2.5 (docs/audio-results.md). Griffin-Lim stops in a local optimum whose
@@ -29,22 +30,29 @@ class PhaseRefiner(nn.Module):
 
     A 2-D conv net over (frequency, frame): a 3x3 input conv, residual 3x3 convs whose dilations widen what an output
     sees to +-18 bins and frames, and a zero-initialised 3x3 output. `config` (kept in the checkpoint) holds the
-    transform's n_fft and hop_length, the width and dilations, and `iterations`: the fast Griffin-Lim
-    iterations after PGHI that made the phases it learned on, which the inverse must use too.
+    transform's n_fft and hop_length, the width and dilations, and `iterations` of `retrieval` (inverse.RETRIEVALS):
+    the phase retrieval after PGHI that made the phases it learned on, which the inverse must run too.
     """
 
     FEATURES = 5  # log-magnitude, cos, sin, instantaneous frequency, group delay
 
-    def __init__(self, n_fft=1024, hop_length=313, channels=16, dilations=(1, 2, 4, 8, 1), iterations=64):
+    def __init__(self, n_fft=1024, hop_length=313, channels=16, dilations=(1, 2, 4, 8, 1), iterations=64,
+                 retrieval="raar"):
         super().__init__()
         self.config = dict(n_fft=n_fft, hop_length=hop_length, channels=channels, dilations=list(dilations),
-                           iterations=iterations)
+                           iterations=iterations, retrieval=retrieval)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.embed = nn.Conv2d(self.FEATURES, channels, 3, padding=1)
         self.body = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in dilations)
         self.correction = nn.Conv2d(channels, 1, 3, padding=1)
         nn.init.zeros_(self.correction.weight)
         nn.init.zeros_(self.correction.bias)
+
+    @classmethod
+    def from_config(cls, config):
+        """The untrained refiner a checkpoint's config describes. Refiners saved before RAAR name no retrieval:
+        they learned on fast Griffin-Lim's phases."""
+        return cls(**{"retrieval": "fgla", **config})
 
     @staticmethod
     def features(magnitude, phase):

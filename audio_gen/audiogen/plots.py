@@ -146,7 +146,7 @@ def plot_vocoder_curves(history, path, origin):
     left.set(title=f"Vocoder losses\n({origin})", xlabel="training time (min)", yscale="log")
     plot_clip_scores(right, minutes, history, (("", "o-", "s-", "vocoder"),
                                                ("magnitude_pghi_", "^:", "v:", "its magnitude + PGHI"),
-                                               ("reference_", "--", "--", "NNLS + PGHI + FGLA")))
+                                               ("reference_", "--", "--", "NNLS + PGHI + RAAR")))
     right.set_title("Unseen 5-s clips, through their true mel")
     save_curves(plt, fig, left, path)
 
@@ -168,7 +168,7 @@ def plot_refiner_curves(history, path, origin):
     left.axhline(1, color="gray", linestyle="--", label="unrefined phase")
     left.set(title=f"Phase refiner losses, relative\n({origin})", xlabel="training time (min)", ylabel="ratio")
     plot_clip_scores(right, minutes, history, (("", "o-", "s-", "refined phase"),
-                                               ("reference_", "--", "--", "PGHI + FGLA phase")))
+                                               ("reference_", "--", "--", "unrefined phase")))
     right.set_title("Unseen 5-s clips, the vocoder's magnitude of their true mel")
     save_curves(plt, fig, left, path)
 

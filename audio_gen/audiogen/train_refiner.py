@@ -1,5 +1,5 @@
 """The train_refiner command: a phase refiner (phase_refiner.py) for a trained vocoder, fitted to the music the
-vocoder voices. Retrieving a phase (PGHI + fast Griffin-Lim) is most of the cost of a step, so the training
+vocoder voices. Retrieving a phase (PGHI + RAAR) is most of the cost of a step, so the training
 segments are retrieved once, from the vocoder's magnitude of their true mel, into a fixed pool; each step takes
 random segments of it and one AdamW step of the waveform losses. The refiner is saved into the vocoder's own
 checkpoint (under "refiner", with the fingerprint of the vocoder weights it was trained for) after each epoch and
@@ -7,6 +7,7 @@ on Ctrl-C; --resume retrieves the same pool again and continues at the exact ste
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from .checkpoint import (data_record, load_vocoder_checkpoint, refiner_is_current, rng_state, set_rng_state,
                          vocoder_from_checkpoint, weights_fingerprint)
 from .common import Board, atomic_torch_save, progress_bar, usage_error
-from .inverse import InverseConfig, MelInverse
+from .inverse import RETRIEVALS, InverseConfig, MelInverse
 from .metrics import paired_speech_scores
 from .phase_refiner import PhaseRefiner, refiner_losses
 from .plots import plot_refiner_curves
@@ -28,9 +29,10 @@ from .waves import wave_splits
 @dataclass(frozen=True)
 class RefinerTrainConfig:
     """What the train_refiner command reads: the music (`data`), the vocoder checkpoint to refine (read and
-    written back with the refiner), the optimisation (`optim`), the refiner's width (`channels`) and the fast
-    Griffin-Lim `iterations` after PGHI whose phase it corrects, and the pool: `pool_segments` random segments of
-    `segment_frames` frames of the training music (at most as many as it holds), retrieved once."""
+    written back with the refiner), the optimisation (`optim`), the refiner's width (`channels`), the `iterations`
+    of the phase `retrieval` after PGHI (inverse.RETRIEVALS) whose phase it corrects, and the pool:
+    `pool_segments` random segments of `segment_frames` frames of the training music (at most as many as it
+    holds), retrieved once."""
     data: object
     vocoder: Path
     optim: Optimisation
@@ -40,6 +42,7 @@ class RefinerTrainConfig:
     command_line: dict = field(default_factory=dict)
     channels: int = 16
     iterations: int = 64
+    retrieval: str = "raar"
     pool_segments: int = 4096
     segment_frames: int = 48
     audio_eval_clips: int = 4
@@ -79,7 +82,7 @@ class RetrievedPool:
 
 def retrieve(inverse, waves, batch=64):
     """Retrieved segments for (n, samples) waveforms: the inverse's ('vocoder-pghi') magnitude of their log-mel
-    and the phase that PGHI + its fast Griffin-Lim iterations find for it."""
+    and the phase that PGHI and its iterations after it find for it."""
     parts = []
     for i in progress_bar(range(0, len(waves), batch), "retrieving phases", unit="batches"):
         wave = waves[i:i + batch]
@@ -107,11 +110,12 @@ class RefinerCheck:
     """PESQ/STOI of fixed unseen 5-s clips voiced from their true mel with the refiner ('vocoder-refined'),
     beside the vocoder's magnitude with the unrefined phase ('vocoder-pghi', computed once)."""
 
-    def __init__(self, clips, transform, vocoder, iterations):
-        self.clips, self.transform, self.vocoder = clips, transform, vocoder
-        self.config = InverseConfig("vocoder-refined", iterations)
-        self.log_mels = transform(clips).cpu()
-        self.reference = MelInverse(InverseConfig("vocoder-pghi", iterations), transform, vocoder)(self.log_mels)
+    def __init__(self, clips, unrefined):
+        """`unrefined`: the MelInverse ('vocoder-pghi') whose phase the refiner corrects."""
+        self.clips, self.transform, self.vocoder = clips, unrefined.transform, unrefined.vocoder
+        self.config = dataclasses.replace(unrefined.config, kind="vocoder-refined")
+        self.log_mels = self.transform(clips).cpu()
+        self.reference = unrefined(self.log_mels)
         self.voiced = None
 
     @torch.no_grad()
@@ -154,9 +158,9 @@ def resumed_record(config, vocoder_state):
 def start(config, record, vocoder_config, transform, steps):
     """A RefinerTrainer of `steps` per epoch and its Position: new, or from the resumed `record`."""
     torch.manual_seed(config.optim.seed)
-    refiner = (PhaseRefiner(**record["refiner_config"]) if record else
+    refiner = (PhaseRefiner.from_config(record["refiner_config"]) if record else
                PhaseRefiner(vocoder_config["n_fft"], vocoder_config["hop_length"], config.channels,
-                            iterations=config.iterations))
+                            iterations=config.iterations, retrieval=config.retrieval))
     trainer = RefinerTrainer(refiner, transform, config.device,
                              config.optim.schedule(steps))
     if not record:
@@ -187,18 +191,21 @@ def train_refiner(config):
     pool_segments = record["pool_segments"] if record else min(config.pool_segments, len(train_set))
     trainer, position = start(config, record, vocoder_state["vocoder_config"], transform,
                               max(1, pool_segments // config.optim.batch_size))
-    iterations = trainer.model.config["iterations"]
-    inverse = MelInverse(InverseConfig("vocoder-pghi", iterations), transform, vocoder)
+    learned_on = trainer.model.config
+    inverse = MelInverse(InverseConfig("vocoder-pghi", learned_on["iterations"], learned_on["retrieval"]), transform,
+                         vocoder)
     with torch.no_grad():
         pool = RetrievedPool(retrieve(inverse, train_set.crops(
             train_set.crop_starts(pool_segments, torch.Generator().manual_seed(config.optim.seed)))), train_set.origin)
         valid = retrieve(inverse, held_out.spread(64, segment))
+        untrained = PhaseRefiner.from_config(trainer.model.config)
         unrefined = {name: float(value) for name, value in refiner_losses(
-            PhaseRefiner(**trainer.model.config), valid.magnitude, valid.phase, valid.wave, transform).items()}
-    check = RefinerCheck(held_out.spread(config.audio_eval_clips, transform.clip_samples), transform, vocoder,
-                         iterations) if config.audio_eval_clips else None
+            untrained, valid.magnitude, valid.phase, valid.wave, transform).items()}
+    check = (RefinerCheck(held_out.spread(config.audio_eval_clips, transform.clip_samples), inverse)
+             if config.audio_eval_clips else None)
     params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"Training a phase refiner ({params} parameters) for {config.vocoder} after PGHI + FGLA-{iterations}, on "
+    print(f"Training a phase refiner ({params} parameters) for {config.vocoder} after PGHI + "
+          f"{RETRIEVALS[learned_on['retrieval']]}-{learned_on['iterations']}, on "
           f"a pool of {len(pool)} segments of {segment_frames} frames of {train_set.origin}; unseen: "
           f"{held_out.origin} (unrefined: MR-STFT {unrefined['stft']:.4f}, mel L1 {unrefined['mel']:.4f}); "
           f"{steps_per_epoch(pool, config.optim.batch_size)} steps/epoch of {config.optim.batch_size}, device "

@@ -2,7 +2,7 @@
 segments of the training recordings, takes their log-mel and one AdamW step of the regression losses between
 the vocoder's output and the segment. A checkpoint after each epoch and on Ctrl-C; --resume continues at the
 exact step. Every `eval_every` epochs, unseen 5-s clips are voiced from their true mel and scored (PESQ/STOI)
-beside the deterministic inverse (NNLS + PGHI + fast Griffin-Lim)."""
+beside the deterministic inverse (NNLS + PGHI + RAAR)."""
 from __future__ import annotations
 
 import contextlib

@@ -5,7 +5,7 @@ predicting STFT frames needs none.
 The magnitude is a zero-initialised correction of the NNLS magnitude (inverse.nnls_magnitude, 3 steps as the
 default inverse) in the log domain, so an untrained vocoder already has the deterministic inverse's magnitude
 and training only learns what the mel threw away. The phase comes from the network (Vocos' single-angle head) or, where that loses,
-from PGHI + fast Griffin-Lim over the learned magnitude (inverse.MelInverse).
+from PGHI + RAAR over the learned magnitude (inverse.MelInverse).
 """
 from __future__ import annotations
 
