@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from audiogen.checkpoint import load_inverse, load_vocoder_checkpoint, vocoder_from_checkpoint
-from audiogen.inverse import RETRIEVE, InverseConfig, MelInverse, fast_griffin_lim, nnls_magnitude, pghi_phase, raar
+from audiogen.inverse import RETRIEVALS, InverseConfig, MelInverse, fast_griffin_lim, nnls_magnitude, pghi_phase, raar
 from audiogen.phase_refiner import PhaseRefiner, refiner_losses
 from audiogen.train_vocoder import VocoderTrainer
 from audiogen.transform import LogMelTransform
@@ -75,13 +75,13 @@ def test_pghi_phase_is_nearly_consistent_without_any_iteration(signal):
     assert consistency(refined, spectrum) < consistency(direct, spectrum)
 
 
-@pytest.mark.parametrize("retrieval", sorted(RETRIEVE))
+@pytest.mark.parametrize("retrieval", sorted(RETRIEVALS))
 def test_a_consistent_spectrogram_is_a_fixed_point_of_every_retrieval(retrieval):
     """From the signal's own STFT (a spectrogram that is consistent and has the given magnitude) the iterations
     have nothing to correct: they return the signal, to float rounding."""
     wave = 0.3 * chirp()
     spectrum = stft(wave)
-    audio = RETRIEVE[retrieval](spectrum.abs()[None], spectrum.angle()[None], N_FFT, HOP, 8, CLIP)[0]
+    audio = RETRIEVALS[retrieval](spectrum.abs()[None], spectrum.angle()[None], N_FFT, HOP, 8, CLIP)[0]
     assert float((audio - wave).abs().max()) < 1e-9
 
 

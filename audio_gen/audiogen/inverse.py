@@ -27,7 +27,6 @@ from .common import checkpoint_name
 INVERSES = ("pghi", "griffinlim", "vocoder", "vocoder-pghi", "vocoder-refined")
 VOCODER_INVERSES = tuple(kind for kind in INVERSES if kind.startswith("vocoder"))  # those that read --vocoder
 VOCODER_INVERSES_TEXT = ", ".join(VOCODER_INVERSES[:-1]) + " or " + VOCODER_INVERSES[-1]  # for messages
-RETRIEVALS = {"raar": "RAAR", "fgla": "FGLA"}  # the iterations after PGHI, and how names show them
 # RAAR's relaxation, chosen on the training composer's validation clips (docs/audio-results.md): 0.9-0.97 score
 # alike, 0.8 and below score worse.
 RAAR_BETA = 0.95
@@ -54,7 +53,7 @@ class InverseConfig:
     def __post_init__(self):
         if self.kind not in INVERSES:
             raise ValueError(f"unknown inverse {self.kind!r}: one of {', '.join(INVERSES)}")
-        if self.retrieval not in RETRIEVALS:
+        if self.retrieval not in RETRIEVALS:  # defined below, with the algorithms
             raise ValueError(f"unknown phase retrieval {self.retrieval!r}: one of {', '.join(RETRIEVALS)}")
 
     @property
@@ -62,7 +61,7 @@ class InverseConfig:
         """How tables and logs name it, e.g. 'NNLS + PGHI + FGLA-64'."""
         if self.kind == "griffinlim":
             return f"least squares + random-phase FGLA-{self.iterations}"
-        retrieval = f"PGHI + {RETRIEVALS[self.retrieval]}-{self.iterations}"
+        retrieval = f"PGHI + {self.retrieval.upper()}-{self.iterations}"
         if self.kind == "pghi":
             return f"NNLS + {retrieval}"
         vocoder = f"vocoder {checkpoint_name(self.vocoder)}" if self.vocoder else "vocoder"
@@ -192,6 +191,13 @@ def pghi_phase(magnitude, n_fft, hop_length, lam=None, tolerance=1e-5):
     return phase.reshape(n_freq, frames)
 
 
+def consistent(spectrum, n_fft, hop_length, window, length):
+    """The projection onto consistent spectrograms, the STFT of the inverse STFT (centred, reflect-padded as the
+    transform analyses): (n, n_freq, frames) complex -> the same shape."""
+    wave = torch.istft(spectrum, n_fft, hop_length, window=window, length=length)
+    return torch.stft(wave, n_fft, hop_length, window=window, center=True, pad_mode="reflect", return_complex=True)
+
+
 def fast_griffin_lim(magnitude, phase, n_fft, hop_length, iterations, length, momentum=0.99):
     """Fast Griffin-Lim (Perraudin, Balazs & Sondergaard 2013) from a given starting phase.
 
@@ -203,9 +209,7 @@ def fast_griffin_lim(magnitude, phase, n_fft, hop_length, iterations, length, mo
     previous = torch.zeros((), dtype=angles.dtype, device=magnitude.device)
     weight = momentum / (1 + momentum)
     for _ in range(iterations):
-        wave = torch.istft(magnitude * angles, n_fft, hop_length, window=window, length=length)
-        rebuilt = torch.stft(wave, n_fft, hop_length, window=window, center=True, pad_mode="reflect",
-                             return_complex=True)
+        rebuilt = consistent(magnitude * angles, n_fft, hop_length, window, length)
         angles = rebuilt - weight * previous
         angles = angles / (angles.abs() + 1e-16)
         previous = rebuilt
@@ -230,19 +234,15 @@ def raar(magnitude, phase, n_fft, hop_length, iterations, length, beta=RAAR_BETA
     def on_magnitude(spectrum):
         return magnitude * spectrum / (spectrum.abs() + 1e-16)
 
-    def consistent(spectrum):
-        wave = torch.istft(spectrum, n_fft, hop_length, window=window, length=length)
-        return torch.stft(wave, n_fft, hop_length, window=window, center=True, pad_mode="reflect",
-                          return_complex=True)
-
     spectrum = torch.polar(magnitude, phase)
     for _ in range(iterations):
         projected = on_magnitude(spectrum)
-        spectrum = beta * (spectrum + consistent(2 * projected - spectrum)) + (1 - 2 * beta) * projected
+        reflected = consistent(2 * projected - spectrum, n_fft, hop_length, window, length)
+        spectrum = beta * (spectrum + reflected) + (1 - 2 * beta) * projected
     return torch.istft(on_magnitude(spectrum), n_fft, hop_length, window=window, length=length)
 
 
-RETRIEVE = {"raar": raar, "fgla": fast_griffin_lim}
+RETRIEVALS = {"raar": raar, "fgla": fast_griffin_lim}  # the iterations after PGHI, by InverseConfig.retrieval
 
 
 # --- the inverses ---------------------------------------------------------------------------------
@@ -308,8 +308,9 @@ class MelInverse:
         t = self.transform
         phase = torch.stack([torch.from_numpy(pghi_phase(m.double().cpu().numpy(), t.n_fft, t.hop_length))
                              for m in magnitude]).to(magnitude)
-        retrieve = RETRIEVE[self.config.retrieval]
-        return retrieve(magnitude, phase, t.n_fft, t.hop_length, self.config.iterations, length or t.clip_samples).cpu()
+        retrieve = RETRIEVALS[self.config.retrieval]
+        return retrieve(magnitude, phase, t.n_fft, t.hop_length, self.config.iterations,
+                        length or t.clip_samples).cpu()
 
     def retrieved_phase(self, magnitude, length=None):
         """(n, n_freq, frames) magnitudes -> (n, n_freq, frames) phases on their device: the phase of the STFT of

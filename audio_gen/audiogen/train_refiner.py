@@ -16,7 +16,7 @@ import torch
 from .checkpoint import (data_record, load_vocoder_checkpoint, refiner_is_current, rng_state, set_rng_state,
                          vocoder_from_checkpoint, weights_fingerprint)
 from .common import Board, atomic_torch_save, progress_bar, usage_error
-from .inverse import RETRIEVALS, InverseConfig, MelInverse
+from .inverse import InverseConfig, MelInverse
 from .metrics import paired_speech_scores
 from .phase_refiner import PhaseRefiner, refiner_losses
 from .plots import plot_refiner_curves
@@ -205,7 +205,7 @@ def train_refiner(config):
              if config.audio_eval_clips else None)
     params = sum(p.numel() for p in trainer.model.parameters())
     print(f"Training a phase refiner ({params} parameters) for {config.vocoder} after PGHI + "
-          f"{RETRIEVALS[learned_on['retrieval']]}-{learned_on['iterations']}, on "
+          f"{learned_on['retrieval'].upper()}-{learned_on['iterations']}, on "
           f"a pool of {len(pool)} segments of {segment_frames} frames of {train_set.origin}; unseen: "
           f"{held_out.origin} (unrefined: MR-STFT {unrefined['stft']:.4f}, mel L1 {unrefined['mel']:.4f}); "
           f"{steps_per_epoch(pool, config.optim.batch_size)} steps/epoch of {config.optim.batch_size}, device "
