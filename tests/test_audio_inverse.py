@@ -14,7 +14,7 @@ from audiogen.checkpoint import load_inverse, load_vocoder_checkpoint, vocoder_f
 from audiogen.inverse import RETRIEVALS, InverseConfig, MelInverse, fast_griffin_lim, nnls_magnitude, pghi_phase, raar
 from audiogen.phase_refiner import PhaseRefiner, refiner_losses
 from audiogen.train_vocoder import VocoderTrainer
-from audiogen.transform import LogMelTransform
+from audiogen.transform import InverseSTFT, LogMelTransform, istft
 from audiogen.vocoder import Vocoder, anti_wrapped, mel_filterbank, vocoder_losses
 from conftest import ROOT, write_music_file
 
@@ -105,6 +105,43 @@ def test_pghi_leaves_quiet_coefficients_at_zero_and_handles_silence():
     phase = pghi_phase(magnitude, N_FFT, HOP)
     assert np.all(phase[:90] == 0) and np.any(phase[100] != 0)
     assert np.all(pghi_phase(np.zeros((N_FFT // 2 + 1, 5)), N_FFT, HOP) == 0)
+
+
+def test_pghi_starts_every_region_at_its_loudest_coefficient():
+    """Two ridges cut apart by quiet bins are two regions; each is integrated from its own loudest coefficient,
+    whose phase is 0, and the rest of each ridge moves on from there."""
+    magnitude = np.full((N_FFT // 2 + 1, 20), 1e-9)
+    magnitude[100, :] = np.linspace(0.2, 1.0, 20)            # loudest at frame 19
+    magnitude[300, :] = 0.5 - 0.04 * np.abs(np.arange(20) - 7)  # loudest at frame 7
+    phase = pghi_phase(magnitude, N_FFT, HOP)
+    assert phase[100, 19] == 0 and phase[300, 7] == 0
+    assert np.count_nonzero(phase[100]) == 19 and np.count_nonzero(phase[300]) == 19
+
+
+@pytest.mark.parametrize("length", [CLIP, CLIP - 1000, CLIP + 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.filterwarnings("ignore:The length of signal is shorter")
+def test_the_inverse_stft_is_torch_istft_with_its_gradient(length, dtype):
+    """Written out for speed (transform.InverseSTFT); the same waveform as torch.istft for any spectrum, consistent
+    or not, with leading batch dimensions, a length past the last frame (zeros, as torch pads) and the same
+    gradient; a spectrum of another frame count is refused."""
+    generator = torch.Generator().manual_seed(0)
+    spectrum = torch.randn(2, 3, N_FFT // 2 + 1, 256, dtype=dtype, generator=generator) \
+        + 1j * torch.randn(2, 3, N_FFT // 2 + 1, 256, dtype=dtype, generator=generator)
+    spectrum.requires_grad_(True)
+    window = torch.hann_window(N_FFT, dtype=dtype)
+    weights = torch.randn(2, 3, length, dtype=dtype, generator=generator)
+    ours = istft(spectrum, N_FFT, HOP, window, length)
+    theirs = torch.istft(spectrum.flatten(0, 1), N_FFT, HOP, window=window, length=length).reshape(2, 3, length)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert ours.shape == (2, 3, length)
+    assert float((ours - theirs).detach().abs().max()) < tolerance * float(theirs.detach().abs().max())
+    if length > CLIP:
+        assert torch.all(ours[..., (N_FFT + 255 * HOP) - N_FFT // 2:] == 0)
+    gradients = [torch.autograd.grad((y * weights).sum(), spectrum)[0] for y in (ours, theirs)]
+    assert float((gradients[0] - gradients[1]).abs().max()) < tolerance * float(gradients[1].abs().max())
+    with pytest.raises(ValueError, match="255 frames for an inverse STFT of 256"):
+        InverseSTFT(N_FFT, HOP, window, 256, length)(spectrum[..., :255])
 
 
 def test_nnls_is_never_negative_and_fits_the_mel_better_than_clipped_least_squares():

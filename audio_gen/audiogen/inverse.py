@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .common import checkpoint_name
+from .transform import InverseSTFT
 
 INVERSES = ("pghi", "griffinlim", "vocoder", "vocoder-pghi", "vocoder-refined")
 VOCODER_INVERSES = tuple(kind for kind in INVERSES if kind.startswith("vocoder"))  # those that read --vocoder
@@ -153,25 +154,31 @@ def pghi_phase(magnitude, n_fft, hop_length, lam=None, tolerance=1e-5):
     # false gradients of tens of nepers per bin (measured: +0.05 PESQ from this floor alone).
     log_magnitude = np.log(np.maximum(magnitude, peak * tolerance))
     per_frame, per_bin = phase_gradients(log_magnitude, n_fft, hop_length, lam)
-    loud = (magnitude > tolerance * peak).ravel()
-    s = log_magnitude.ravel()
+    loud = magnitude > tolerance * peak
+    top = log_magnitude.max()
     index = np.arange(n_freq * frames).reshape(n_freq, frames)
-    pairs = np.concatenate([np.stack([index[:, :-1].ravel(), index[:, 1:].ravel()], 1),   # along time
-                            np.stack([index[:-1].ravel(), index[1:].ravel()], 1)])        # along frequency
-    pairs = pairs[loud[pairs[:, 0]] & loud[pairs[:, 1]]]
-    # Minimum spanning tree of costs that fall as the quieter end gets louder (every cost > 0: scipy drops 0s);
-    # among equally quiet ends, the louder other end wins, so a coefficient hangs from its loudest neighbour.
-    quieter = np.minimum(s[pairs[:, 0]], s[pairs[:, 1]])
-    louder = np.maximum(s[pairs[:, 0]], s[pairs[:, 1]])
-    cost = 1.0 + (s.max() - quieter) + 1e-3 * (s.max() - louder)
-    # A root joined to every loud coefficient by edges dearer than any in the grid: each connected region
-    # joins it once, through its loudest coefficient.
+    rows, cols, costs = [], [], []
+    for first, second in ((np.s_[:, :-1], np.s_[:, 1:]), (np.s_[:-1], np.s_[1:])):  # along time, along frequency
+        joined = loud[first] & loud[second]
+        s_first, s_second = log_magnitude[first][joined], log_magnitude[second][joined]
+        # Costs that fall as the quieter end gets louder (every cost > 0: scipy drops 0s); among equally quiet
+        # ends, the louder other end wins, so a coefficient hangs from its loudest neighbour.
+        costs.append(1.0 + (top - np.minimum(s_first, s_second)) + 1e-3 * (top - np.maximum(s_first, s_second)))
+        rows.append(index[first][joined])
+        cols.append(index[second][joined])
+    # A root joined to every loud local maximum by edges dearer than any in the grid: each connected region joins
+    # it once, through its loudest coefficient, which is one of them. (Edges to every loud coefficient would give
+    # the same tree; these are fewer for the sort inside the spanning tree.)
+    padded = np.pad(log_magnitude, 1, constant_values=-np.inf)
+    peaks = loud & (log_magnitude >= np.maximum.reduce([padded[:-2, 1:-1], padded[2:, 1:-1],
+                                                         padded[1:-1, :-2], padded[1:-1, 2:]]))
     root = n_freq * frames
-    starts = np.flatnonzero(loud)
-    root_cost = cost.max(initial=1.0) + 1.0 + (s.max() - s[starts])
-    rows = np.concatenate([pairs[:, 0], np.full(len(starts), root)])
-    cols = np.concatenate([pairs[:, 1], starts])
-    graph = coo_matrix((np.concatenate([cost, root_cost]), (rows, cols)), shape=(root + 1, root + 1)).tocsr()
+    starts = index[peaks]
+    costs.append(max((c.max(initial=1.0) for c in costs)) + 1.0 + (top - log_magnitude[peaks]))
+    rows.append(np.full(len(starts), root))
+    cols.append(starts)
+    graph = coo_matrix((np.concatenate(costs), (np.concatenate(rows), np.concatenate(cols))),
+                       shape=(root + 1, root + 1)).tocsr()
     tree = minimum_spanning_tree(graph)
     _, parent = breadth_first_order(tree, root, directed=False, return_predecessors=True)
     child = np.flatnonzero(parent >= 0)
@@ -179,7 +186,7 @@ def pghi_phase(magnitude, n_fft, hop_length, lam=None, tolerance=1e-5):
     step = np.zeros(root + 1)
     inner = parent_of != root
     c, p = child[inner], parent_of[inner]
-    along_time = np.abs(c - p) == 1
+    along_time = c // frames == p // frames  # else along frequency
     rate = np.where(along_time, per_frame.ravel()[c] + per_frame.ravel()[p], per_bin.ravel()[c] + per_bin.ravel()[p]) / 2
     step[c] = np.sign(c - p) * rate
     # Pointer jumping: after j rounds every node holds the sum of the steps on its 2^j nearest ancestors' edges.
@@ -187,15 +194,14 @@ def pghi_phase(magnitude, n_fft, hop_length, lam=None, tolerance=1e-5):
     up[child] = parent_of
     while np.any(up[up] != up):
         step, up = step + step[up], up[up]
-    phase = np.where(loud, step[:root], 0.0)
-    return phase.reshape(n_freq, frames)
+    return np.where(loud, step[:root].reshape(n_freq, frames), 0.0)
 
 
-def consistent(spectrum, n_fft, hop_length, window, length):
+def consistent(spectrum, inverse):
     """The projection onto consistent spectrograms, the STFT of the inverse STFT (centred, reflect-padded as the
-    transform analyses): (n, n_freq, frames) complex -> the same shape."""
-    wave = torch.istft(spectrum, n_fft, hop_length, window=window, length=length)
-    return torch.stft(wave, n_fft, hop_length, window=window, center=True, pad_mode="reflect", return_complex=True)
+    transform analyses): (n, n_freq, frames) complex -> the same shape. `inverse`: the InverseSTFT."""
+    return torch.stft(inverse(spectrum), inverse.n_fft, inverse.hop_length, window=inverse.window, center=True,
+                      pad_mode="reflect", return_complex=True)
 
 
 def fast_griffin_lim(magnitude, phase, n_fft, hop_length, iterations, length, momentum=0.99):
@@ -205,15 +211,16 @@ def fast_griffin_lim(magnitude, phase, n_fft, hop_length, iterations, length, mo
     (`griffinlim`), which starts only from a random or a zero phase.
     """
     window = torch.hann_window(n_fft, dtype=magnitude.dtype, device=magnitude.device)
+    inverse = InverseSTFT(n_fft, hop_length, window, magnitude.shape[-1], length)
     angles = torch.polar(torch.ones_like(magnitude), phase)
     previous = torch.zeros((), dtype=angles.dtype, device=magnitude.device)
     weight = momentum / (1 + momentum)
     for _ in range(iterations):
-        rebuilt = consistent(magnitude * angles, n_fft, hop_length, window, length)
+        rebuilt = consistent(magnitude * angles, inverse)
         angles = rebuilt - weight * previous
         angles = angles / (angles.abs() + 1e-16)
         previous = rebuilt
-    return torch.istft(magnitude * angles, n_fft, hop_length, window=window, length=length)
+    return inverse(magnitude * angles)
 
 
 def raar(magnitude, phase, n_fft, hop_length, iterations, length, beta=RAAR_BETA):
@@ -230,16 +237,15 @@ def raar(magnitude, phase, n_fft, hop_length, iterations, length, beta=RAAR_BETA
     P_A X: the magnitude as given, the phase retrieved.
     """
     window = torch.hann_window(n_fft, dtype=magnitude.dtype, device=magnitude.device)
-
-    def on_magnitude(spectrum):
-        return magnitude * spectrum / (spectrum.abs() + 1e-16)
-
+    inverse = InverseSTFT(n_fft, hop_length, window, magnitude.shape[-1], length)
     spectrum = torch.polar(magnitude, phase)
     for _ in range(iterations):
-        projected = on_magnitude(spectrum)
-        reflected = consistent(2 * projected - spectrum, n_fft, hop_length, window, length)
-        spectrum = beta * (spectrum + reflected) + (1 - 2 * beta) * projected
-    return torch.istft(on_magnitude(spectrum), n_fft, hop_length, window=window, length=length)
+        # P_A X = scale X with a real scale, so 2 P_A X - X and the update are X times real factors: half the
+        # complex arithmetic of the formula as written, which on the CPU costs as much as the STFT pair.
+        scale = magnitude / (spectrum.abs() + 1e-16)
+        reflected = consistent(spectrum * (2 * scale - 1), inverse)
+        spectrum = torch.add(spectrum * (beta + (1 - 2 * beta) * scale), reflected, alpha=beta)
+    return inverse(spectrum * (magnitude / (spectrum.abs() + 1e-16)))
 
 
 RETRIEVALS = {"raar": raar, "fgla": fast_griffin_lim}  # the iterations after PGHI, by InverseConfig.retrieval
@@ -299,7 +305,7 @@ class MelInverse:
         return self.vocoder(log_mels.to(self.transform.device), self.transform.clip_samples).cpu()
 
     def pghi(self, log_mels):
-        """The magnitude (NNLS or the vocoder's), PGHI's starting phase, fast Griffin-Lim: (n, clip_samples) on the CPU."""
+        """The magnitude (NNLS or the vocoder's), PGHI's starting phase, the phase retrieval: (n, clip_samples) on the CPU."""
         return self.retrieve_phase(self.magnitude(log_mels))
 
     def retrieve_phase(self, magnitude, length=None):

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .inverse import nnls_magnitude, nnls_operators
-from .transform import LogMelTransform
+from .transform import LogMelTransform, istft
 
 LOG_FLOOR = LogMelTransform.LOG_FLOOR  # log-mels never go below log(1e-5); magnitudes are floored alike
 # Only a guard against overflow: a full-scale sine reaches 512 in a frame (the Hann window sums to n_fft / 2), so
@@ -105,7 +105,7 @@ class Vocoder(nn.Module):
         """Inverse STFT of exp(log_magnitude) e^{i phase}: (b, length) waveforms."""
         spectrum = torch.polar(log_magnitude.exp(), phase)
         c = self.config
-        return torch.istft(spectrum, c["n_fft"], c["hop_length"], window=self.window, length=length)
+        return istft(spectrum, c["n_fft"], c["hop_length"], self.window, length)
 
     def forward(self, log_mel, length=None):
         """(b, n_mels, frames) -> (b, length) waveforms; `length` defaults to (frames - 1) * hop, the samples
