@@ -35,7 +35,7 @@ from audiogen.inverse import RETRIEVALS, InverseConfig, MelInverse
 from audiogen.metrics import require_speech_metrics
 from audiogen.model import reconstruct
 from audiogen.plots import plot_spectrogram_grid
-from audiogen.transform import LogMelTransform
+from audiogen.transform import LogMelTransform, istft
 from audiogen.vocoder import multi_resolution_stft_loss
 
 
@@ -108,8 +108,7 @@ def bound_rows(clips, log_mels, transform, retrievals):
 
     def true_phase(i):
         magnitude = nnls.magnitude(log_mels[i:i + 1]).cpu()
-        return torch.istft(torch.polar(magnitude, spectrum(i).angle()), t.n_fft, t.hop_length, window=window,
-                           length=t.clip_samples)
+        return istft(torch.polar(magnitude, spectrum(i).angle()), t.n_fft, t.hop_length, window, t.clip_samples)
 
     return [retrieved(*pair) for pair in retrievals] + [("NNLS magnitude + true phase", true_phase)]
 

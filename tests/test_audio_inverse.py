@@ -142,6 +142,25 @@ def test_the_inverse_stft_is_torch_istft_with_its_gradient(length, dtype):
     assert float((gradients[0] - gradients[1]).abs().max()) < tolerance * float(gradients[1].abs().max())
     with pytest.raises(ValueError, match="255 frames for an inverse STFT of 256"):
         InverseSTFT(N_FFT, HOP, window, 256, length)(spectrum[..., :255])
+    with pytest.raises(ValueError, match="NOLA"):
+        InverseSTFT(N_FFT, N_FFT, window, 256, length)  # a Hann window at hop n_fft leaves zeros between frames
+
+
+def test_raar_is_the_update_its_docstring_writes():
+    """The implementation groups RAAR's update by real factors for speed; three iterations of it in float64 equal
+    the formula as written, X <- beta (X + P_C(2 P_A X - X)) + (1 - 2 beta) P_A X, to float rounding."""
+    beta, iterations = 0.95, 3
+    magnitude = stft(0.3 * chirp()).abs()[None]
+    phase = torch.rand(magnitude.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 6
+    on_magnitude = lambda x: magnitude * x / x.abs()  # noqa: E731  (P_A)
+    on_consistent = lambda x: stft(torch.istft(x, N_FFT, HOP, window=WINDOW, length=CLIP))  # noqa: E731  (P_C)
+    spectrum = torch.polar(magnitude, phase)
+    for _ in range(iterations):
+        projected = on_magnitude(spectrum)
+        spectrum = beta * (spectrum + on_consistent(2 * projected - spectrum)) + (1 - 2 * beta) * projected
+    written = torch.istft(on_magnitude(spectrum), N_FFT, HOP, window=WINDOW, length=CLIP)
+    ours = raar(magnitude, phase, N_FFT, HOP, iterations, CLIP, beta=beta)
+    assert float((ours - written).abs().max()) < 1e-10 * float(written.abs().max())
 
 
 def test_nnls_is_never_negative_and_fits_the_mel_better_than_clipped_least_squares():

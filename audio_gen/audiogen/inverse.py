@@ -167,14 +167,14 @@ def pghi_phase(magnitude, n_fft, hop_length, lam=None, tolerance=1e-5):
         rows.append(index[first][joined])
         cols.append(index[second][joined])
     # A root joined to every loud local maximum by edges dearer than any in the grid: each connected region joins
-    # it once, through its loudest coefficient, which is one of them. (Edges to every loud coefficient would give
-    # the same tree; these are fewer for the sort inside the spanning tree.)
+    # it once, through its loudest coefficient, which is one of them.
+    dearest_grid_edge = max(c.max(initial=1.0) for c in costs)
     padded = np.pad(log_magnitude, 1, constant_values=-np.inf)
     peaks = loud & (log_magnitude >= np.maximum.reduce([padded[:-2, 1:-1], padded[2:, 1:-1],
                                                          padded[1:-1, :-2], padded[1:-1, 2:]]))
     root = n_freq * frames
     starts = index[peaks]
-    costs.append(max((c.max(initial=1.0) for c in costs)) + 1.0 + (top - log_magnitude[peaks]))
+    costs.append(dearest_grid_edge + 1.0 + (top - log_magnitude[peaks]))
     rows.append(np.full(len(starts), root))
     cols.append(starts)
     graph = coo_matrix((np.concatenate(costs), (np.concatenate(rows), np.concatenate(cols))),

@@ -48,8 +48,8 @@ class PhaseRefiner(nn.Module):
         self.correction = nn.Conv2d(channels, 1, 3, padding=1)
         nn.init.zeros_(self.correction.weight)
         nn.init.zeros_(self.correction.bias)
-        # Channels-last weights and inputs: the convolutions run 1.4-1.7x faster so on the CPU (one 5-s clip: 43 ->
-        # 25-31 ms); load_state_dict keeps the layout.
+        # Channels-last weights and inputs, because these convolutions run faster so on the CPU (docs/audio-model.md;
+        # not measured on a GPU); load_state_dict keeps the layout.
         self.to(memory_format=torch.channels_last)
 
     @classmethod

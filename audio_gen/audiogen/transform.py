@@ -66,10 +66,10 @@ class InverseSTFT:
     (the least-squares inverse of Griffin & Lim 1984, Eq. 6): (..., n_fft // 2 + 1, frames) complex -> (...,
     length) real, differentiable, on the window's device.
 
-    Written out because torch.istft's overlap-add is F.fold, which takes 0.8 of its 1.2 ms on a 5-s clip on a
-    2-core CPU, and phase retrieval runs one inverse STFT per iteration: with overlap_add and the window envelope
-    computed once here, a call takes 0.3 ms against torch.istft's 0.8 (docs/audio-results.md) and agrees with
-    it to float rounding (tests/test_audio_inverse.py).
+    Written out because torch.istft's overlap-add is F.fold, which is slow on a CPU, and phase retrieval runs one
+    inverse STFT per iteration: with overlap_add, and the window envelope computed when the InverseSTFT is built
+    (once for all the iterations of a retrieval), it takes about a third of torch.istft's time (docs/audio-model.md)
+    and agrees with it to float rounding (tests/test_audio_inverse.py).
     """
 
     def __init__(self, n_fft, hop_length, window, frames, length):
@@ -77,6 +77,9 @@ class InverseSTFT:
         self.start = n_fft // 2  # the centring pad of the forward STFT
         self.end = min(self.start + length, n_fft + hop_length * (frames - 1))
         self.envelope = overlap_add(window.square().expand(frames, n_fft), hop_length)[self.start:self.end]
+        if float(self.envelope.abs().min()) < 1e-11:  # one check per build, where torch.istft checks every call
+            raise ValueError(f"the window overlap-adds to zero at hop {hop_length} (the NOLA condition fails): no "
+                             "inverse STFT")
 
     def __call__(self, spectrum):
         if spectrum.shape[-1] != self.frames:
