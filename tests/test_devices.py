@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from audiogen import checkpoint as audio_checkpoint
+from audiogen.phase_refiner import PhaseRefiner
+from audiogen.transform import istft
 from imagegen.common import StopRequest
 from imagegen.diffusion import GaussianDiffusion, SamplerSettings, cpu_normal, restore_generator
 from imagegen.sampling import NoiseStreams, Sampler, seeded_generator
@@ -139,3 +141,23 @@ def test_training_crops_are_gathered_on_the_device_the_split_is_kept_on():
     assert torch.equal(clips.keep_on("cpu").crops(starts), expected)
     on_meta = clips.keep_on("meta").crops(starts)
     assert on_meta.device.type == "meta" and on_meta.shape == (3, 4, 8) and on_meta.dtype == torch.float32
+
+
+@cuda
+@pytest.mark.gpu
+def test_the_inverse_stft_and_the_phase_refiner_give_on_a_gpu_what_they_give_on_the_cpu():
+    """The written-out inverse STFT (every inverse's last step) and the channels-last refiner on cuda."""
+    generator = torch.Generator().manual_seed(0)
+    spectrum = torch.randn(2, 513, 256, dtype=torch.complex64, generator=generator)
+    window = torch.hann_window(1024)
+    on_cpu = istft(spectrum, 1024, 313, window, 80_000)
+    on_gpu = istft(spectrum.cuda(), 1024, 313, window.cuda(), 80_000).cpu()
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-5 * float(on_cpu.abs().max()))
+    refiner = PhaseRefiner()
+    torch.nn.init.normal_(refiner.correction.weight, std=0.1)  # else an untrained refiner returns the phase as given
+    magnitude, phase = torch.rand(1, 513, 256, generator=generator), torch.rand(1, 513, 256, generator=generator)
+    with torch.no_grad():
+        corrected = refiner(magnitude, phase)
+        on_gpu = refiner.to("cuda")(magnitude.cuda(), phase.cuda()).cpu()
+    assert not torch.equal(corrected, phase)
+    torch.testing.assert_close(on_gpu, corrected, rtol=1e-3, atol=1e-3)
