@@ -204,14 +204,19 @@ def consistent(spectrum, inverse):
                       pad_mode="reflect", return_complex=True)
 
 
+def hann_inverse_stft(magnitude, n_fft, hop_length, length):
+    """The InverseSTFT (Hann window) that a retrieval from `magnitude` (n, n_freq, frames) runs every iteration."""
+    window = torch.hann_window(n_fft, dtype=magnitude.dtype, device=magnitude.device)
+    return InverseSTFT(n_fft, hop_length, window, magnitude.shape[-1], length)
+
+
 def fast_griffin_lim(magnitude, phase, n_fft, hop_length, iterations, length, momentum=0.99):
     """Fast Griffin-Lim (Perraudin, Balazs & Sondergaard 2013) from a given starting phase.
 
     magnitude, phase: (n, n_freq, frames); returns (n, length) waveforms. The update is torchaudio's
     (`griffinlim`), which starts only from a random or a zero phase.
     """
-    window = torch.hann_window(n_fft, dtype=magnitude.dtype, device=magnitude.device)
-    inverse = InverseSTFT(n_fft, hop_length, window, magnitude.shape[-1], length)
+    inverse = hann_inverse_stft(magnitude, n_fft, hop_length, length)
     angles = torch.polar(torch.ones_like(magnitude), phase)
     previous = torch.zeros((), dtype=angles.dtype, device=magnitude.device)
     weight = momentum / (1 + momentum)
@@ -236,16 +241,19 @@ def raar(magnitude, phase, n_fft, hop_length, iterations, length, beta=RAAR_BETA
     speech and docs/audio-results.md measures on music at this low redundancy. The audio is the inverse STFT of
     P_A X: the magnitude as given, the phase retrieved.
     """
-    window = torch.hann_window(n_fft, dtype=magnitude.dtype, device=magnitude.device)
-    inverse = InverseSTFT(n_fft, hop_length, window, magnitude.shape[-1], length)
+    inverse = hann_inverse_stft(magnitude, n_fft, hop_length, length)
+
+    def magnitude_scale(spectrum):  # P_A X = magnitude_scale(X) X, a real scale
+        return magnitude / (spectrum.abs() + 1e-16)
+
     spectrum = torch.polar(magnitude, phase)
     for _ in range(iterations):
-        # P_A X = scale X with a real scale, so 2 P_A X - X and the update are X times real factors: half the
-        # complex arithmetic of the formula as written, which on the CPU costs as much as the STFT pair.
-        scale = magnitude / (spectrum.abs() + 1e-16)
+        # With a real scale, 2 P_A X - X and the update are X times real factors: half the complex arithmetic of
+        # the formula as written, which on the CPU costs as much as the STFT pair.
+        scale = magnitude_scale(spectrum)
         reflected = consistent(spectrum * (2 * scale - 1), inverse)
         spectrum = torch.add(spectrum * (beta + (1 - 2 * beta) * scale), reflected, alpha=beta)
-    return inverse(spectrum * (magnitude / (spectrum.abs() + 1e-16)))
+    return inverse(spectrum * magnitude_scale(spectrum))
 
 
 RETRIEVALS = {"raar": raar, "fgla": fast_griffin_lim}  # the iterations after PGHI, by InverseConfig.retrieval

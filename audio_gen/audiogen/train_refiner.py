@@ -198,7 +198,7 @@ def train_refiner(config):
         pool = RetrievedPool(retrieve(inverse, train_set.crops(
             train_set.crop_starts(pool_segments, torch.Generator().manual_seed(config.optim.seed)))), train_set.origin)
         valid = retrieve(inverse, held_out.spread(64, segment))
-        untrained = PhaseRefiner.from_config(trainer.model.config)
+        untrained = PhaseRefiner.from_config(learned_on)
         unrefined = {name: float(value) for name, value in refiner_losses(
             untrained, valid.magnitude, valid.phase, valid.wave, transform).items()}
     check = (RefinerCheck(held_out.spread(config.audio_eval_clips, transform.clip_samples), inverse)
